@@ -1,0 +1,221 @@
+"""Experiment configuration: layered YAML files validated by pydantic, plus ``key=value`` overrides.
+
+A YAML file may name parent files under ``inherit:`` (paths relative to itself); parents are merged
+first, in order, then the file itself, then the command-line overrides. Unknown keys are rejected and
+every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PATCH_SIZE = 14
+METHODS = ("labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file and key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetConfig(Section):
+    name: Literal["pascal", "cityscapes", "ade20k", "coco", "folder", "embedded"] = "embedded"
+    root: str = "data/embedded"
+    nclass: int = Field(7, ge=2)
+    crop_size: int = Field(112, gt=0)
+    # Split files in the community format (IMAGE_PATH MASK_PATH); null = created by ``split`` below.
+    labeled_split: str | None = None
+    unlabeled_split: str | None = None
+    val_split: str | None = None
+    # Real-world setting: extra unlabeled pools (split files or image folders) added to the unlabeled set.
+    extra_unlabeled: list[str] = Field(default_factory=list)
+
+    @field_validator("crop_size")
+    @classmethod
+    def _multiple_of_patch(cls, value: int) -> int:
+        if value % PATCH_SIZE:
+            raise ValueError(f"crop_size {value} is not a multiple of the patch size {PATCH_SIZE}")
+        return value
+
+
+class SplitConfig(Section):
+    labeled: float = Field(24, gt=0, description="labeled images: a count (>= 1) or a fraction (< 1)")
+    seed: int = 0
+    dir: str | None = None  # where created split files go; default <output_dir>/splits
+
+
+class ModelConfig(Section):
+    encoder: Literal["tiny", "small", "base", "large", "giant"] = "tiny"
+    weights: str | None = None  # DINOv2 .pth (official or timm layout)
+    init_checkpoint: str | None = None  # a whole segmentor (ours or the authors' released UniMatch V2)
+    hub_download: bool = False  # online only: fetch DINOv2 weights from torch.hub when weights is null
+    frozen: bool = False
+    use_bn: bool = False
+    drop_position: Literal["encoder-decoder", "decoder-classifier"] = "encoder-decoder"
+    undropped_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class MethodConfig(Section):
+    name: Literal["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2"] = "unimatch_v2"
+    threshold: float = Field(0.95, ge=0.0, le=1.0)
+    unlabeled_weight: float = Field(1.0, ge=0.0)
+    # UniMatch V2 stream variants (Table 6): complementary (ours), single (a), image_only (b), random (c)
+    streams: Literal["complementary", "single", "image_only", "random"] = "complementary"
+    teacher: Literal["ema", "student"] = "ema"
+    ema_decay: float = Field(0.996, ge=0.0, lt=1.0)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(8, ge=1)
+    max_iters: int | None = Field(None, ge=1)  # cap on total iterations (quick runs, tests)
+    batch_size: int = Field(4, ge=1)  # per step: this many labeled and this many unlabeled images
+    lr: float = Field(5e-6, gt=0)  # encoder learning rate
+    lr_multiplier: float = Field(40.0, gt=0)  # decoder lr = lr * lr_multiplier
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    poly_power: float = Field(0.9, ge=0)
+    labeled_loss: Literal["ce", "ohem"] = "ce"
+    ohem_threshold: float = Field(0.7, gt=0, le=1)
+    ohem_min_kept: int = Field(200000, ge=1)
+    amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = Field(2, ge=0)
+    eval_every: int = Field(1, ge=1)  # epochs
+    log_every: int = Field(20, ge=1)  # iterations
+    device: str = "auto"
+
+
+class EvalConfig(Section):
+    mode: Literal["original", "sliding"] = "original"
+    window: int | None = None  # sliding window size; default crop_size
+    stride_ratio: float = Field(2 / 3, gt=0, le=1)
+    batch_size: int = Field(1, ge=1)
+
+    @field_validator("window")
+    @classmethod
+    def _window_multiple_of_patch(cls, value: int | None) -> int | None:
+        if value is not None and value % PATCH_SIZE:
+            raise ValueError(f"window {value} is not a multiple of the patch size {PATCH_SIZE}")
+        return value
+
+
+class TrackingConfig(Section):
+    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
+    experiment: str = "unimatch"
+    run_name: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
+
+
+class ExperimentConfig(Section):
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    output_dir: str = "runs/default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: MLflow params and override keys use this dotted form."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged dict of a YAML file and the files it inherits from."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: inherit cycle through {[str(p) for p in _seen]}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    parents = data.pop("inherit", []) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    merged: dict[str, Any] = {}
+    for parent in parents:
+        merged = deep_merge(merged, read_layers(path.parent / parent, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    data = copy.deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()
+        )
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Load ``path`` (with its inherited layers; None = built-in defaults) and apply ``key=value`` overrides."""
+    data = read_layers(path) if path else {}
+    data = apply_overrides(data, overrides or [])
+    return validate(data, str(path) if path else "config")
+
+
+METHOD_LABELS = {
+    "labeled_only": "labeled-only",
+    "fixmatch": "FixMatch",
+    "unimatch_v1": "UniMatch V1",
+    "unimatch_v2": "UniMatch V2",
+}

@@ -1,0 +1,28 @@
+"""AdamW with an encoder group and a decoder group (lr x multiplier), and the poly schedule."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import TrainConfig
+from ..models import Segmentor
+
+
+def build_optimizer(model: Segmentor, cfg: TrainConfig) -> torch.optim.AdamW:
+    groups = [{"params": model.decoder_parameters(), "lr": cfg.lr * cfg.lr_multiplier, "base_lr": cfg.lr * cfg.lr_multiplier}]
+    encoder_params = model.encoder_parameters()
+    if encoder_params:  # empty when the encoder is frozen
+        groups.insert(0, {"params": encoder_params, "lr": cfg.lr, "base_lr": cfg.lr})
+    fused = all(p.is_cuda for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused or None)
+
+
+def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
+    return base_lr * (1.0 - iteration / total) ** power
+
+
+def set_poly_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, power: float) -> float:
+    """Apply lr * (1 - iter/total)^power to every group; returns the encoder-group (first) lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = poly_lr(group["base_lr"], iteration, total, power)
+    return optimizer.param_groups[0]["lr"]

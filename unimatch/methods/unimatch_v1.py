@@ -1,0 +1,34 @@
+"""UniMatch V1: a feature-perturbed stream (channel dropout on the weak view's encoder features) plus
+two strong image streams: L_u = 1/2 L_fp + 1/4 L_s1 + 1/4 L_s2."""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.segmentor import random_channel_masks, token_grid
+from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label
+
+
+class UniMatchV1(Method):
+    def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
+        pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
+        strong1 = cutmix_images(unlabeled.strong1, unlabeled.box1)
+        strong2 = cutmix_images(unlabeled.strong2, unlabeled.box2)
+        n_l, n_u, grid = labeled.image.shape[0], unlabeled.weak.shape[0], token_grid(labeled.image)
+        tokens = student.features(torch.cat((labeled.image, unlabeled.weak, strong1, strong2)))
+        labeled_tokens = [t[:n_l] for t in tokens]
+        # Dropout2d(0.5) on each feature level independently, as the reference feature perturbation.
+        weak_tokens = [
+            t[n_l : n_l + n_u] * random_channel_masks(n_u, t.shape[-1], t.device).unsqueeze(1).to(t.dtype) for t in tokens
+        ]
+        strong_tokens = [t[n_l + n_u :] for t in tokens]
+        pred_x = student.decode(labeled_tokens, grid)
+        pred_fp = student.decode(weak_tokens, grid)
+        pred_s1, pred_s2 = student.decode(strong_tokens, grid).chunk(2)
+        threshold = self.cfg.threshold
+        loss_u = (
+            0.5 * pixel_loss(pred_fp, pseudo, threshold)
+            + 0.25 * pixel_loss(pred_s1, cutmix_pseudo(pseudo, unlabeled.box1), threshold)
+            + 0.25 * pixel_loss(pred_s2, cutmix_pseudo(pseudo, unlabeled.box2), threshold)
+        )
+        return self.combine(self.labeled_loss(pred_x, labeled.mask), loss_u, mask_ratio(pseudo, threshold))

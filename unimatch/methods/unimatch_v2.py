@@ -1,0 +1,26 @@
+"""UniMatch V2: two strong views through one shared stream with complementary channel dropout.
+
+``streams`` selects Table 6's variants: ``complementary`` (the method), ``single`` (a: one strong view
+with random channel dropout), ``image_only`` (b: two strong views, no feature dropout), ``random``
+(c: two strong views, independent random dropouts).
+"""
+
+from __future__ import annotations
+
+from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label
+
+STREAM_DROPOUT = {"complementary": "complementary", "single": "random", "image_only": None, "random": "random"}
+
+
+class UniMatchV2(Method):
+    def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
+        pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
+        boxes = [unlabeled.box1] if self.cfg.streams == "single" else [unlabeled.box1, unlabeled.box2]
+        views = [cutmix_images(image, box) for image, box in zip((unlabeled.strong1, unlabeled.strong2), boxes)]
+        pred_x, pred_views = joint_forward(student, labeled.image, views, STREAM_DROPOUT[self.cfg.streams])
+        losses = [
+            pixel_loss(pred, cutmix_pseudo(pseudo, box), self.cfg.threshold)
+            for pred, box in zip(pred_views.chunk(len(views)), boxes)
+        ]
+        loss_u = sum(losses) / len(losses)
+        return self.combine(self.labeled_loss(pred_x, labeled.mask), loss_u, mask_ratio(pseudo, self.cfg.threshold))
