@@ -91,6 +91,9 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=0)
     eval_every: int = Field(1, ge=1)  # epochs
     log_every: int = Field(20, ge=1)  # iterations
+    checkpoint_every: int = Field(100, ge=1)  # iterations between resumable checkpoints
+    resume: bool = True  # continue from <output_dir>/checkpoints/latest.pth when it exists
+    max_bad_steps: int = Field(0, ge=0)  # non-finite losses skipped before training stops
     device: str = "auto"
 
 

@@ -1,0 +1,7 @@
+"""The shared training engine: data streams, optimiser, EMA teacher, AMP, logging, checkpoints."""
+
+from .ema import ema_decay, update_ema
+from .setup import build_model, resolve_device
+from .trainer import TrainingError, TrainResult, Trainer, train
+
+__all__ = ["TrainResult", "Trainer", "TrainingError", "build_model", "ema_decay", "resolve_device", "train", "update_ema"]

@@ -1,0 +1,81 @@
+"""Building the pieces of a run from its configuration: device, precision, model, data loaders."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import ExperimentConfig, ModelConfig
+from ..models import Segmentor, build_segmentor, load_encoder_weights, load_segmentor_weights
+
+log = logging.getLogger(__name__)
+
+HUB_NAMES = {"small": "dinov2_vits14", "base": "dinov2_vitb14", "large": "dinov2_vitl14", "giant": "dinov2_vitg14"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is '{name}' but CUDA is not available on this machine")
+    return device
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA ('auto' or 'bf16'); full fp32 otherwise."""
+    if amp == "fp32" or (amp == "auto" and device.type != "cuda"):
+        return None
+    return torch.bfloat16
+
+
+def build_model(cfg: ModelConfig, nclass: int) -> Segmentor:
+    """The segmentor with its initial weights: a whole checkpoint, DINOv2 weights, or (loudly) random."""
+    model = build_segmentor(
+        cfg.encoder,
+        nclass,
+        use_bn=cfg.use_bn,
+        undropped_fraction=cfg.undropped_fraction,
+        drop_position=cfg.drop_position,
+    )
+    if cfg.init_checkpoint:
+        load_segmentor_weights(model, cfg.init_checkpoint)
+    elif cfg.weights:
+        load_encoder_weights(model, cfg.weights)
+    elif cfg.hub_download and cfg.encoder in HUB_NAMES:
+        hub_model = torch.hub.load("facebookresearch/dinov2", HUB_NAMES[cfg.encoder])
+        model.encoder.load_state_dict(
+            {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in hub_model.state_dict().items() if k != "mask_token"}
+        )
+    else:
+        warnings.warn(
+            f"model.weights is not set: the '{cfg.encoder}' encoder is RANDOMLY INITIALISED. "
+            "Point model.weights at a DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth) for real results.",
+            stacklevel=2,
+        )
+    if cfg.frozen:
+        model.freeze_encoder()
+    return model
+
+
+def make_loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, device: torch.device, seed: int) -> DataLoader:
+    """Pinned memory on CUDA, persistent prefetching workers; its own generator so that creating the
+    loader draws nothing from the global RNG (resume must replay the same model randomness)."""
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def describe(cfg: ExperimentConfig) -> str:
+    return f"{cfg.method.name} | {cfg.model.encoder}{' (frozen)' if cfg.model.frozen else ''} | {cfg.dataset.name} {cfg.split.labeled:g} labeled"

@@ -1,0 +1,100 @@
+"""Evaluation: "original" (resize to a multiple of 14) and "sliding window" inference, dataset-wide mIoU."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .metrics import ConfusionMatrix, iou_per_class, mean_iou
+from .models import PATCH_SIZE
+
+
+@dataclass
+class EvalResult:
+    miou: float  # percent
+    per_class_iou: dict[str, float]  # percent, NaN for classes absent from targets and predictions
+    confusion: np.ndarray = field(repr=False)
+
+
+def nearest_multiple(size: int, multiple: int = PATCH_SIZE) -> int:
+    return max(multiple, int(size / multiple + 0.5) * multiple)
+
+
+def predict_original(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """Resize (bilinear, align_corners) to the nearest multiples of 14, predict, resize logits back."""
+    height, width = image.shape[-2:]
+    resized = F.interpolate(image, (nearest_multiple(height), nearest_multiple(width)), mode="bilinear", align_corners=True)
+    logits = model(resized)
+    return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=True)
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets with the given stride; the last window ends at the border (no partial windows)."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def predict_sliding(model: nn.Module, image: torch.Tensor, window: int, stride_ratio: float, batch: int = 8) -> torch.Tensor:
+    """Sum of softmax probabilities over windows (stride = ratio x window), windows run in batches.
+
+    Images smaller than the window are zero-padded (zero = the mean colour after normalisation)."""
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (0, max(0, window - width), 0, max(0, window - height)))
+    stride = max(1, int(window * stride_ratio))
+    offsets = [(top, left) for top in window_starts(padded.shape[-2], window, stride) for left in window_starts(padded.shape[-1], window, stride)]
+    probs = None
+    for chunk_start in range(0, len(offsets), batch):
+        chunk = offsets[chunk_start : chunk_start + batch]
+        crops = torch.cat([padded[:, :, t : t + window, l : l + window] for t, l in chunk])
+        out = model(crops).float().softmax(dim=1)
+        if probs is None:
+            probs = out.new_zeros((image.shape[0], out.shape[1], *padded.shape[-2:]))
+        for (top, left), crop_probs in zip(chunk, out.split(image.shape[0])):
+            probs[:, :, top : top + window, left : left + window] += crop_probs
+    return probs[:, :, :height, :width]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable,
+    nclass: int,
+    class_names: list[str] | None = None,
+    mode: str = "original",
+    window: int | None = None,
+    stride_ratio: float = 2 / 3,
+    window_batch: int = 8,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    progress: bool = False,
+) -> EvalResult:
+    """mIoU of ``model`` over ``batches`` of (image, mask, name) at original resolution."""
+    if mode not in ("original", "sliding"):
+        raise ValueError(f"eval.mode must be 'original' or 'sliding', got '{mode}'")
+    if mode == "sliding" and not window:
+        raise ValueError("sliding-window evaluation needs eval.window (or dataset.crop_size)")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    confusion = ConfusionMatrix(nclass, device)
+    for image, mask, _ in tqdm(batches, desc="evaluate", unit="img", disable=not progress, leave=False):
+        image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            if mode == "original":
+                logits = predict_original(model, image)
+            else:
+                logits = predict_sliding(model, image, window, stride_ratio, window_batch)
+        confusion.update(logits.argmax(dim=1), mask)
+    model.train(was_training)
+    matrix = confusion.numpy()
+    names = class_names or [f"class_{i}" for i in range(nclass)]
+    per_class = {name: float(iou * 100.0) for name, iou in zip(names, iou_per_class(matrix))}
+    return EvalResult(mean_iou(matrix), per_class, matrix)
