@@ -32,8 +32,9 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build_model(cfg: ModelConfig, nclass: int) -> Segmentor:
-    """The segmentor with its initial weights: a whole checkpoint, DINOv2 weights, or (loudly) random."""
+def build_model(cfg: ModelConfig, nclass: int, quiet: bool = False) -> Segmentor:
+    """The segmentor with its initial weights: a whole checkpoint, DINOv2 weights, or (loudly) random.
+    ``quiet`` skips the random-initialisation warning when the caller loads a checkpoint next."""
     model = build_segmentor(
         cfg.encoder,
         nclass,
@@ -50,7 +51,7 @@ def build_model(cfg: ModelConfig, nclass: int) -> Segmentor:
         model.encoder.load_state_dict(
             {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in hub_model.state_dict().items() if k != "mask_token"}
         )
-    else:
+    elif not quiet:
         warnings.warn(
             f"model.weights is not set: the '{cfg.encoder}' encoder is RANDOMLY INITIALISED. "
             "Point model.weights at a DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth) for real results.",

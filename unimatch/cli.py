@@ -1,0 +1,166 @@
+"""The ``unimatch`` command line: make-data, split, train, evaluate, predict, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_CONFIG = "configs/embedded.yaml"
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=fixmatch train.epochs=2")
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    path = args.config
+    if path == DEFAULT_CONFIG and not Path(path).exists():  # run outside a checkout: built-in defaults
+        path = None
+    return load_config(path, args.overrides)
+
+
+def cmd_make_data(args: argparse.Namespace) -> None:
+    from .data import generate_embedded
+
+    path = generate_embedded(args.root, seed=args.seed, force=args.force)
+    print(f"embedded dataset ready at {path}")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from .data import prepare_splits
+
+    cfg = _load(args)
+    ensure_dataset(cfg)
+    splits = prepare_splits(cfg)
+    for role in ("labeled", "unlabeled", "val"):
+        path = getattr(splits, role)
+        lines = sum(1 for _ in open(path, encoding="utf-8"))
+        print(f"{role:9s} {lines:6d} images  {path}")
+
+
+def ensure_dataset(cfg) -> None:
+    """The embedded dataset is generated on first use, so every command works on a fresh clone."""
+    if cfg.dataset.name == "embedded":
+        from .data import generate_embedded
+
+        generate_embedded(cfg.dataset.root)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .engine import train
+    from .tracking import tracker_from_config
+
+    cfg = _load(args)
+    ensure_dataset(cfg)
+    with tracker_from_config(cfg, tags={"kind": "train"}) as tracker:
+        result = train(cfg, tracker, progress=not args.no_progress)
+    print(f"best EMA mIoU {result.metrics['best_miou_ema']:.2f} | checkpoint {result.best_checkpoint}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .engine.evaluate import evaluate_checkpoint
+    from .tracking import tracker_from_config
+
+    cfg = _load(args)
+    ensure_dataset(cfg)
+    with tracker_from_config(cfg, tags={"kind": "eval", "checkpoint": str(args.checkpoint)}) as tracker:
+        result = evaluate_checkpoint(cfg, args.checkpoint, args.split, args.weights, tracker, progress=not args.no_progress)
+    print(f"mIoU {result.miou:.2f}")
+    for name, iou in result.per_class_iou.items():
+        print(f"  {name:24s} {iou:6.2f}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .engine import build_model, resolve_device
+    from .models import load_segmentor_weights
+    from .predict import predict_folder
+
+    cfg = _load(args)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), cfg.dataset.nclass, quiet=True)
+    load_segmentor_weights(model, args.checkpoint, key=args.weights)
+    written = predict_folder(
+        model.to(device), args.input, args.output, cfg.dataset.nclass, cfg.eval.mode,
+        cfg.eval.window or cfg.dataset.crop_size, cfg.eval.stride_ratio, device, args.limit, not args.no_progress,
+    )
+    print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import report
+    from .tracking import resolve_tracking_uri
+
+    paths = report(resolve_tracking_uri(args.uri), args.experiment, args.table, args.out)
+    for kind, path in paths.items():
+        print(f"{kind:5s} {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="unimatch", description="UniMatch V2 semi-supervised semantic segmentation.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    make_data = sub.add_parser("make-data", help="generate the embedded default dataset (offline, deterministic)")
+    make_data.add_argument("--root", default="data/embedded", help="where to write it (default: data/embedded)")
+    make_data.add_argument("--seed", type=int, default=0)
+    make_data.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
+    make_data.set_defaults(func=cmd_make_data)
+
+    split = sub.add_parser("split", help="create (or validate) the labeled / unlabeled / val split files")
+    _config_args(split)
+    split.set_defaults(func=cmd_split)
+
+    train = sub.add_parser("train", help="train a method; resumes from <output_dir>/checkpoints/latest.pth")
+    _config_args(train)
+    train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")
+    _config_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+    evaluate.add_argument("--weights", default="ema", choices=("ema", "model"), help="which weights of a training checkpoint (default: ema)")
+    evaluate.add_argument("--split", help="split file to evaluate (default: the config's val split)")
+    evaluate.add_argument("--no-progress", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    predict = sub.add_parser("predict", help="predict a folder of images: label PNGs and colour overlays")
+    _config_args(predict)
+    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--weights", default="ema", choices=("ema", "model"))
+    predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    predict.add_argument("--output", required=True, help="output folder")
+    predict.add_argument("--limit", type=int, help="at most this many images")
+    predict.add_argument("--no-progress", action="store_true")
+    predict.set_defaults(func=cmd_predict)
+
+    report = sub.add_parser("report", help="rebuild a paper table from MLflow runs (Markdown, CSV, HTML)")
+    report.add_argument("--experiment", required=True, help="MLflow experiment name")
+    report.add_argument("--table", default="methods", help="layout: methods, streams, frozen, real_world, sweep")
+    report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    report.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError
+    from .data import DataError
+    from .models import CheckpointError
+
+    try:
+        args.func(args)
+    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
