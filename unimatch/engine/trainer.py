@@ -87,15 +87,14 @@ class Trainer:
         labeled = read_split(splits.labeled, root)
         self.class_names = class_names(cfg.dataset.name, root, nclass)
         self.val_set = EvalDataset(read_split(splits.val, root), nclass)
-        unlabeled = []
-        if self.uses_unlabeled:
-            unlabeled = read_split(splits.unlabeled, root, require_masks=False) + extra_unlabeled_samples(cfg)
+        # One epoch = one pass over the unlabeled set; labeled-only reads the list too, so that it trains
+        # for the same number of iterations as the semi-supervised methods it is compared with.
+        unlabeled = read_split(splits.unlabeled, root, require_masks=False) + extra_unlabeled_samples(cfg)
         batch = cfg.train.batch_size
-        # One epoch = one pass over the unlabeled set (labeled-only keeps the same number of iterations).
-        pool = len(unlabeled) if unlabeled else len(labeled)
+        pool = len(unlabeled) if unlabeled or self.uses_unlabeled else len(labeled)  # fully labeled baseline
         self.iters_per_epoch = pool // batch
         if self.iters_per_epoch == 0:
-            raise ValueError(f"train.batch_size {batch} is larger than the {pool} training images")
+            raise ValueError(f"train.batch_size {batch} is larger than the {pool} unlabeled images of {splits.unlabeled}")
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         if cfg.train.max_iters:
             self.total_iters = min(self.total_iters, cfg.train.max_iters)

@@ -1,0 +1,59 @@
+"""Data layer: image/mask I/O, split files, dataset layouts, augmentations, torch datasets and the
+embedded default dataset. Every bad input raises :class:`DataError` naming the file (and line) or key."""
+
+from .classes import CITYSCAPES_CLASSES, PASCAL_CLASSES, class_names, palette
+from .datasets import EvalDataset, LabeledDataset, UnlabeledDataset
+from .embedded import CLASSES as EMBEDDED_CLASSES
+from .embedded import generate_embedded
+from .errors import DataError
+from .io import IGNORE_INDEX, read_image, read_mask, read_pair
+from .layouts import list_dataset, list_image_folder
+from .prepare import SplitFiles, extra_unlabeled_samples, prepare_splits
+from .splits import Sample, check_disjoint, create_split, read_split, write_split
+from .transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    LABELED_PAD,
+    UNLABELED_PAD,
+    check_crop_size,
+    cutmix_box,
+    normalize,
+    strong,
+    weak,
+)
+
+__all__ = [
+    "CITYSCAPES_CLASSES",
+    "EMBEDDED_CLASSES",
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LABELED_PAD",
+    "PASCAL_CLASSES",
+    "UNLABELED_PAD",
+    "DataError",
+    "EvalDataset",
+    "LabeledDataset",
+    "Sample",
+    "SplitFiles",
+    "UnlabeledDataset",
+    "check_crop_size",
+    "check_disjoint",
+    "class_names",
+    "create_split",
+    "cutmix_box",
+    "extra_unlabeled_samples",
+    "generate_embedded",
+    "list_dataset",
+    "list_image_folder",
+    "normalize",
+    "palette",
+    "prepare_splits",
+    "read_image",
+    "read_mask",
+    "read_pair",
+    "read_split",
+    "strong",
+    "weak",
+    "write_split",
+]

@@ -1,0 +1,267 @@
+"""The embedded default dataset: synthetic shapes on natural-image backgrounds, generated offline.
+
+Seven classes: background plus six object shapes told apart by SHAPE only. Every object gets a random
+colour, texture and shading independent of its class, so colour jitter and grayscale keep labels valid.
+Objects vary in size, position and rotation and may overlap: later ones occlude earlier ones and the mask
+follows. Elongated ellipses are drawn as background distractors, so telling "object" from "background
+texture" is not enough. Backgrounds are tinted random crops of natural images bundled with scikit-image
+(no download). All randomness comes from integer-seeded numpy generators (one per image) and pixel
+arithmetic is elementwise, so a seed gives byte-identical files on a given software stack.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import skimage
+from PIL import Image, ImageDraw
+
+from .classes import palette
+from .errors import DataError
+
+GENERATOR = "unimatch.data.embedded"
+VERSION = 2
+CLASSES = ("background", "disk", "square", "triangle", "cross", "star", "ring")
+# Bundled with scikit-image (no pooch download); shape-like images (coins, chessboard, logo...) left out.
+BACKGROUND_FILES = (
+    "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coffee.png", "rocket.jpg",
+    "astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png",
+)  # fmt: skip
+SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-filtered: anti-aliased edges, majority-vote labels
+DIAMETER = (28.0, 64.0)  # object size in pixels: 2 to 4.5 patches of a patch-14 ViT
+OBJECTS = (2, 5)  # objects per image (inclusive)
+DISTRACTORS = (0, 2)  # background-labelled ellipses per image (inclusive)
+NOISE = 3  # uniform integer pixel noise amplitude (grey levels)
+SUBSETS = {"train": 0, "val": 1}  # part of each image's seed, so subsets never share a random stream
+JPEG_QUALITY = 95  # natural-image backgrounds make PNG ~4x larger; JPEG keeps the dataset at ~5 MB
+
+Polygon = tuple[tuple[float, float], ...]
+Size = tuple[int, int]  # (width, height)
+Sources = list[np.ndarray]  # background / texture images, uint8 RGB
+
+
+def _star(radii: list[float]) -> Polygon:
+    """A unit polygon with vertices at equal angular steps and the given radii."""
+    step = 2 * math.pi / len(radii)
+    return tuple((r * math.cos(i * step), r * math.sin(i * step)) for i, r in enumerate(radii))
+
+
+_CIRCLE = _star([1.0] * 48)
+_ARM = 0.33  # half width of the cross's arms
+# Outline of a plus sign with arms reaching radius 1.
+_CROSS: Polygon = (
+    (_ARM, 1), (_ARM, _ARM), (1, _ARM), (1, -_ARM), (_ARM, -_ARM), (_ARM, -1),
+    (-_ARM, -1), (-_ARM, -_ARM), (-1, -_ARM), (-1, _ARM), (-_ARM, _ARM), (-_ARM, 1),
+)  # fmt: skip
+# Unit outlines per class, sized to similar areas; the first polygon is filled, the next ones are holes.
+SHAPES: dict[int, tuple[Polygon, ...]] = {
+    1: (_star([0.85] * 48),),  # disk
+    2: (_star([1.0] * 4),),  # square
+    3: (_star([1.15] * 3),),  # triangle
+    4: (_CROSS,),
+    5: (_star([1.15, 0.48] * 5),),  # five-pointed star
+    6: (_star([0.95] * 48), _star([0.55] * 48)),  # ring
+}
+
+
+def _place(outline: Polygon, angle: float, cx: float, cy: float, scale: float) -> Polygon:
+    cos, sin = math.cos(angle), math.sin(angle)
+    return tuple((cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos)) for x, y in outline)
+
+
+def _coverage(outlines: tuple[Polygon, ...], size: Size) -> np.ndarray:
+    """Fraction (H, W) of each pixel covered by the shape, from a supersampled rasterisation."""
+    width, height = size
+    canvas = Image.new("L", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
+    draw = ImageDraw.Draw(canvas)
+    for index, outline in enumerate(outlines):
+        draw.polygon([(x * SUPERSAMPLE, y * SUPERSAMPLE) for x, y in outline], fill=0 if index else 255)
+    hits = np.asarray(canvas, dtype=np.int64).reshape(height, SUPERSAMPLE, width, SUPERSAMPLE).sum(axis=(1, 3))
+    return hits / (255 * SUPERSAMPLE * SUPERSAMPLE)
+
+
+def _load_sources() -> Sources:
+    folder = Path(skimage.__file__).parent / "data"
+    return [np.asarray(Image.open(folder / name).convert("RGB")) for name in BACKGROUND_FILES]
+
+
+def _crop(rng: np.random.Generator, sources: Sources, size: Size) -> np.ndarray:
+    """A random crop (zoomed 1-3x, maybe flipped) of a random source, resized to ``size``: float RGB in [0, 1]."""
+    source = sources[rng.integers(len(sources))]
+    width, height = size
+    max_zoom = min(source.shape[1] / width, source.shape[0] / height, 3.0)
+    zoom = rng.uniform(min(1.0, max_zoom), max_zoom)  # below 1 only when the source is smaller than ``size``
+    crop_w, crop_h = int(width * zoom), int(height * zoom)
+    left, top = rng.integers(source.shape[1] - crop_w + 1), rng.integers(source.shape[0] - crop_h + 1)
+    image = Image.fromarray(source[top : top + crop_h, left : left + crop_w]).resize(size, Image.Resampling.BILINEAR)
+    array = np.asarray(image, dtype=np.float64) / 255
+    return array[:, ::-1] if rng.random() < 0.5 else array
+
+
+def _background(rng: np.random.Generator, sources: Sources, size: Size) -> np.ndarray:
+    tint, offset = rng.uniform(0.5, 1.2, 3), rng.uniform(-0.1, 0.1)
+    return np.clip(_crop(rng, sources, size) * tint + offset, 0, 1)
+
+
+def _appearance(rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float]) -> np.ndarray:
+    """Object fill: a random colour modulated by a grey texture crop and a linear shading ramp."""
+    colour, contrast = rng.uniform(0.0, 1.0, 3), rng.uniform(0.2, 0.6)
+    texture = _crop(rng, sources, size)
+    grey = (texture[..., 0] + texture[..., 1] + texture[..., 2]) / 3
+    direction, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.3)
+    ys, xs = np.mgrid[0 : size[1], 0 : size[0]].astype(np.float64)
+    ramp = np.clip(((xs - centre[0]) * math.cos(direction) + (ys - centre[1]) * math.sin(direction)) / 25, -1, 1)
+    shade = (1 - contrast + contrast * grey) * (1 + strength * ramp)
+    return np.clip(shade[..., None] * colour, 0, 1)
+
+
+def _outlines(rng: np.random.Generator, label: int, size: Size) -> tuple[tuple[Polygon, ...], tuple[float, float]]:
+    """A randomly sized, rotated and placed outline of class ``label`` (0: an elongated-ellipse distractor)."""
+    diameter = rng.uniform(*DIAMETER)
+    centre = (rng.uniform(diameter / 4, size[0] - diameter / 4), rng.uniform(diameter / 4, size[1] - diameter / 4))
+    angle = rng.uniform(0, 2 * math.pi)
+    if label == 0:
+        aspect = rng.uniform(2.5, 4.0)
+        unit: tuple[Polygon, ...] = (tuple((x, y / aspect) for x, y in _CIRCLE),)
+    else:
+        unit = SHAPES[label]
+    return tuple(_place(outline, angle, *centre, diameter / 2) for outline in unit), centre
+
+
+def render(rng: np.random.Generator, sources: Sources, size: Size) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 (H, W, 3), mask uint8 (H, W)) pair."""
+    image = _background(rng, sources, size)
+    mask = np.zeros((size[1], size[0]), dtype=np.uint8)
+    labels = [int(rng.integers(1, len(CLASSES))) for _ in range(rng.integers(OBJECTS[0], OBJECTS[1] + 1))]
+    labels += [0] * int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))
+    for label in rng.permutation(labels):
+        outlines, centre = _outlines(rng, int(label), size)
+        alpha = _coverage(outlines, size)
+        image = image * (1 - alpha[..., None]) + _appearance(rng, sources, size, centre) * alpha[..., None]
+        mask[alpha >= 0.5] = label
+    noise = rng.integers(-NOISE, NOISE + 1, size=image.shape)
+    return np.clip(np.rint(image * 255) + noise, 0, 255).astype(np.uint8), mask
+
+
+README = """# Embedded shapes dataset
+
+Synthetic semantic-segmentation data generated by `{generator}` (version {version}, seed {seed}):
+{n_train} train and {n_val} val images of {width}x{height} pixels, JPEG (quality {quality}), with palette-PNG
+masks holding class indices. Classes (`classes.txt`): {class_list}.
+
+Objects are told apart by shape only: colour, texture and shading are drawn independently of the class.
+Objects may overlap (the mask follows occlusion); elongated ellipses are background distractors.
+Backgrounds are tinted random crops of images bundled with scikit-image. Regenerate with
+`python -c "from unimatch.data import generate_embedded; generate_embedded('<root>', seed={seed}, force=True)"`.
+"""
+
+
+def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
+    return {
+        "generator": GENERATOR,
+        "version": VERSION,
+        "seed": seed,
+        "n_train": n_train,
+        "n_val": n_val,
+        "size": list(size),
+        "classes": list(CLASSES),
+        "jpeg_quality": JPEG_QUALITY,
+    }
+
+
+def _read_metadata(root: Path) -> dict | None:
+    try:
+        return json.loads((root / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _is_complete(root: Path, meta: dict) -> bool:
+    if _read_metadata(root) != meta:
+        return False
+    counts = {"train": meta["n_train"], "val": meta["n_val"]}
+    return all(
+        len(list((root / "images" / subset).glob("*.jpg"))) == count
+        and len(list((root / "masks" / subset).glob("*.png"))) == count
+        for subset, count in counts.items()
+    )
+
+
+def _check_replaceable(root: Path, force: bool) -> None:
+    """Refuse to delete a directory that holds something other than an embedded dataset, unless forced."""
+    if force or not root.exists():
+        return
+    if root.is_dir() and (not any(root.iterdir()) or (_read_metadata(root) or {}).get("generator") == GENERATOR):
+        return
+    raise DataError(f"{root}: exists and is not an embedded dataset; pass force=True to replace it")
+
+
+def _save_mask(mask: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(mask)
+    image.putpalette(palette(256).tobytes())  # turns the L image into a palette PNG of class indices
+    image.save(path, optimize=True)
+
+
+def _write_dataset(folder: Path, meta: dict) -> None:
+    sources, size = _load_sources(), tuple(meta["size"])
+    for subset, subset_id in SUBSETS.items():
+        (folder / "images" / subset).mkdir(parents=True)
+        (folder / "masks" / subset).mkdir(parents=True)
+        for index in range(meta[f"n_{subset}"]):
+            image, mask = render(np.random.default_rng([meta["seed"], subset_id, index]), sources, size)
+            Image.fromarray(image).save(folder / "images" / subset / f"{index:05d}.jpg", quality=JPEG_QUALITY)
+            _save_mask(mask, folder / "masks" / subset / f"{index:05d}.png")
+    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")
+    readme = README.format(**meta, width=size[0], height=size[1], quality=JPEG_QUALITY, class_list=", ".join(CLASSES))
+    (folder / "README.md").write_text(readme, encoding="utf-8")
+    # Written last: its presence marks a complete dataset.
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _swap_into_place(staging: Path, root: Path) -> None:
+    if not root.exists():
+        staging.rename(root)
+        return
+    old = staging.with_name(staging.name + ".old")
+    root.rename(old)
+    staging.rename(root)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
+
+
+def generate_embedded(
+    root: str | Path,
+    seed: int = 0,
+    n_train: int = 400,
+    n_val: int = 100,
+    size: Size = (160, 120),
+    force: bool = False,
+) -> Path:
+    """Write the embedded dataset (folder layout) to ``root`` and return it; a no-op when ``root`` already
+    holds a complete dataset with the same parameters (unless ``force``). Generation happens in a temporary
+    directory beside ``root`` that is renamed into place, so an interrupted run leaves nothing partial."""
+    if seed < 0 or n_train < 1 or n_val < 1 or min(size) < 1:
+        problem = f"seed {seed}, n_train {n_train}, n_val {n_val}, size {size}"
+        raise DataError(f"generate_embedded: need seed >= 0 and positive counts and size, got {problem}")
+    root = Path(root).absolute()
+    meta = _metadata(seed, n_train, n_val, size)
+    if not force and _is_complete(root, meta):
+        return root
+    _check_replaceable(root, force)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the dataset should not be
+        _write_dataset(staging, meta)
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root

@@ -1,0 +1,79 @@
+"""Turning an experiment configuration into validated split files (and extra unlabeled pools)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from .embedded import generate_embedded
+from .errors import DataError
+from .layouts import list_dataset, list_image_folder
+from .splits import Sample, check_disjoint, create_split, read_split, write_split
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    labeled: Path
+    unlabeled: Path
+    val: Path
+
+
+def _labeled_unlabeled(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, list[Sample]]:
+    """The labeled and unlabeled split files (configured or created) and all their samples."""
+    data = cfg.dataset
+    if (data.labeled_split is None) != (data.unlabeled_split is None):
+        raise DataError("dataset.labeled_split and dataset.unlabeled_split must be given together (or neither)")
+    if data.labeled_split is not None and data.unlabeled_split is not None:
+        labeled = read_split(data.labeled_split, data.root)
+        unlabeled = read_split(data.unlabeled_split, data.root, require_masks=False)
+        check_disjoint(labeled, unlabeled)
+        return Path(data.labeled_split), Path(data.unlabeled_split), labeled + unlabeled
+    train = list_dataset(data.name, data.root, "train")
+    labeled, unlabeled = create_split(train, cfg.split.labeled, cfg.split.seed)
+    write_split(out / "labeled.txt", labeled, data.root)
+    write_split(out / "unlabeled.txt", unlabeled, data.root)
+    return out / "labeled.txt", out / "unlabeled.txt", train
+
+
+def _val(cfg: ExperimentConfig, out: Path) -> tuple[Path, list[Sample]]:
+    data = cfg.dataset
+    if data.val_split is not None:
+        return Path(data.val_split), read_split(data.val_split, data.root)
+    val = list_dataset(data.name, data.root, "val")
+    write_split(out / "val.txt", val, data.root)
+    return out / "val.txt", val
+
+
+def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
+    """Labeled, unlabeled and val split files for ``cfg``.
+
+    Configured files (``dataset.*_split``, relative to the working directory) are validated and returned as
+    given. Missing ones are created from the dataset layout with ``split.labeled`` / ``split.seed`` and
+    written to ``split.dir`` (default ``<output_dir>/splits``); identical inputs give byte-identical files,
+    which are not rewritten. Training and val images must not overlap. The embedded dataset is generated
+    first if its root does not exist.
+    """
+    data = cfg.dataset
+    if data.name == "embedded" and not Path(data.root).exists():
+        generate_embedded(data.root)
+    out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
+    labeled, unlabeled, train = _labeled_unlabeled(cfg, out)
+    val, val_samples = _val(cfg, out)
+    check_disjoint(train, val_samples, roles=("training", "val"))
+    return SplitFiles(labeled, unlabeled, val)
+
+
+def extra_unlabeled_samples(cfg: ExperimentConfig) -> list[Sample]:
+    """Samples of the extra unlabeled pools (``dataset.extra_unlabeled``): split files (paths relative to the
+    dataset root, masks ignored) or image folders (searched recursively; absolute paths under the folder)."""
+    samples: list[Sample] = []
+    for index, entry in enumerate(cfg.dataset.extra_unlabeled):
+        path = Path(entry)
+        if path.is_file():
+            samples += read_split(path, cfg.dataset.root, require_masks=False)
+        elif path.is_dir():
+            samples += list_image_folder(path)
+        else:
+            raise DataError(f"dataset.extra_unlabeled[{index}]: {entry} is neither a split file nor a folder")
+    return samples

@@ -1,0 +1,337 @@
+"""Rebuild the paper's result tables from tracked MLflow runs, written as Markdown, CSV and HTML.
+
+Runs are placed by their tags (see :mod:`unimatch.tracking` for the conventions) and valued by a
+summary metric, mIoU in percent as the engine logs it. Cell format: the mean over FINISHED runs with
+one decimal, followed by the run count when more than one run was averaged, e.g. ``86.3`` (one run)
+or ``86.3 (n=2)`` (two seeds). A cell without a finished run is blank, never an invented number;
+RUNNING, FAILED and KILLED runs are ignored (the footnote counts them).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from unimatch.config import METHOD_LABELS
+from unimatch.tracking import check_tracking_uri, format_number, resolve_tracking_uri
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(ValueError):
+    """The runs cannot be put into the requested table without mixing incomparable results."""
+
+
+class TableLayout(NamedTuple):
+    row_tag: str
+    col_tag: str
+    metric: str
+    row_order: tuple[str, ...]  # tag values always shown, in this order; others follow, sorted
+    title: str
+    row_labels: Mapping[str, str] = {}  # tag value -> display label
+    col_order: tuple[str, ...] = ()  # like row_order; empty: columns sorted numerically
+    where: Mapping[str, str | None] = {}  # the table's fixed tags; None: the tag must be absent
+    context: tuple[str, ...] = ("dataset", "encoder")  # tags that must be single-valued in a table
+
+
+STREAM_LABELS = {
+    "single": "(a) single stream + random dropout",
+    "image_only": "(b) two image streams",
+    "random": "(c) two streams + random dropouts",
+    "complementary": "complementary dropout (ours)",
+}
+_NO_SWEEP = {"sweep_param": None}  # sweep runs change τ or λ and belong only to the sweep table
+
+TABLE_LAYOUTS: dict[str, TableLayout] = {
+    "methods": TableLayout(
+        "method", "split", "best_miou_ema", tuple(METHOD_LABELS),
+        "Table 5: semi-supervised methods, mIoU (%) by number of labeled images", METHOD_LABELS,
+        where={"streams": "complementary", "frozen": "false", **_NO_SWEEP},
+    ),
+    "streams": TableLayout(
+        "streams", "split", "best_miou_ema", tuple(STREAM_LABELS),
+        "Table 6: UniMatch V2 stream designs, mIoU (%)", STREAM_LABELS,
+        where={"method": "unimatch_v2", "frozen": "false", **_NO_SWEEP},
+    ),
+    "frozen": TableLayout(
+        "frozen", "split", "best_miou_ema", ("false", "true"),
+        "Table 7: finetuned vs frozen encoder (UniMatch V2), mIoU (%)", {"false": "finetuned", "true": "frozen"},
+        where={"method": "unimatch_v2", "streams": "complementary", **_NO_SWEEP},
+    ),
+    "real_world": TableLayout(
+        "dataset", "setting", "best_miou_ema", (),
+        "Table 13: real-world setting, mIoU (%)",
+        col_order=("labeled only", "+ extra unlabeled"), where=_NO_SWEEP, context=("encoder",),
+    ),
+    "sweep": TableLayout(
+        "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
+        "Figs. 5-6: hyper-parameter sweeps, mIoU (%)",
+        {"threshold": "τ (confidence threshold)", "unlabeled_weight": "λ (unlabeled loss weight)"},
+        context=("dataset", "encoder", "method", "split"),
+    ),
+}
+
+
+def collect_runs(
+    uri: str, experiments: list[str] | None = None, filter_tags: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """One row per (non-deleted) run: ``run_id``, ``experiment``, ``status``, ``tags.<key>``,
+    ``metrics.<key>``. ``experiments`` None: all experiments; ``filter_tags``: exact tag matches."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    names = _experiment_names(client, experiments)
+    records = [_record(run, names[run.info.experiment_id]) for run in _search_all(client, list(names))]
+    runs = pd.DataFrame.from_records(records, columns=None if records else ["run_id", "experiment", "status"])
+    for tag, value in (filter_tags or {}).items():
+        runs = runs[_column(runs, f"tags.{tag}") == format_number(value)]
+    return runs.reset_index(drop=True)
+
+
+def _experiment_names(client: Any, experiments: list[str] | None) -> dict[str, str]:
+    """experiment id -> name; unknown names are reported and skipped (their cells stay blank)."""
+    if experiments is None:
+        return {exp.experiment_id: exp.name for exp in client.search_experiments()}
+    found = {}
+    for name in experiments:
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            log.warning("experiment '%s' not found in the tracking store", name)
+        else:
+            found[exp.experiment_id] = name
+    return found
+
+
+def _search_all(client: Any, experiment_ids: list[str]) -> Iterator[Any]:
+    token = None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def _record(run: Any, experiment: str) -> dict[str, Any]:
+    record = {"run_id": run.info.run_id, "experiment": experiment, "status": run.info.status}
+    record.update({f"tags.{key}": value for key, value in run.data.tags.items()})
+    record.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
+    return record
+
+
+def _column(frame: pd.DataFrame, name: str) -> pd.Series:
+    return frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index, dtype=object)
+
+
+def _layout(name: str) -> TableLayout:
+    if name not in TABLE_LAYOUTS:
+        raise ReportError(f"unknown table layout '{name}'; choose one of {sorted(TABLE_LAYOUTS)}")
+    return TABLE_LAYOUTS[name]
+
+
+def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
+    """The runs that belong in the table (any status), as columns row, col, value, status, context."""
+    keep = pd.Series(True, index=runs.index)
+    for tag, value in spec.where.items():
+        column = _column(runs, f"tags.{tag}")
+        keep &= (column.isna() | (column == "")) if value is None else (column == value)
+    placed = pd.DataFrame({
+        "row": _column(runs, f"tags.{spec.row_tag}"),
+        "col": _column(runs, f"tags.{spec.col_tag}"),
+        "value": pd.to_numeric(_column(runs, f"metrics.{spec.metric}"), errors="coerce"),
+        "status": _column(runs, "status"),
+        **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
+    })
+    return placed[keep].dropna(subset=["row", "col"])
+
+
+def _single_context(runs: pd.DataFrame, spec: TableLayout, layout: str) -> dict[str, str]:
+    """The context tags' common values; several values in one table would average apples and pears."""
+    context = {}
+    for tag in spec.context:
+        values = sorted(runs[tag].dropna().unique())
+        if len(values) > 1:
+            raise ReportError(
+                f"table '{layout}': runs mix {tag} = {values}; pick one with filter_tags={{'{tag}': ...}}"
+            )
+        if values:
+            context[tag] = values[0]
+    return context
+
+
+def _sort_key(value: str) -> tuple[int, float, str]:
+    try:
+        return (0, float(value), value)
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _axis(fixed: tuple[str, ...], expected: Iterable[Any] | None, observed: Iterable[str]) -> list[str]:
+    extra = {format_number(value) for value in expected or ()} | set(observed)
+    return list(fixed) + sorted(extra - set(fixed), key=_sort_key)
+
+
+def _cell(mean: float, count: int) -> str:
+    return f"{mean:.1f}" if count == 1 else f"{mean:.1f} (n={count})"
+
+
+def build_table(
+    runs: pd.DataFrame,
+    layout: str,
+    expected_rows: Iterable[Any] | None = None,
+    expected_cols: Iterable[Any] | None = None,
+) -> pd.DataFrame:
+    """The display table (strings; blank = no finished run) of ``layout`` over ``runs``
+    (:func:`collect_runs`). ``expected_rows``/``expected_cols`` are tag values shown even without runs.
+    ``attrs`` carries ``footnote`` (metric and runs per cell) and ``context`` (e.g. dataset, encoder)."""
+    spec = _layout(layout)
+    placed = _placed(runs, spec)
+    finished = placed[(placed["status"] == "FINISHED") & placed["value"].notna()]
+    context = _single_context(finished, spec, layout)
+    stats = finished.groupby(["row", "col"])["value"].agg(["mean", "count"])
+    rows = _axis(spec.row_order, expected_rows, finished["row"])
+    cols = _axis(spec.col_order, expected_cols, finished["col"])
+    table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
+    for (row, col), (mean, count) in stats.iterrows():
+        table.at[row, col] = _cell(mean, int(count))
+    table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
+    table.columns.name = spec.col_tag
+    unfinished = int((placed["status"] != "FINISHED").sum())
+    table.attrs = {"footnote": _footnote(spec.metric, stats["count"], unfinished), "context": context}
+    return table
+
+
+def _footnote(metric: str, counts: pd.Series, unfinished: int) -> str:
+    note = (
+        f"Each cell: mean of {metric} (mIoU %, one decimal) over FINISHED runs; "
+        "'(n=k)' marks a cell averaging k > 1 runs; blank: no finished run. "
+    )
+    if len(counts):
+        low, high = int(counts.min()), int(counts.max())
+        per_cell = str(low) if low == high else f"{low}-{high}"
+        note += f"Finished runs used: {int(counts.sum())} in {len(counts)} cell(s), {per_cell} per cell. "
+    else:
+        note += "Finished runs used: none. "
+    return note + f"Unfinished (running/failed/killed) runs ignored: {unfinished}."
+
+
+def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Header and body cells shared by the Markdown and HTML writers."""
+    corner = f"{table.index.name or ''} / {table.columns.name or ''}".strip(" /")
+    header = [corner, *map(str, table.columns)]
+    body = [[str(label), *map(str, values)] for label, values in zip(table.index, table.to_numpy(), strict=True)]
+    return header, body
+
+
+def to_markdown(table: pd.DataFrame, title: str, footnote: str) -> str:
+    header, body = _grid(table)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    rule = "| :--- | " + " | ".join("---:" for _ in header[1:]) + " |"
+    return "\n".join([f"# {title}", "", line(header), rule, *map(line, body), "", f"_{footnote}_", ""])
+
+
+_HTML_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2rem; color: #222; }}
+table {{ border-collapse: collapse; margin: 1rem 0; }}
+th, td {{ padding: 0.35rem 0.9rem; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+thead th {{ border-bottom: 2px solid #444; }}
+tbody tr:hover {{ background: #f5f7fa; }}
+p.note {{ color: #555; font-size: 0.9rem; max-width: 50rem; }}
+</style>
+</head>
+<body>
+<h1>{title}</h1>
+<table>
+<thead><tr>{header}</tr></thead>
+<tbody>
+{body}
+</tbody>
+</table>
+<p class="note">{footnote}</p>
+</body>
+</html>
+"""
+
+
+def to_html(table: pd.DataFrame, title: str, footnote: str) -> str:
+    header, body = _grid(table)
+    esc = html.escape
+    rows = "\n".join(
+        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>"
+        for label, *cells in body
+    )
+    return _HTML_PAGE.format(
+        title=esc(title), header="".join(f"<th>{esc(cell)}</th>" for cell in header), body=rows,
+        footnote=esc(footnote),
+    )
+
+
+def _write_atomic(path: Path, text: str) -> Path:
+    """Readers (a browser, DVC) never see a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_report(
+    table: pd.DataFrame, out_dir: str | Path, name: str, title: str, footnote: str | None = None
+) -> dict[str, Path]:
+    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.html`` under ``out_dir``; returns them by
+    extension. ``footnote`` defaults to the one :func:`build_table` attached."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    note = table.attrs.get("footnote", "") if footnote is None else footnote
+    texts = {
+        "md": to_markdown(table, title, note),
+        "csv": table.to_csv(lineterminator="\n"),
+        "html": to_html(table, title, note),
+    }
+    return {ext: _write_atomic(out / f"{name}.{ext}", text) for ext, text in texts.items()}
+
+
+def report(
+    uri: str | None,
+    experiment: str | list[str] | None,
+    layout: str,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    filter_tags: Mapping[str, Any] | None = None,
+    expected_rows: Iterable[Any] | None = None,
+    expected_cols: Iterable[Any] | None = None,
+    title: str | None = None,
+) -> dict[str, Path]:
+    """Collect the runs of ``experiment`` (None: all) from the store at ``uri`` (None: the default
+    store), build table ``layout`` and write it to ``out_dir/<name or layout>.{md,csv,html}``."""
+    uri = resolve_tracking_uri(uri)
+    check_tracking_uri(uri)
+    experiments = [experiment] if isinstance(experiment, str) else experiment
+    table = build_table(collect_runs(uri, experiments, filter_tags), layout, expected_rows, expected_cols)
+    if title is None:
+        context = ", ".join(f"{tag} {value}" for tag, value in table.attrs["context"].items())
+        title = f"{_layout(layout).title} ({context})" if context else _layout(layout).title
+    return write_report(table, out_dir, name or layout, title)

@@ -1,0 +1,434 @@
+"""Experiment tracking on MLflow, plus the figures a person would rather look at than numbers.
+
+Run naming conventions (the engine, the evaluation entry point and :mod:`unimatch.report` rely on them):
+
+Metrics (mIoU values are PERCENTAGES, 0-100):
+
+* per logged iteration (step = global iteration): ``train/loss``, ``train/loss_labeled``,
+  ``train/loss_unlabeled``, ``train/mask_ratio``, ``train/lr``
+* per evaluation (step = global iteration, with ``epoch`` alongside): ``val/miou_ema``,
+  ``val/miou_student``, ``val/iou_ema/<class name>``
+* once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``
+* standalone evaluation runs: ``eval/miou``, ``eval/iou/<class name>``
+
+Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes ``{"kind": "eval"}``),
+``dataset``, ``split`` (labeled count or fraction as written, e.g. ``24`` or ``0.0625``), ``method``,
+``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight``, ``seed``,
+then ``tracking.tags`` from the config and the caller's tags, which win. The report tables also read
+``setting`` (Table 13: ``labeled only`` / ``+ extra unlabeled``) and ``sweep_param`` / ``sweep_value``
+(Figs. 5-6), which the experiment configs set through ``tracking.tags``.
+
+Params are the flattened config (``train.lr``, ``method.threshold``, ...); the resolved config is
+stored as the artifact ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import yaml
+
+from unimatch.config import ExperimentConfig, flatten
+
+log = logging.getLogger(__name__)
+
+# The metric names the engine logs (see the module docstring).
+TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr")
+VAL_METRICS = ("val/miou_ema", "val/miou_student")
+SUMMARY_METRICS = ("best_miou_ema", "best_miou_student", "final_miou_ema")
+CHECK_TIMEOUT_S = 5
+TRUNCATION_MARKER = "...[truncated]"
+# MLflow allows ':' too, except on Windows; dropping it keeps one store readable everywhere.
+_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used; the message names the URI."""
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``uri`` if given, else ``MLFLOW_TRACKING_URI``, else a sqlite file in the working directory."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def redact(text: str, uri: str) -> str:
+    """``text`` with the password of ``uri`` (if any) masked, so it can go into errors and logs."""
+    password = urlsplit(uri).password
+    return text.replace(password, "***") if password else text
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other schemes and in-memory databases)."""
+    if not uri.startswith("sqlite://"):
+        return None
+    # sqlite:///rel.db is relative, sqlite:////abs.db absolute: drop exactly one slash.
+    path = uri[len("sqlite://") :].split("?", 1)[0][1:]
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _fast_http() -> Iterator[None]:
+    """No retries and a short timeout for MLflow's REST client (its defaults retry for minutes).
+    MLflow reads these variables per request; the process-wide change lasts only for the check."""
+    fast = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CHECK_TIMEOUT_S)}
+    saved = {key: os.environ.get(key) for key in fast}
+    os.environ.update(fast)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _check_sqlite_location(db: Path, shown: str) -> None:
+    # MLflow would silently create missing directories: a typo must not grow a new tree.
+    if not db.parent.is_dir():
+        raise TrackingError(f"tracking URI {shown}: directory {db.parent} does not exist")
+    if not os.access(db.parent, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+        raise TrackingError(f"tracking URI {shown}: {db} is not writable")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise :class:`TrackingError` within seconds when the store at ``uri`` cannot be used."""
+    from mlflow import MlflowClient
+
+    shown = redact(uri, uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        _check_sqlite_location(db, shown)
+    try:
+        with _fast_http():
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as error:  # any failure here means the store is unusable; say which one
+        raise TrackingError(
+            f"tracking URI {shown} is not usable: {redact(str(error), uri)}. "
+            "Fix tracking.uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false."
+        ) from error
+
+
+@functools.lru_cache(maxsize=4096)
+def sanitize_key(key: str) -> str:
+    """A metric/param/tag key MLflow accepts: bad characters become '_', no empty or dot path parts."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
+    parts = [part if part not in (".", "..") else "_" for part in _BAD_KEY_CHARS.sub("_", key).split("/") if part]
+    return "/".join(parts)[:MAX_ENTITY_KEY_LENGTH].rstrip("/") or "_"
+
+
+def _truncate(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
+
+
+def format_number(value: Any) -> str:
+    """24 / 24.0 -> '24', 0.0625 -> '0.0625', True -> 'true': tag values that read as they were written."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Tracker:
+    """Tracking switched off: every call is a no-op."""
+
+    @property
+    def run_id(self) -> str | None:
+        return None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        pass
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.finish("FINISHED")
+        else:
+            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+class MlflowTracker(Tracker):
+    """Logs into an MLflow run through ``MlflowClient`` (no global fluent state is changed).
+
+    If a run is already active in this process (ZenML's MLflow experiment tracker opens one per step),
+    everything goes into that run, ``uri``/``experiment``/``run_name`` are ignored and :meth:`finish`
+    only records the outcome in the tag ``unimatch.status``: the run belongs to whoever opened it.
+    ``resume_run_id`` reopens an earlier run of ours (e.g. training resumed from a checkpoint).
+    """
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        *,
+        resume_run_id: str | None = None,
+    ) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        active = mlflow.active_run()
+        self._owns_run = active is None
+        self._client = MlflowClient(tracking_uri=uri if self._owns_run else mlflow.get_tracking_uri())
+        self._uri = uri
+        self._logged_params: dict[str, str] | None = None  # fetched lazily, for resume
+        self._warned: set[str] = set()
+        self._finished = False
+        if active is not None:
+            self._run_id = active.info.run_id
+            self.set_tags(tags or {})
+        elif resume_run_id is not None:
+            self._run_id = resume_run_id
+            self._client.update_run(resume_run_id, status="RUNNING")
+            self.set_tags(tags or {})
+        else:
+            self._run_id = self._create_run(experiment, run_name, tags or {})
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    def _create_run(self, experiment: str, run_name: str | None, tags: Mapping[str, Any]) -> str:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        # resolve_tags adds the user/source/git-commit tags that mlflow.start_run would.
+        run = self._client.create_run(
+            self._experiment_id(experiment), tags=resolve_tags(self._clean_tags(tags)), run_name=run_name
+        )
+        return run.info.run_id
+
+    def _experiment_id(self, name: str) -> str:
+        found = self._client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return self._client.create_experiment(name, artifact_location=self._artifact_location(name))
+            except Exception:  # another process may have created it meanwhile
+                found = self._client.get_experiment_by_name(name)
+                if found is None:
+                    raise
+        if found.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"experiment '{name}' in {redact(self._uri, self._uri)} is deleted: restore it "
+                "(mlflow experiments restore) or choose another tracking.experiment"
+            )
+        return found.experiment_id
+
+    def _artifact_location(self, experiment: str) -> str | None:
+        # The sqlite store's default artifact root is ./mlruns of whatever directory the process runs
+        # in; keep artifacts next to the database instead.
+        db = sqlite_path(self._uri)
+        if db is None:
+            return None
+        return (db.parent / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment)).as_uri()
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+
+        if self._logged_params is None:
+            self._logged_params = dict(self._client.get_run(self._run_id).data.params)
+        fresh = {}
+        for key, value in flatten(dict(params)).items():
+            key, text = sanitize_key(key), _truncate(str(value), MAX_PARAM_VAL_LENGTH)
+            old = self._logged_params.get(key)
+            if old is None:
+                fresh[key] = text
+            elif old != text:
+                # MLflow params are immutable: keep the first value rather than fail a resumed run.
+                log.warning("param %s already logged as %r; not overwriting with %r", key, old, text)
+        self._send("params", [Param(key, value) for key, value in fresh.items()], MAX_PARAMS_TAGS_PER_BATCH)
+        self._logged_params.update(fresh)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+        timestamp = int(time.time() * 1000)
+        finite = {}
+        for key, value in metrics.items():
+            value = float(value)
+            if math.isfinite(value):
+                finite[key] = value
+            elif key not in self._warned:  # once per key: a diverging loss would flood the log
+                self._warned.add(key)
+                log.warning("metric %s = %s at step %s is not finite; not logged", key, value, step)
+        batch = [Metric(sanitize_key(key), value, timestamp, step or 0) for key, value in finite.items()]
+        self._send("metrics", batch, MAX_METRICS_PER_BATCH)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if Path(path).is_dir():
+            self._client.log_artifacts(self._run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        self._client.log_figure(self._run_id, fig, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self._run_id, text, artifact_file)
+
+    @staticmethod
+    def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+        return {sanitize_key(key): _truncate(format_number(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
+
+        batch = [RunTag(key, value) for key, value in self._clean_tags(tags).items()]
+        self._send("tags", batch, MAX_PARAMS_TAGS_PER_BATCH)
+
+    def _send(self, kind: str, items: list[Any], limit: int) -> None:
+        """One ``log_batch`` call per ``limit`` items (MLflow caps batch sizes per kind)."""
+        for start in range(0, len(items), limit):
+            self._client.log_batch(self._run_id, **{kind: items[start : start + limit]})
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._owns_run:
+            self._client.set_terminated(self._run_id, status)
+        else:
+            self.set_tags({"unimatch.status": status})
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.method.name}-{cfg.model.encoder}-{cfg.dataset.name}-{format_number(cfg.split.labeled)}"
+
+
+def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
+    """The standard tags of a training run (see the module docstring)."""
+    return {
+        "kind": "train",
+        "dataset": cfg.dataset.name,
+        "split": format_number(cfg.split.labeled),
+        "method": cfg.method.name,
+        "encoder": cfg.model.encoder,
+        "frozen": format_number(cfg.model.frozen),
+        "streams": cfg.method.streams,
+        "threshold": format_number(cfg.method.threshold),
+        "unlabeled_weight": format_number(cfg.method.unlabeled_weight),
+        "seed": format_number(cfg.train.seed),
+    }
+
+
+def tracker_from_config(
+    cfg: ExperimentConfig, tags: Mapping[str, Any] | None = None, *, resume_run_id: str | None = None
+) -> Tracker:
+    """The tracker for one run of ``cfg``: a no-op :class:`Tracker` when tracking is disabled, else an
+    :class:`MlflowTracker` (store checked first) with standard tags, the config as params and
+    ``config.yaml`` as an artifact."""
+    import mlflow
+
+    if not cfg.tracking.enabled:
+        return Tracker()
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    if mlflow.active_run() is None:  # an active run's store is evidently usable
+        check_tracking_uri(uri)
+    all_tags = {**config_tags(cfg), **cfg.tracking.tags, **(tags or {})}
+    run_name = cfg.tracking.run_name or default_run_name(cfg)
+    tracker = MlflowTracker(uri, cfg.tracking.experiment, run_name, all_tags, resume_run_id=resume_run_id)
+    tracker.log_params(cfg.to_dict())
+    tracker.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
+    return tracker
+
+
+_CURVE_PANELS = (  # (title, x label, metric keys)
+    ("loss", "iteration", ("train/loss", "train/loss_labeled", "train/loss_unlabeled")),
+    ("mask ratio (confident pixels)", "iteration", ("train/mask_ratio",)),
+    ("learning rate (encoder)", "iteration", ("train/lr",)),
+    ("validation mIoU (%)", "epoch", VAL_METRICS),
+)
+
+
+def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: str | Path) -> Path:
+    """A 2x2 PNG of loss, mask ratio, learning rate (vs iteration) and validation mIoU (vs epoch).
+
+    ``history`` maps metric name -> [(step, value)], with iterations as steps for ``train/*`` and
+    epochs for ``val/miou_*``."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
+
+    fig = Figure(figsize=(11, 7), layout="constrained")
+    for ax, (title, xlabel, keys) in zip(fig.subplots(2, 2).flat, _CURVE_PANELS, strict=True):
+        ax.set(title=title, xlabel=xlabel)
+        drawn = [key for key in keys if history.get(key)]
+        for key in drawn:
+            steps, values = zip(*history[key], strict=True)
+            ax.plot(steps, values, marker="o" if xlabel == "epoch" else None, label=key)
+        if drawn:
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:
+    """A PNG of the row-normalised confusion matrix (rows: ground truth), annotated when readable."""
+    from matplotlib.figure import Figure
+
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(axis=1, keepdims=True)
+    norm = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
+    n = len(class_names)
+    side = max(4.0, 0.45 * n + 2.5)
+    fig = Figure(figsize=(side, side), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="ground truth",
+           title="confusion matrix (each row sums to 1)")
+    ax.set_xticklabels(class_names, rotation=45, ha="right")
+    ax.set_yticklabels(class_names)
+    if n <= 30:  # beyond that the numbers overlap and only the colours are readable
+        for (row, col), value in np.ndenumerate(norm):
+            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if value > 0.5 else "black")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
