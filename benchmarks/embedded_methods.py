@@ -12,7 +12,6 @@ import argparse
 import statistics
 import time
 
-from unimatch.cli import ensure_dataset
 from unimatch.config import METHOD_LABELS, load_config
 from unimatch.engine import train
 from unimatch.tracking import tracker_from_config
@@ -33,7 +32,6 @@ def run(method: str, seed: int, labeled: int, overrides: list[str]) -> float:
             *overrides,
         ],
     )
-    ensure_dataset(cfg)
     with tracker_from_config(cfg, tags={"kind": "train", "table": "methods", "seed": str(seed)}) as tracker:
         return train(cfg, tracker).metrics["best_miou_ema"]
 

@@ -35,7 +35,6 @@ def cmd_split(args: argparse.Namespace) -> None:
     from .data import prepare_splits
 
     cfg = _load(args)
-    ensure_dataset(cfg)
     splits = prepare_splits(cfg)
     for role in ("labeled", "unlabeled", "val"):
         path = getattr(splits, role)
@@ -43,20 +42,11 @@ def cmd_split(args: argparse.Namespace) -> None:
         print(f"{role:9s} {lines:6d} images  {path}")
 
 
-def ensure_dataset(cfg) -> None:
-    """The embedded dataset is generated on first use, so every command works on a fresh clone."""
-    if cfg.dataset.name == "embedded":
-        from .data import generate_embedded
-
-        generate_embedded(cfg.dataset.root)
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from .engine import train
     from .tracking import tracker_from_config
 
     cfg = _load(args)
-    ensure_dataset(cfg)
     with tracker_from_config(cfg, tags={"kind": "train"}) as tracker:
         result = train(cfg, tracker, progress=not args.no_progress)
     print(f"best EMA mIoU {result.metrics['best_miou_ema']:.2f} | checkpoint {result.best_checkpoint}")
@@ -67,7 +57,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from .tracking import tracker_from_config
 
     cfg = _load(args)
-    ensure_dataset(cfg)
     with tracker_from_config(cfg, tags={"kind": "eval", "checkpoint": str(args.checkpoint)}) as tracker:
         result = evaluate_checkpoint(cfg, args.checkpoint, args.split, args.weights, tracker, progress=not args.no_progress)
     print(f"mIoU {result.miou:.2f}")

@@ -1,0 +1,142 @@
+"""The training engine on a small generated dataset: every method, resume, checkpoints, CLI."""
+
+import math
+
+import pytest
+import torch
+
+from unimatch.cli import main as cli_main
+from unimatch.config import load_config
+from unimatch.data import generate_embedded
+from unimatch.engine import Trainer, TrainingError, train
+from unimatch.engine.checkpoint import load_checkpoint
+from unimatch.models import CheckpointError
+from unimatch.tracking import Tracker
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate_embedded(tmp_path_factory.mktemp("data") / "embedded", seed=3, n_train=24, n_val=4, size=(112, 84))
+
+
+def small_config(dataset, out, *overrides):
+    return load_config(
+        "configs/embedded.yaml",
+        [
+            f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={out}", "split.labeled=8",
+            "train.batch_size=2", "train.epochs=1", "train.max_iters=4", "train.num_workers=0",
+            "train.log_every=1", "tracking.enabled=false", *overrides,
+        ],
+    )
+
+
+class RecordingTracker(Tracker):
+    def __init__(self, fail_at: int | None = None):
+        self.metrics: dict[str, list[tuple[int, float]]] = {}
+        self.fail_at = fail_at
+
+    def log_metrics(self, metrics, step=None):
+        if self.fail_at is not None and step == self.fail_at:
+            raise KeyboardInterrupt("simulated crash")
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append((step, value))
+
+
+@pytest.mark.parametrize("method", ["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2"])
+def test_every_method_trains_with_finite_losses(dataset, tmp_path, method):
+    tracker = RecordingTracker()
+    result = train(small_config(dataset, tmp_path, f"method.name={method}"), tracker, progress=False)
+    losses = [value for _, value in tracker.metrics["train/loss"]]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    assert 0 <= result.metrics["best_miou_ema"] <= 100
+    assert result.best_checkpoint.exists() and result.last_checkpoint.exists()
+    assert (tmp_path / "figures" / "training_curves.png").exists()
+    if method != "labeled_only":
+        assert all(0 <= v <= 1 for _, v in tracker.metrics["train/mask_ratio"])
+        assert "ema" in load_checkpoint(result.last_checkpoint)
+
+
+def test_iterations_per_epoch_follow_the_unlabeled_set(dataset, tmp_path):
+    trainer = Trainer(small_config(dataset, tmp_path, "train.max_iters=null"), progress=False)
+    assert trainer.sizes["labeled"] == 8 and trainer.sizes["unlabeled"] == 16
+    assert trainer.iters_per_epoch == 16 // 2
+    baseline = Trainer(small_config(dataset, tmp_path / "lo", "method.name=labeled_only", "train.max_iters=null"), progress=False)
+    assert baseline.iters_per_epoch == trainer.iters_per_epoch  # same number of steps as the semi-supervised run
+
+
+def _weights(path):
+    state = load_checkpoint(path)
+    return state["model"], state["ema"], state["optimizer"]["state"]
+
+
+def test_resume_continues_exactly_where_the_crash_happened(dataset, tmp_path):
+    overrides = ("train.max_iters=6", "train.checkpoint_every=3", "train.deterministic=true")
+    uninterrupted = train(small_config(dataset, tmp_path / "full", *overrides), RecordingTracker(), progress=False)
+
+    crashed_dir = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train(small_config(dataset, crashed_dir, *overrides), RecordingTracker(fail_at=5), progress=False)
+    assert load_checkpoint(crashed_dir / "checkpoints" / "latest.pth")["iteration"] == 3
+
+    resumed_trainer = Trainer(small_config(dataset, crashed_dir, *overrides), RecordingTracker(), progress=False)
+    assert resumed_trainer.iteration == 3
+    resumed = resumed_trainer.fit()
+
+    for ours, theirs in zip(_weights(resumed.last_checkpoint), _weights(uninterrupted.last_checkpoint)):
+        for key in ours:
+            if isinstance(ours[key], dict):
+                for name in ours[key]:
+                    assert torch.equal(ours[key][name], theirs[key][name]), (key, name)
+            else:
+                assert torch.equal(ours[key], theirs[key]), key
+    assert resumed.metrics["best_miou_ema"] == uninterrupted.metrics["best_miou_ema"]
+
+
+def test_resume_refuses_a_checkpoint_of_another_experiment(dataset, tmp_path):
+    train(small_config(dataset, tmp_path, "train.max_iters=2"), progress=False)
+    with pytest.raises(TrainingError, match="method.name"):
+        Trainer(small_config(dataset, tmp_path, "method.name=fixmatch"), progress=False)
+
+
+def test_corrupt_latest_checkpoint_is_reported(dataset, tmp_path):
+    train(small_config(dataset, tmp_path, "train.max_iters=2"), progress=False)
+    latest = tmp_path / "checkpoints" / "latest.pth"
+    latest.write_bytes(latest.read_bytes()[:1000])
+    with pytest.raises(TrainingError, match="cannot read checkpoint"):
+        Trainer(small_config(dataset, tmp_path), progress=False)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(latest)
+
+
+def test_non_finite_loss_stops_with_the_iteration(dataset, tmp_path, monkeypatch):
+    import unimatch.methods.unimatch_v2 as v2
+
+    original = v2.UniMatchV2.step
+
+    def exploding(self, *args):
+        losses = original(self, *args)
+        losses.loss = losses.loss * float("nan")
+        return losses
+
+    monkeypatch.setattr(v2.UniMatchV2, "step", exploding)
+    with pytest.raises(TrainingError, match="non-finite loss .* iteration 0"):
+        train(small_config(dataset, tmp_path), progress=False)
+
+
+def test_cli_train_evaluate_predict(dataset, tmp_path, capsys):
+    common = [f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={tmp_path}/run", "split.labeled=8",
+              "train.batch_size=2", "train.max_iters=2", "train.num_workers=0", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]
+    assert cli_main(["train", "--no-progress", *common]) == 0
+    checkpoint = tmp_path / "run" / "checkpoints" / "best.pth"
+    assert cli_main(["evaluate", "--no-progress", "--checkpoint", str(checkpoint), *common]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    assert cli_main(["predict", "--no-progress", "--checkpoint", str(checkpoint), "--input", str(dataset / "images" / "val"), "--output", str(tmp_path / "pred"), *common]) == 0
+    assert len(list((tmp_path / "pred" / "labels").glob("*.png"))) == 4
+    assert len(list((tmp_path / "pred" / "overlays").glob("*.jpg"))) == 4
+
+
+def test_cli_reports_bad_config_keys(capsys):
+    assert cli_main(["train", "train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
+    assert cli_main(["train", "dataset.crop_size=100"]) == 2
+    assert "not a multiple of the patch size" in capsys.readouterr().err
