@@ -25,4 +25,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) runs outputs mlruns .pytest_cache
+	rm -rf $(VENV) runs outputs mlruns mlflow.db mlartifacts .zen .pytest_cache

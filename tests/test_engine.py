@@ -7,7 +7,7 @@ import torch
 
 from unimatch.cli import main as cli_main
 from unimatch.config import load_config
-from unimatch.data import generate_embedded
+from unimatch.data import DataError, generate_embedded
 from unimatch.engine import Trainer, TrainingError, train
 from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.models import CheckpointError
@@ -140,3 +140,16 @@ def test_cli_reports_bad_config_keys(capsys):
     assert "train.bogus" in capsys.readouterr().err
     assert cli_main(["train", "dataset.crop_size=100"]) == 2
     assert "not a multiple of the patch size" in capsys.readouterr().err
+
+
+def test_all_labels_need_an_extra_pool_for_semi_supervised_methods(dataset, tmp_path):
+    everything = ["split.labeled=24", "train.max_iters=2"]
+    baseline = train(small_config(dataset, tmp_path / "lo", "method.name=labeled_only", *everything), progress=False)
+    assert baseline.metrics["best_miou_ema"] >= 0
+    assert (tmp_path / "lo" / "splits" / "unlabeled.txt").read_text() == ""
+    with pytest.raises(DataError, match="needs unlabeled images"):
+        Trainer(small_config(dataset, tmp_path / "v2", "method.name=unimatch_v2", *everything), progress=False)
+    pool = generate_embedded(tmp_path / "pool", seed=9, n_train=6, n_val=1, size=(112, 84))
+    extra = [f"dataset.extra_unlabeled=['{pool / 'images' / 'train'}']"]
+    trainer = Trainer(small_config(dataset, tmp_path / "v2", "method.name=unimatch_v2", *everything, *extra), progress=False)
+    assert trainer.sizes == {"labeled": 24, "unlabeled": 6, "val": 4}

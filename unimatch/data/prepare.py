@@ -26,13 +26,15 @@ def _labeled_unlabeled(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, li
         raise DataError("dataset.labeled_split and dataset.unlabeled_split must be given together (or neither)")
     if data.labeled_split is not None and data.unlabeled_split is not None:
         labeled = read_split(data.labeled_split, data.root)
-        unlabeled = read_split(data.unlabeled_split, data.root, require_masks=False)
+        unlabeled = read_split(data.unlabeled_split, data.root, require_masks=False, allow_empty=True)
         check_disjoint(labeled, unlabeled)
         return Path(data.labeled_split), Path(data.unlabeled_split), labeled + unlabeled
     train = list_dataset(data.name, data.root, "train")
     labeled, unlabeled = create_split(train, cfg.split.labeled, cfg.split.seed)
     write_split(out / "labeled.txt", labeled, data.root)
-    write_split(out / "unlabeled.txt", unlabeled, data.root)
+    # Empty when every image is labeled: the real-world setting takes its unlabeled images from
+    # dataset.extra_unlabeled, and the trainer rejects a semi-supervised run with no unlabeled image at all.
+    write_split(out / "unlabeled.txt", unlabeled, data.root, allow_empty=True)
     return out / "labeled.txt", out / "unlabeled.txt", train
 
 

@@ -62,11 +62,12 @@ def _check_exists(path: Path, where: str) -> None:
 
 
 def read_split(
-    path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True
+    path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True, allow_empty: bool = False
 ) -> list[Sample]:
     """The samples listed in split file ``path``; masks are ignored (None) when ``require_masks`` is False.
 
     ``check_files=False`` parses without the dataset on disk (paths are still checked to stay under root).
+    ``allow_empty``: an empty file is an empty list (the unlabeled split when every image is labeled).
     """
     path, root = Path(path), Path(root).absolute()
     samples: list[Sample] = []
@@ -86,7 +87,7 @@ def read_split(
                 if file is not None:
                     _check_exists(file, where)
         samples.append(Sample(image, mask, image_rel))
-    if not samples:
+    if not samples and not allow_empty:
         raise DataError(f"{path}: empty split (no samples)")
     return samples
 
@@ -131,9 +132,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         raise
 
 
-def write_split(path: str | Path, samples: Sequence[Sample], root: str | Path) -> None:
+def write_split(path: str | Path, samples: Sequence[Sample], root: str | Path, allow_empty: bool = False) -> None:
     """Write ``samples`` to split file ``path`` (paths relative to ``root``), atomically."""
-    if not samples:
+    if not samples and not allow_empty:
         raise DataError(f"{path}: refusing to write an empty split")
     write_text_atomic(path, split_text(samples, root))
 

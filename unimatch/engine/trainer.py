@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
-from ..data import EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
+from ..data import DataError, EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..evaluation import EvalResult, evaluate
 from ..methods import LabeledBatch, UnlabeledBatch, build_method
 from ..models import CheckpointError
@@ -89,7 +89,10 @@ class Trainer:
         self.val_set = EvalDataset(read_split(splits.val, root), nclass)
         # One epoch = one pass over the unlabeled set; labeled-only reads the list too, so that it trains
         # for the same number of iterations as the semi-supervised methods it is compared with.
-        unlabeled = read_split(splits.unlabeled, root, require_masks=False) + extra_unlabeled_samples(cfg)
+        unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+        if self.uses_unlabeled and not unlabeled:
+            raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
+                            "dataset.extra_unlabeled names no pool")
         batch = cfg.train.batch_size
         pool = len(unlabeled) if unlabeled or self.uses_unlabeled else len(labeled)  # fully labeled baseline
         self.iters_per_epoch = pool // batch

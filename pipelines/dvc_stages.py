@@ -1,0 +1,123 @@
+"""Stage commands of the DVC pipeline (``dvc.yaml``): the Table 5 benchmark without ZenML.
+
+Each stage runs the same step function as the ZenML pipeline (its plain ``entrypoint``, outside any
+ZenML run), configured from ``params.yaml``, and hands its artifact to the next stage as a JSON file
+that DVC tracks. ``params.yaml`` sections mirror the config: every non-null key there becomes a
+config override (``dvc exp run -S train.epochs=2``); null keeps the config file's value, so DVC
+trains with the same budget as ``make run``.
+
+    python -m pipelines.dvc_stages splits | train METHOD | evaluate METHOD | report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel
+
+from steps import build_report, create_splits, evaluate_model, train_model
+from steps.artifacts import Evaluation, SplitSet, TrainedModel
+from unimatch.config import ExperimentConfig, flatten
+
+from .common import Table, Variant, resolve_base, run_tags, split_column, variant_config
+
+PARAMS_FILE = Path("params.yaml")
+ArtifactT = TypeVar("ArtifactT", bound=BaseModel)
+TABLE = "table5"
+
+
+class Stage:
+    """Paths and configs of one ``params.yaml`` state (what dvc.yaml templates with ${experiment})."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        sections = {key: value for key, value in params.items() if key in ExperimentConfig.model_fields}
+        overrides = [f"{key}={json.dumps(value)}" for key, value in flatten(sections).items() if value is not None]
+        self.methods: list[str] = list(params["methods"])
+        self.base = resolve_base(params["config"], overrides, False, params["experiment"], TABLE)
+        self.experiment: str = self.base["tracking"]["experiment"]
+        self.table = Table(TABLE, "methods", self.methods, split_column(self.base))
+        self.tags = run_tags(self.base, self.table)
+        self.outputs = Path("outputs") / self.experiment
+
+    @property
+    def splits_file(self) -> Path:
+        return Path(self.base["split"]["dir"]) / "splits.json"
+
+    def run_dir(self, method: str) -> str:
+        return f"runs/{self.experiment}/{method}"
+
+    def model_file(self, method: str) -> Path:
+        return Path(self.run_dir(method)) / "checkpoints" / "model.json"
+
+    def eval_dir(self, method: str) -> Path:
+        return self.outputs / "eval" / method
+
+    def config(self, method: str, output_dir: str) -> dict[str, Any]:
+        """The method's config, in a fixed directory: DVC clears a stage's outputs before re-running it,
+        so no stale checkpoint can be resumed (the ZenML pipeline keys its directories instead)."""
+        config = variant_config(self.base, Variant(method, [f"method.name={method}"]))
+        config["output_dir"] = output_dir
+        return config
+
+
+def _write(path: Path, artifact: BaseModel) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(artifact.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    """Numbers only: DVC shows every leaf of a metrics file, paths and run ids included."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+
+def _read(model: type[ArtifactT], path: Path) -> ArtifactT:
+    return model.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def splits(stage: Stage) -> None:
+    _write(stage.splits_file, create_splits.entrypoint(config=stage.base))
+
+
+def train(stage: Stage, method: str) -> None:
+    config = stage.config(method, stage.run_dir(method))
+    model = train_model.entrypoint(_read(SplitSet, stage.splits_file), config, method, stage.tags)
+    _write(stage.model_file(method), model)
+    _write_metrics(stage.outputs / "train" / f"{method}.json", model.metrics)
+
+
+def evaluate(stage: Stage, method: str) -> None:
+    # Its figures go beside its metrics, not into the training stage's outputs.
+    config = stage.config(method, str(stage.eval_dir(method)))
+    model = _read(TrainedModel, stage.model_file(method))
+    evaluation = evaluate_model.entrypoint(model, _read(SplitSet, stage.splits_file), config, stage.tags)
+    _write(stage.eval_dir(method).with_suffix(".evaluation.json"), evaluation)
+    _write_metrics(stage.eval_dir(method).with_suffix(".json"), {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou})
+
+
+def report(stage: Stage) -> None:
+    evaluations = [_read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json")) for m in stage.methods]
+    build_report.entrypoint(evaluations, None, stage.experiment, stage.table.layout, str(stage.outputs / "report"),
+                            stage.tags, stage.table.rows, stage.table.cols)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
+    parser.add_argument("stage", choices=("splits", "train", "evaluate", "report"))
+    parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage")
+    args = parser.parse_args(argv)
+    stage = Stage(yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8")))
+    if args.stage in ("train", "evaluate"):
+        if args.method not in stage.methods:
+            parser.error(f"{args.stage} needs one of the params.yaml methods {stage.methods}")
+        (train if args.stage == "train" else evaluate)(stage, args.method)
+    else:
+        (splits if args.stage == "splits" else report)(stage)
+
+
+if __name__ == "__main__":
+    main()

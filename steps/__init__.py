@@ -1,0 +1,10 @@
+"""ZenML steps: thin, typed adapters over the ``unimatch`` library (no training logic here)."""
+
+from .data import make_unlabeled_pool
+from .evaluate import evaluate_model
+from .predict import export_predictions
+from .report import build_report
+from .splits import create_splits
+from .train import train_model
+
+__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "train_model"]

@@ -1,0 +1,138 @@
+"""The ZenML pipelines end to end on the local stack, in a temporary project.
+
+Each pipeline runs in a subprocess, as `make run` does, with its working directory, ZenML
+configuration, store and repository and its MLflow store all in a temporary directory, on a tiny
+generated dataset with a two-iteration budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from unimatch.data import generate_embedded
+
+PROJECT = Path(__file__).resolve().parents[1]
+METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
+# 12 train / 3 val images of 64x48, 4 labeled, 2 iterations, no loader workers: seconds per method.
+TINY = ["split.labeled=4", "train.batch_size=2", "dataset.crop_size=42", "train.num_workers=0", "train.max_iters=2"]
+STEP_STATUSES = """
+import json
+from zenml.client import Client
+runs = Client().list_pipeline_runs(pipeline_name="semi_supervised_benchmark", sort_by="asc:created", size=10).items
+print(json.dumps([{name: step.status.value for name, step in run.steps.items()} for run in runs]))
+"""
+
+
+def _env(root: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ZENML_CONFIG_PATH": str(root / ".zen" / "global"),
+        "ZENML_REPOSITORY_PATH": str(root),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "PYTHONPATH": str(PROJECT),
+    }
+
+
+def _python(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([sys.executable, *args], cwd=root, env=_env(root), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    shutil.copytree(PROJECT / "configs", root / "configs")
+    generate_embedded(root / "data" / "embedded", n_train=12, n_val=3, size=(64, 48))
+    return root
+
+
+@pytest.fixture(scope="module")
+def benchmark_runs(project: Path) -> list[subprocess.CompletedProcess[str]]:
+    """The Table 5 pipeline twice with identical inputs."""
+    return [_python(project, "-m", "pipelines.semi_supervised_benchmark", "--quick", *TINY) for _ in range(2)]
+
+
+def _runs(project: Path, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment}"
+    return client.search_runs([found.experiment_id])
+
+
+def test_benchmark_logs_one_training_run_per_method(project: Path, benchmark_runs: list) -> None:
+    runs = [run for run in _runs(project, "embedded-table5-quick") if run.data.tags.get("kind") == "train"]
+    assert sorted(run.data.tags["method"] for run in runs) == sorted(METHODS)
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        assert "best_miou_ema" in run.data.metrics
+        tags = run.data.tags
+        assert (tags["table"], tags["dataset"], tags["split"], tags["encoder"], tags["streams"]) == (
+            "table5", "embedded", "4", "tiny", "complementary")
+        assert run.data.params["train.max_iters"] == "2"
+
+
+def test_benchmark_writes_the_table5_report_and_predictions(project: Path, benchmark_runs: list) -> None:
+    outputs = project / "outputs" / "embedded-table5-quick"
+    markdown = (outputs / "methods.md").read_text(encoding="utf-8")
+    assert markdown.startswith("# Table 5")
+    rows = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in markdown.splitlines() if line.startswith("| ")}
+    for label in ("labeled-only", "FixMatch", "UniMatch V2"):
+        assert rows[label], f"empty cell for {label}: {markdown}"
+    assert (outputs / "methods.csv").is_file() and (outputs / "methods.html").is_file()
+    assert len(list((outputs / "predictions" / "unimatch_v2" / "labels").glob("*.png"))) == 3
+
+
+def test_second_identical_run_is_served_from_the_step_cache(project: Path, benchmark_runs: list) -> None:
+    statuses = json.loads(_python(project, "-c", STEP_STATUSES).stdout.strip().splitlines()[-1])
+    assert len(statuses) == 2
+    first, second = statuses
+    assert set(first.values()) == {"completed"}
+    for method in METHODS:
+        assert second[f"train_{method}"] == "cached"
+        assert second[f"evaluate_{method}"] == "cached"
+    # Side-effect steps always run (they read the dataset or the tracking store, or write files).
+    assert second["create_splits"] == second["build_report"] == "completed"
+    assert re.search(r"train_fixmatch +cached", benchmark_runs[1].stdout)  # the command's own summary
+    # The cached steps did not log new MLflow runs: still one training run per method.
+    assert len([r for r in _runs(project, "embedded-table5-quick") if r.data.tags.get("kind") == "train"]) == len(METHODS)
+
+
+def test_scheduled_sweep_runs_once_on_the_local_orchestrator(project: Path, tmp_path: Path) -> None:
+    run_config = tmp_path / "sweep.yaml"
+    run_config.write_text(yaml.safe_dump({
+        "parameters": {"quick": True, "overrides": TINY, "grid": {"method.threshold": [0.5]}},
+        "schedule": {"cron_expression": "0 3 * * 0"},
+    }), encoding="utf-8")
+    result = _python(project, "-m", "pipelines.sweep", "--run-config", str(run_config))
+    assert "does not support schedules" in result.stdout
+    assert "0 3 * * 0 cd " in result.stdout and "-m pipelines.sweep --run-config" in result.stdout
+    (run,) = [run for run in _runs(project, "embedded-sweep-quick") if run.data.tags.get("kind") == "train"]
+    assert (run.data.tags["sweep_param"], run.data.tags["sweep_value"], run.data.params["method.threshold"]) == (
+        "threshold", "0.5", "0.5")
+    assert "| τ (confidence threshold) |" in (project / "outputs" / "embedded-sweep-quick" / "sweep.md").read_text(encoding="utf-8")
+
+
+def test_variant_run_directories_are_keyed_by_config() -> None:
+    from pipelines.common import Variant, resolve_base, variant_config
+
+    base = resolve_base(str(PROJECT / "configs" / "embedded.yaml"), [], False, None, "table5")
+    one = variant_config(base, Variant("fixmatch", ["method.name=fixmatch"]))
+    other = variant_config(base, Variant("fixmatch", ["method.name=fixmatch", "train.seed=12345"]))
+    assert one["output_dir"].startswith("runs/embedded-table5/fixmatch-")
+    assert one["output_dir"] != other["output_dir"]
+    assert one == variant_config(base, Variant("fixmatch", ["method.name=fixmatch"]))
+    with pytest.raises(ValueError, match="split"):
+        variant_config(base, Variant("more-labels", ["split.labeled=48"]))
