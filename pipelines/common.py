@@ -105,7 +105,8 @@ def table_dag(
     ``after``: outputs of steps that produce files the training reads (e.g. an extra unlabeled pool)."""
     experiment = base["tracking"]["experiment"]
     tags = run_tags(base, table)
-    trainer = train_model.with_options(**_train_options(experiment, tags, gpu_count))
+    gpus = base["train"]["gpus"]
+    trainer = train_model.with_options(**_train_options(experiment, tags, gpu_count or (gpus if gpus > 1 else 0)))
     evaluator = evaluate_model.with_options(**tracker_step_options(experiment, tags))
     splits = create_splits(config=base)
     models, evaluations = {}, []

@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from steps import build_report, create_splits, evaluate_model, train_model
 from steps.artifacts import Evaluation, SplitSet, TrainedModel
 from unimatch.config import ExperimentConfig, flatten
+from unimatch.io_atomic import write_text_atomic
 
 from .common import Table, Variant, resolve_base, run_tags, split_column, variant_config
 
@@ -65,14 +66,12 @@ class Stage:
 
 
 def _write(path: Path, artifact: BaseModel) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(artifact.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, artifact.model_dump_json(indent=2) + "\n")
 
 
 def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     """Numbers only: DVC shows every leaf of a metrics file, paths and run ids included."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
 
 
 def _read(model: type[ArtifactT], path: Path) -> ArtifactT:

@@ -8,10 +8,12 @@ from zenml import step
 
 from unimatch.config import apply_overrides, validate
 from unimatch.engine import train
+from unimatch.engine.launch import launch_torchrun
 from unimatch.tracking import tracker_from_config
 
 from .artifacts import SplitSet, TrainedModel, TrainedModelMaterializer, sha256_file
 from .cache import LIBRARY_CACHE_POLICY
+from .tracking import store_uri
 
 # By import path: resolving the class would open the ZenML store whenever this module is imported.
 MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer.__qualname__}"
@@ -22,12 +24,16 @@ def train_model(splits: SplitSet, config: dict[str, Any], name: str, tags: dict[
     """Train ``config`` (fully resolved: method, budget, output_dir) on ``splits``.
 
     ``tags`` (table, sweep values...) are added to the standard run tags. The GPU request, when any,
-    is attached by the pipeline as ``ResourceSettings``. Training resumes from the run directory's
-    ``checkpoints/latest.pth`` if a previous attempt was interrupted.
+    is attached by the pipeline as ``ResourceSettings``. With ``train.gpus`` > 1 the training runs in
+    that many processes under ``torchrun`` (rank 0 logs into this step's MLflow run). Training resumes
+    from the run directory's ``checkpoints/latest.pth`` if a previous attempt was interrupted.
     """
     cfg = validate(apply_overrides(config, splits.overrides()))
     with tracker_from_config(cfg, tags=tags) as tracker:
-        result = train(cfg, tracker, progress=False)
+        if cfg.train.gpus > 1:
+            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=store_uri(), progress=False)
+        else:
+            result = train(cfg, tracker, progress=False)
     return TrainedModel(
         name=name,
         method=cfg.method.name,

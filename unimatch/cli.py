@@ -6,6 +6,11 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported lazily at run time: `unimatch --help` must not wait for torch
+    from .config import ExperimentConfig
+    from .engine import TrainResult
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
 
@@ -42,14 +47,36 @@ def cmd_split(args: argparse.Namespace) -> None:
         print(f"{role:9s} {lines:6d} images  {path}")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def _train_in_this_process(cfg: ExperimentConfig, args: argparse.Namespace) -> TrainResult | None:
+    """Train here (one rank of it under torchrun); the result on rank 0, None on the other ranks."""
     from .engine import train
-    from .tracking import tracker_from_config
+    from .engine.distributed import init_distributed, shutdown_distributed
+    from .tracking import Tracker, tracker_from_config
+
+    ctx = init_distributed(cfg.train.device)
+    try:
+        tracker = tracker_from_config(cfg, tags={"kind": "train"}, resume_run_id=args.mlflow_run_id) if ctx.is_main else Tracker()
+        with tracker:
+            result = train(cfg, tracker, progress=not args.no_progress)
+    finally:
+        shutdown_distributed()
+    return result if ctx.is_main else None
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .engine.distributed import launched_by_torchrun
+    from .engine.launch import launch_torchrun, write_result
 
     cfg = _load(args)
-    with tracker_from_config(cfg, tags={"kind": "train"}) as tracker:
-        result = train(cfg, tracker, progress=not args.no_progress)
-    print(f"best EMA mIoU {result.metrics['best_miou_ema']:.2f} | checkpoint {result.best_checkpoint}")
+    if cfg.train.gpus > 1 and not launched_by_torchrun():
+        result = launch_torchrun(cfg, run_id=args.mlflow_run_id, progress=not args.no_progress)  # rank 0 prints
+    else:
+        result = _train_in_this_process(cfg, args)
+        if result is None:
+            return
+        print(f"best EMA mIoU {result.metrics['best_miou_ema']:.2f} | checkpoint {result.best_checkpoint}")
+    if args.result:
+        write_result(result, args.result)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -104,9 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(split)
     split.set_defaults(func=cmd_split)
 
-    train = sub.add_parser("train", help="train a method; resumes from <output_dir>/checkpoints/latest.pth")
+    train = sub.add_parser("train", help="train a method; resumes from <output_dir>/checkpoints/latest.pth; "
+                           "multi-GPU with train.gpus=N or under torchrun")
     _config_args(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    train.add_argument("--result", metavar="FILE", help="also write the result (checkpoints, metrics, MLflow run id) as JSON")
+    train.add_argument("--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")

@@ -76,7 +76,7 @@ class MethodConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
     max_iters: int | None = Field(None, ge=1)  # cap on total iterations (quick runs, tests)
-    batch_size: int = Field(4, ge=1)  # per step: this many labeled and this many unlabeled images
+    batch_size: int = Field(4, ge=1)  # per step and process: this many labeled and this many unlabeled images
     lr: float = Field(5e-6, gt=0)  # encoder learning rate
     lr_multiplier: float = Field(40.0, gt=0)  # decoder lr = lr * lr_multiplier
     weight_decay: float = Field(0.01, ge=0)
@@ -95,6 +95,10 @@ class TrainConfig(Section):
     resume: bool = True  # continue from <output_dir>/checkpoints/latest.pth when it exists
     max_bad_steps: int = Field(0, ge=0)  # non-finite losses skipped before training stops
     device: str = "auto"
+    # > 1: `unimatch train` and the ZenML step start this many processes (one per GPU) through torchrun;
+    # batch_size is per process. Under an existing torchrun launch, torchrun's WORLD_SIZE decides.
+    gpus: int = Field(1, ge=1)
+    compile: bool = False  # torch.compile the ViT blocks (for CUDA; the first steps take minutes)
 
 
 class EvalConfig(Section):

@@ -75,8 +75,10 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
+    distributed: bool = False,
 ) -> EvalResult:
-    """mIoU of ``model`` over ``batches`` of (image, mask, name) at original resolution."""
+    """mIoU of ``model`` over ``batches`` of (image, mask, name) at original resolution. ``distributed``:
+    ``batches`` is this rank's shard and the counts of all ranks are summed (every rank gets the result)."""
     if mode not in ("original", "sliding"):
         raise ValueError(f"eval.mode must be 'original' or 'sliding', got '{mode}'")
     if mode == "sliding" and not window:
@@ -94,6 +96,8 @@ def evaluate(
                 logits = predict_sliding(model, image, window, stride_ratio, window_batch)
         confusion.update(logits.argmax(dim=1), mask)
     model.train(was_training)
+    if distributed:
+        confusion.all_reduce()
     matrix = confusion.numpy()
     names = class_names or [f"class_{i}" for i in range(nclass)]
     per_class = {name: float(iou * 100.0) for name, iou in zip(names, iou_per_class(matrix))}

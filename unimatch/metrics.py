@@ -23,6 +23,10 @@ class ConfusionMatrix:
     def merge(self, other: "ConfusionMatrix") -> None:
         self.matrix += other.matrix.to(self.matrix.device)
 
+    def all_reduce(self) -> None:
+        """Sum the matrices of all ranks (each counted its own shard of the images)."""
+        torch.distributed.all_reduce(self.matrix)
+
     def numpy(self) -> np.ndarray:
         return self.matrix.view(self.nclass, self.nclass).cpu().numpy()
 

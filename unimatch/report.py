@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from unimatch.config import METHOD_LABELS
+from unimatch.io_atomic import write_text_atomic
 from unimatch.tracking import check_tracking_uri, format_number, resolve_tracking_uri
 
 log = logging.getLogger(__name__)
@@ -283,20 +282,6 @@ def to_html(table: pd.DataFrame, title: str, footnote: str) -> str:
     )
 
 
-def _write_atomic(path: Path, text: str) -> Path:
-    """Readers (a browser, DVC) never see a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_report(
     table: pd.DataFrame, out_dir: str | Path, name: str, title: str, footnote: str | None = None
 ) -> dict[str, Path]:
@@ -310,7 +295,8 @@ def write_report(
         "csv": table.to_csv(lineterminator="\n"),
         "html": to_html(table, title, note),
     }
-    return {ext: _write_atomic(out / f"{name}.{ext}", text) for ext, text in texts.items()}
+    # Atomic: readers (a browser, DVC) never see a half-written file.
+    return {ext: write_text_atomic(out / f"{name}.{ext}", text) for ext, text in texts.items()}
 
 
 def report(

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io_atomic import write_text_atomic
 from .errors import DataError
 
 
@@ -114,26 +114,9 @@ def split_text(samples: Iterable[Sample], root: str | Path) -> str:
     return "".join(lines)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and ``os.replace``; an identical file is left untouched
-    (so its modification time, and tools keyed on it, see no change)."""
-    path = Path(path)
-    data = text.encode("utf-8")
-    if path.is_file() and path.read_bytes() == data:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
 def write_split(path: str | Path, samples: Sequence[Sample], root: str | Path, allow_empty: bool = False) -> None:
-    """Write ``samples`` to split file ``path`` (paths relative to ``root``), atomically."""
+    """Write ``samples`` to split file ``path`` (paths relative to ``root``), atomically; an unchanged
+    file is not rewritten."""
     if not samples and not allow_empty:
         raise DataError(f"{path}: refusing to write an empty split")
     write_text_atomic(path, split_text(samples, root))

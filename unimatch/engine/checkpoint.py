@@ -1,37 +1,37 @@
-"""Atomic checkpoints and RNG state capture (everything loadable with ``weights_only=True``)."""
+"""Atomic, rotated checkpoints, resume with a fallback, and RNG state capture (everything loadable with
+``weights_only=True``)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..io_atomic import atomic_write
 from ..models import CheckpointError, read_checkpoint
 
+log = logging.getLogger(__name__)
 
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Write through ``writer(file)`` into a temp file beside ``path``, fsync, then rename over it,
-    so a crash leaves either the old file or the new one, never a truncated mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            writer(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# What a training checkpoint needs to continue a run; best.pth (weights only) lacks most of them.
+RESUME_ENTRIES = ("model", "optimizer", "iteration", "best", "history", "rng", "config")
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_bytes(Path(path), lambda file: torch.save(state, file))
+def previous_path(path: Path) -> Path:
+    """``latest.pth`` -> ``latest.prev.pth``: the checkpoint before the newest one."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
+    """Write ``state`` atomically. ``keep_previous`` keeps the file it replaces as :func:`previous_path`,
+    so that a newest checkpoint that turns out unreadable (a disk error, a copy cut short) still leaves a
+    good one to resume from."""
+    path = Path(path)
+    atomic_write(path, lambda file: torch.save(state, file), backup=previous_path(path) if keep_previous else None)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -39,6 +39,51 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint of this project (no 'model' entry)")
     return state
+
+
+def load_resumable(path: Path) -> dict[str, Any]:
+    """A checkpoint that can continue a run; CheckpointError names the file and what is wrong."""
+    state = load_checkpoint(path)
+    missing = [entry for entry in RESUME_ENTRIES if entry not in state]
+    if missing:
+        raise CheckpointError(f"{path} cannot resume a run: no {', '.join(missing)} entries")
+    return state
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename an unusable checkpoint to ``<name>.corrupt`` (never overwriting an earlier one), so the
+    user can inspect it and the next save cannot rotate it into the fallback slot."""
+    target, number = path.with_name(f"{path.name}.corrupt"), 1
+    while target.exists():
+        target, number = path.with_name(f"{path.name}.corrupt.{number}"), number + 1
+    os.replace(path, target)
+    return target
+
+
+def resume_state(latest: Path, set_aside: bool = True) -> tuple[dict[str, Any], Path] | None:
+    """The state to resume from, and its file: ``latest``, else (missing or unusable) its previous copy.
+    None when neither exists; CheckpointError naming both files when neither is usable. With ``set_aside``
+    (for the one process that writes checkpoints), unusable files passed over for a good one are renamed
+    ``*.corrupt``.
+    """
+    latest = Path(latest)
+    failures: list[tuple[Path, CheckpointError]] = []
+    for candidate in (latest, previous_path(latest)):
+        if not candidate.exists():
+            continue
+        try:
+            state = load_resumable(candidate)
+        except CheckpointError as error:
+            failures.append((candidate, error))
+            continue
+        for bad, error in failures:
+            kept = _set_aside(bad) if set_aside else bad
+            log.warning("unusable checkpoint: %s; kept as %s, resuming from %s instead", error, kept, candidate)
+        return state, candidate
+    if failures:
+        reasons = "; ".join(str(error) for _, error in failures)
+        raise CheckpointError(f"no usable checkpoint to resume from: {reasons}. Move them aside (or set train.resume=false) to start over.")
+    return None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -12,7 +12,7 @@ from ..data import EvalDataset, class_names, prepare_splits, read_split
 from ..evaluation import EvalResult, evaluate
 from ..models import load_segmentor_weights
 from ..tracking import Tracker, plot_confusion_matrix
-from .setup import autocast_dtype, build_model, resolve_device
+from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
 
 
 def evaluate_checkpoint(
@@ -33,7 +33,7 @@ def evaluate_checkpoint(
     names = class_names(cfg.dataset.name, root, nclass)
     loader = DataLoader(EvalDataset(read_split(split, root), nclass), batch_size=1, num_workers=cfg.train.num_workers)
     result = evaluate(
-        model.to(device), loader, nclass, names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
+        optimize_for_device(model, device), loader, nclass, names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
         cfg.eval.stride_ratio, cfg.eval.batch_size, device, autocast_dtype(cfg.train.amp, device), progress,
     )
     tracker.log_params({"eval.checkpoint": str(checkpoint), "eval.weights": weights, "eval.split": str(split)})

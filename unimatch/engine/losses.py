@@ -23,16 +23,15 @@ class OhemCrossEntropy(nn.Module):
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        valid = target != self.ignore_index
-        num_valid = int(valid.sum())
-        if 0 < num_valid and self.min_kept <= num_valid:
-            with torch.no_grad():
-                prob = logits.float().softmax(dim=1)
-                true_prob = prob.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
-                true_prob = true_prob.masked_fill(~valid, 1.0)
-                kth = true_prob.flatten().kthvalue(self.min_kept).values
-                threshold = torch.maximum(kth, torch.tensor(self.threshold, device=kth.device))
-                target = target.masked_fill(true_prob > threshold, self.ignore_index)
+        with torch.no_grad():  # no host synchronisation: the pixel count never leaves the device
+            valid = target != self.ignore_index
+            prob = logits.float().softmax(dim=1)
+            true_prob = prob.gather(1, target.masked_fill(~valid, 0).unsqueeze(1)).squeeze(1)
+            # Ignored pixels count as probability 1 (never hard): with fewer than min_kept valid pixels the
+            # k-th smallest is 1 and nothing is dropped, the reference's "keep every valid pixel" case.
+            true_prob = true_prob.masked_fill(~valid, 1.0)
+            kth = true_prob.flatten().kthvalue(min(self.min_kept, true_prob.numel())).values
+            target = target.masked_fill(true_prob > kth.clamp(min=self.threshold), self.ignore_index)
         return F.cross_entropy(logits, target, ignore_index=self.ignore_index)
 
 

@@ -6,24 +6,29 @@ import copy
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from ..config import ExperimentConfig
 from ..data import DataError, EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..evaluation import EvalResult, evaluate
-from ..methods import LabeledBatch, UnlabeledBatch, build_method
-from ..models import CheckpointError
+from ..io_atomic import remove_stale_temps
+from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves
-from .checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint, seed_everything
+from .checkpoint import capture_rng, restore_rng, resume_state, save_checkpoint, seed_everything
+from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
 from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
-from .setup import autocast_dtype, build_model, describe, make_loader, resolve_device
+from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
 from .stream import SampleStream, StreamPositions
 
 log = logging.getLogger(__name__)
@@ -53,12 +58,30 @@ def _lookup(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
+def _read_later(flag: torch.Tensor) -> Callable[[], bool]:
+    """Start copying a device boolean to the host; the returned function waits for that copy only, not
+    for the GPU work queued after it."""
+    host = flag.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event() if flag.is_cuda else None
+    if copied is not None:
+        copied.record()
+
+    def read() -> bool:
+        if copied is not None:
+            copied.synchronize()
+        return bool(host)
+
+    return read
+
+
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True):
         self.cfg = cfg
-        self.tracker = tracker or Tracker()
-        self.progress = progress
-        self.device = resolve_device(cfg.train.device)
+        # Under torchrun every rank trains; rank 0 alone tracks, shows progress and writes files.
+        self.dist = init_distributed(cfg.train.device)
+        self.tracker = (tracker or Tracker()) if self.dist.is_main else Tracker()
+        self.progress = progress and self.dist.is_main
+        self.device = self.dist.device
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.output_dir = Path(cfg.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
@@ -66,23 +89,33 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build_data()
-        self.model = build_model(cfg.model, cfg.dataset.nclass).to(self.device)
+        self.model = sync_batch_norm(optimize_for_device(build_model(cfg.model, cfg.dataset.nclass), self.device), self.dist)
+        labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
+        self.method = build_method(cfg.method, labeled_loss)
+        self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
         self.teacher = self.model
         if cfg.method.teacher == "ema" and cfg.method.name != "labeled_only":
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        if cfg.train.compile:  # after the deep copy: a copied compiled block would still call the student's
+            compile_blocks(self.model)
+            if self.teacher is not self.model:
+                compile_blocks(self.teacher)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
-        self.method = build_method(cfg.method, labeled_loss)
         self.iteration = 0
         self.bad_steps = 0
         self.best = {"miou_ema": -1.0, "miou_student": -1.0}
         self.history: dict[str, list[tuple[int, float]]] = {}
         self._resume_if_possible()
+        if self.dist.enabled:
+            self._check_replicas()  # every rank resumed from the same checkpoint, or none did
+        self._seed_rank_stream()
 
     # ----------------------------------------------------------------- data
     def _build_data(self) -> None:
         cfg = self.cfg
-        splits = prepare_splits(cfg)
+        splits = prepare_splits(cfg) if self.dist.is_main else None  # rank 0 writes the split files first
+        self.dist.barrier()
+        splits = splits or prepare_splits(cfg)
         root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
         labeled = read_split(splits.labeled, root)
         self.class_names = class_names(cfg.dataset.name, root, nclass)
@@ -93,21 +126,23 @@ class Trainer:
         if self.uses_unlabeled and not unlabeled:
             raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
                             "dataset.extra_unlabeled names no pool")
-        batch = cfg.train.batch_size
+        # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
+        batch, world = cfg.train.batch_size, self.dist.world
         pool = len(unlabeled) if unlabeled or self.uses_unlabeled else len(labeled)  # fully labeled baseline
-        self.iters_per_epoch = pool // batch
+        self.iters_per_epoch = pool // (batch * world)
         if self.iters_per_epoch == 0:
-            raise ValueError(f"train.batch_size {batch} is larger than the {pool} unlabeled images of {splits.unlabeled}")
+            ranks = f" x {world} processes" if world > 1 else ""
+            raise ValueError(f"train.batch_size {batch}{ranks} is larger than the {pool} unlabeled images of {splits.unlabeled}")
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         if cfg.train.max_iters:
             self.total_iters = min(self.total_iters, cfg.train.max_iters)
         labeled_batch = batch if self.uses_unlabeled else 2 * batch  # the reference doubles it
         self.streams = {
-            "labeled": (SampleStream(LabeledDataset(labeled, nclass, crop), self.iters_per_epoch * labeled_batch, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
+            "labeled": (SampleStream(LabeledDataset(labeled, nclass, crop), self.iters_per_epoch * labeled_batch * world, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
         }
         if self.uses_unlabeled:
             self.streams["unlabeled"] = (
-                SampleStream(UnlabeledDataset(unlabeled, crop), self.iters_per_epoch * batch, cfg.train.epochs, cfg.train.seed, UNLABELED_STREAM),
+                SampleStream(UnlabeledDataset(unlabeled, crop), self.iters_per_epoch * batch * world, cfg.train.epochs, cfg.train.seed, UNLABELED_STREAM),
                 batch,
             )
         self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
@@ -117,9 +152,9 @@ class Trainer:
         return self.cfg.method.name != "labeled_only"
 
     def _iterators(self) -> dict[str, Any]:
-        workers = self.cfg.train.num_workers
+        workers, rank, world = self.cfg.train.num_workers, self.dist.rank, self.dist.world
         return {
-            name: iter(make_loader(stream, StreamPositions(self.iteration, self.total_iters, batch), batch, workers, self.device, self.cfg.train.seed))
+            name: iter(make_loader(stream, StreamPositions(self.iteration, self.total_iters, batch, rank, world), batch, workers, self.device, self.cfg.train.seed))
             for name, (stream, batch) in self.streams.items()
         }
 
@@ -145,6 +180,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "iteration": self.iteration,
+            "bad_steps": self.bad_steps,
             "best": dict(self.best),
             "history": {k: [list(p) for p in v] for k, v in self.history.items()},
             "rng": capture_rng(),
@@ -157,40 +193,83 @@ class Trainer:
         return state
 
     def save_latest(self) -> None:
-        save_checkpoint(self.latest_path, self._state())
+        save_checkpoint(self.latest_path, self._state(), keep_previous=True)
 
     def _save_best(self) -> None:
         teacher = self.teacher.state_dict()
         save_checkpoint(self.best_path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best)})
 
     def _resume_if_possible(self) -> None:
-        if not (self.cfg.train.resume and self.latest_path.exists()):
+        """Continue from latest.pth, or from latest.prev.pth when the newest is missing or unusable."""
+        if self.dist.is_main:  # a save killed mid-write leaves its temporary file behind
+            for path in (self.latest_path, self.best_path):
+                remove_stale_temps(path)
+        found = resume_state(self.latest_path, set_aside=self.dist.is_main) if self.cfg.train.resume else None
+        if found is None:
             return
-        try:
-            state = load_checkpoint(self.latest_path)
-        except CheckpointError as error:
-            raise TrainingError(f"{error}. Move it aside (or set train.resume=false) to start over.") from error
-        mine = self.cfg.to_dict()
-        changed = [key for key in RESUME_KEYS if _lookup(state["config"], key) != _lookup(mine, key)]
-        if changed:
-            raise TrainingError(f"{self.latest_path} was written by a different experiment (changed: {', '.join(changed)}); use another output_dir or train.resume=false")
+        state, path = found
+        self._check_same_experiment(state["config"], path)
         self.model.load_state_dict(state["model"])
         if "ema" in state and self.teacher is not self.model:
             self.teacher.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = int(state["iteration"])
+        self.bad_steps = int(state.get("bad_steps", 0))  # absent from checkpoints of earlier versions
         self.best = dict(state["best"])
         self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
         restore_rng(state["rng"])
-        log.warning("resuming %s from iteration %d/%d", self.latest_path, self.iteration, self.total_iters)
+        log.warning("resuming %s from iteration %d/%d", path, self.iteration, self.total_iters)
+
+    def _check_same_experiment(self, theirs: dict[str, Any], path: Path) -> None:
+        mine = self.cfg.to_dict()
+        changed = [
+            f"{key}: checkpoint {_lookup(theirs, key)!r}, now {_lookup(mine, key)!r}"
+            for key in RESUME_KEYS
+            if _lookup(theirs, key) != _lookup(mine, key)
+        ]
+        if changed:
+            raise TrainingError(f"{path} was written by a different experiment ({'; '.join(changed)}); use another output_dir or train.resume=false")
 
     # ----------------------------------------------------------------- training
-    def _train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None):
+    def _checkpoint(self, best: bool = False) -> None:
+        """Rank 0 saves (best.pth first when ``best``, then latest.pth), once the ranks are checked to hold
+        the same weights; then every rank re-seeds its random stream."""
+        if self.dist.enabled:
+            self._check_replicas()
+        if self.dist.is_main:
+            if best:
+                self._save_best()
+            self.save_latest()
+        self._seed_rank_stream()
+
+    def _check_replicas(self) -> str:
+        """The weights checksum (student and EMA), or a TrainingError when it differs between ranks."""
+        teacher = self.teacher.state_dict().values() if self.teacher is not self.model else ()
+        checksums = self.dist.gather(weights_checksum(chain(self.model.state_dict().values(), teacher)))
+        if len(set(checksums)) > 1:
+            raise TrainingError(f"the ranks' weights differ at iteration {self.iteration} (checksums {checksums}): they "
+                                "must start from the same checkpoint (output_dir on a filesystem every node shares) "
+                                "and receive identical gradient and EMA updates")
+        return f"{checksums[self.dist.rank] % 2**64:016x}"
+
+    def _seed_rank_stream(self) -> None:
+        """Under DDP each rank draws its own channel-dropout masks: its RNG is re-seeded from (seed, rank,
+        iteration) at start, on resume and at every checkpoint, so that a resumed run draws what an
+        uninterrupted one would (a checkpoint holds rank 0's RNG state only)."""
+        if self.dist.enabled:
+            seed_everything(int(np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, self.iteration]).generate_state(1)[0]))
+
+    def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> tuple[StepLosses | None, float]:
+        """One optimisation step at ``self.iteration``: its losses (None if skipped as non-finite) and lr."""
         lr = set_poly_lr(self.optimizer, self.iteration, self.total_iters, self.cfg.train.poly_power)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            losses = self.method.step(self.model, self.teacher, labeled, unlabeled)
-        if not torch.isfinite(losses.loss):
+            losses = StepLosses(*self.step_module(self.teacher, labeled, unlabeled))
+        finite = _read_later(self.dist.all_true(torch.isfinite(losses.loss)))
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.loss.backward()  # even when non-finite: every rank must join DDP's gradient all-reduce
+        if not finite():  # the step's one host read, made while the backward pass is queued on the GPU
+            self.optimizer.zero_grad(set_to_none=True)
             self.bad_steps += 1
             if self.bad_steps > self.cfg.train.max_bad_steps:
                 raise TrainingError(
@@ -199,8 +278,6 @@ class Trainer:
                 )
             log.warning("skipping iteration %d: non-finite loss", self.iteration)
             return None, lr
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.loss.backward()
         self.optimizer.step()
         if self.teacher is not self.model:
             update_ema(self.model, self.teacher, ema_decay(self.iteration, self.cfg.method.ema_decay))
@@ -210,7 +287,8 @@ class Trainer:
         self.history.setdefault(name, []).append((step, value))
 
     def _log_window(self, window: list, lr: float) -> dict[str, float]:
-        stacked = torch.stack([torch.stack((l.loss.detach(), l.labeled, l.unlabeled, l.mask_ratio)) for l in window]).float().mean(0).tolist()
+        stacked = torch.stack([torch.stack((l.loss.detach(), l.labeled, l.unlabeled, l.mask_ratio)) for l in window]).float().mean(0)
+        stacked = self.dist.mean(stacked).tolist()  # over ranks too: the global batch's values
         metrics = dict(zip(("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio"), stacked))
         metrics["train/lr"] = lr
         for name, value in metrics.items():
@@ -219,13 +297,16 @@ class Trainer:
         return metrics
 
     def evaluate_models(self) -> dict[str, EvalResult]:
-        cfg = self.cfg
+        """mIoU of the student and the EMA teacher; under DDP each rank predicts every world-th image and
+        the confusion matrices are summed, so every rank gets the full validation result."""
+        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
         models = {"student": self.model} if self.teacher is self.model else {"student": self.model, "ema": self.teacher}
-        loader = torch.utils.data.DataLoader(self.val_set, batch_size=1, num_workers=min(cfg.train.num_workers, 2))
+        shard = Subset(self.val_set, range(rank, len(self.val_set), world)) if world > 1 else self.val_set
+        loader = DataLoader(shard, batch_size=1, num_workers=min(cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
         return {
             name: evaluate(
                 model, loader, cfg.dataset.nclass, self.class_names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
-                cfg.eval.stride_ratio, cfg.eval.batch_size, self.device, self.amp_dtype,
+                cfg.eval.stride_ratio, cfg.eval.batch_size, self.device, self.amp_dtype, distributed=self.dist.enabled,
             )
             for name, model in models.items()
         }
@@ -243,8 +324,7 @@ class Trainer:
         if improved:
             self.best["miou_ema"] = results["ema"].miou
             self.best_confusion = results["ema"].confusion
-            self._save_best()
-        self.save_latest()
+        self._checkpoint(best=improved)
         return (
             f"epoch {epoch}/{self.cfg.train.epochs} | loss {window_metrics.get('train/loss', float('nan')):.3f} "
             f"(l {window_metrics.get('train/loss_labeled', float('nan')):.3f} u {window_metrics.get('train/loss_unlabeled', float('nan')):.3f}) "
@@ -255,14 +335,14 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         self.tracker.log_params({"data.labeled_images": self.sizes["labeled"], "data.unlabeled_images": self.sizes["unlabeled"], "data.val_images": self.sizes["val"], "data.iters_per_epoch": self.iters_per_epoch, "data.total_iters": self.total_iters})
-        log.info("%s: %s, %d iterations (%d per epoch) on %s", describe(cfg), self.sizes, self.total_iters, self.iters_per_epoch, self.device)
+        log.info("%s: %s, %d iterations (%d per epoch) on %s x %d", describe(cfg), self.sizes, self.total_iters, self.iters_per_epoch, self.device, self.dist.world)
         iterators = self._iterators()
         window, metrics, lr = [], {}, 0.0
         started = time.time()
         bar = tqdm(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress, dynamic_ncols=True)
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
-            losses, lr = self._train_step(labeled, unlabeled)
+            losses, lr = self.train_step(labeled, unlabeled)
             self.iteration += 1
             bar.update(1)
             if losses is not None:
@@ -274,19 +354,24 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", mask=f"{metrics['train/mask_ratio']:.2f}")
             epoch = math.ceil(self.iteration / self.iters_per_epoch)
             if epoch_done and (epoch % cfg.train.eval_every == 0 or self.iteration == self.total_iters):
-                bar.write(self._end_epoch(epoch, metrics, started))
+                summary = self._end_epoch(epoch, metrics, started)
+                if self.dist.is_main:
+                    bar.write(summary)
             elif epoch_done or self.iteration % cfg.train.checkpoint_every == 0:
-                self.save_latest()
+                self._checkpoint()
         bar.close()
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        if not self.best_path.exists():  # resumed after the last evaluation, or never evaluated
+        if self.dist.from_main(not self.best_path.exists()):  # resumed after the last evaluation, or never evaluated
             self._end_epoch(math.ceil(self.iteration / self.iters_per_epoch), {}, time.time())
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
         metrics = {"best_miou_ema": self.best["miou_ema"], "best_miou_student": self.best["miou_student"], "final_miou_ema": final}
         self.tracker.log_metrics(metrics, step=self.iteration)
-        self._write_figures()
+        if self.dist.is_main:
+            self._write_figures()
+        if self.dist.enabled:
+            log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
         return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history)
 
     def _write_figures(self) -> None:

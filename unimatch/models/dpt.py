@@ -80,6 +80,7 @@ class DPTHead(nn.Module):
         """Token maps (B, N, D) -> fused decoder features (B, features, 8*grid_h, 8*grid_w)."""
         pyramid = []
         for tokens, project, resize in zip(token_maps, self.projects, self.resize_layers):
+            # A view of the (B, N, D) tokens with channels-last strides: the convolutions run channels-last.
             x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], grid_h, grid_w)
             pyramid.append(resize(project(x)))
         scratch = self.scratch

@@ -19,6 +19,7 @@ OFFICIAL_TO_TIMM = (
     (re.compile(r"^(blocks\.\d+\.mlp)\.w3\."), r"\1.fc2."),
 )
 RELEASED_HEAD_TO_OURS = ((re.compile(r"^head\.scratch\.output_conv\.2\."), "head.classifier."),)
+CLASSIFIER_WEIGHT = "head.classifier.weight"  # (nclass, features, 1, 1)
 
 
 class CheckpointError(ValueError):
@@ -100,10 +101,22 @@ def segmentor_state_from(raw: Mapping) -> dict[str, torch.Tensor]:
     return {**encoder, **_rename(rest, RELEASED_HEAD_TO_OURS)}
 
 
+def _check_class_count(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """The most common mismatch gets its own message, in the config's terms."""
+    theirs, ours = state.get(CLASSIFIER_WEIGHT), model.state_dict().get(CLASSIFIER_WEIGHT)
+    if theirs is not None and ours is not None and theirs.shape[0] != ours.shape[0]:
+        raise CheckpointError(
+            f"{source} predicts {theirs.shape[0]} classes but dataset.nclass is {ours.shape[0]}; "
+            "use a checkpoint trained on this dataset or set dataset.nclass to match"
+        )
+
+
 def load_segmentor_weights(model: nn.Module, path: str | Path, key: str = "model") -> None:
     """Load a whole segmentor; ``key`` picks the entry of our training checkpoints ('model' or 'ema')."""
     raw = read_checkpoint(path)
     if key != "model" and key in raw:
         raw = {"model": raw[key]}
-    _load_strict(model, segmentor_state_from(raw), f"segmentor checkpoint {path}")
+    state, source = segmentor_state_from(raw), f"segmentor checkpoint {path}"
+    _check_class_count(model, state, source)
+    _load_strict(model, state, source)
     log.info("loaded segmentor weights from %s", path)
