@@ -18,15 +18,14 @@ from unimatch.data import (
     write_split,
 )
 
-# The shared reference tree sits beside the checkout (/work/shared next to /work/main).
-PASCAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-splits" / "pascal"
+# The official Pascal split files, shipped with the configs.
+PASCAL = Path(__file__).resolve().parents[1] / "configs" / "splits" / "pascal"
 
 
 def _samples(count: int, root: Path = Path("/data")) -> list[Sample]:
     return [Sample(root / f"img/{i:03d}.jpg", root / f"mask/{i:03d}.png", f"img/{i:03d}.jpg") for i in range(count)]
 
 
-@pytest.mark.skipif(not PASCAL.is_dir(), reason="official Pascal splits not available")
 @pytest.mark.parametrize("count", [92, 183, 366, 732, 1464])
 def test_official_pascal_splits_parse(count: int) -> None:
     labeled = read_split(PASCAL / str(count) / "labeled.txt", "/pascal", check_files=False)
@@ -38,7 +37,6 @@ def test_official_pascal_splits_parse(count: int) -> None:
     check_disjoint(labeled, unlabeled)
 
 
-@pytest.mark.skipif(not PASCAL.is_dir(), reason="official Pascal splits not available")
 def test_official_pascal_val_has_1449_images() -> None:
     val = read_split(PASCAL / "val.txt", "/pascal", check_files=False)
     assert len(val) == 1449 and val[0].name == "JPEGImages/2007_000033.jpg"
