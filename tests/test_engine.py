@@ -92,10 +92,14 @@ def test_resume_continues_exactly_where_the_crash_happened(dataset, tmp_path):
     assert resumed.metrics["best_miou_ema"] == uninterrupted.metrics["best_miou_ema"]
 
 
-def test_resume_refuses_a_checkpoint_of_another_experiment(dataset, tmp_path):
+def test_resume_refuses_a_checkpoint_of_another_experiment(dataset, tmp_path, capsys):
     train(small_config(dataset, tmp_path, "train.max_iters=2"), progress=False)
     with pytest.raises(TrainingError, match="method.name"):
         Trainer(small_config(dataset, tmp_path, "method.name=fixmatch"), progress=False)
+    overrides = [f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={tmp_path}", "split.labeled=8",
+                 "train.batch_size=2", "train.num_workers=0", "tracking.enabled=false", "method.name=fixmatch"]
+    assert cli_main(["train", "--no-progress", *overrides]) == 2  # one line naming the key, no traceback
+    assert "method.name" in capsys.readouterr().err.split("error: ", 1)[1]
 
 
 def test_corrupt_latest_checkpoint_without_a_previous_one_is_reported(dataset, tmp_path):

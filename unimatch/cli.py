@@ -171,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .config import ConfigError
     from .data import DataError
+    from .engine import TrainingError
     from .models import CheckpointError
+    from .report import ReportError
 
     try:
         args.func(args)
-    except (ConfigError, DataError, CheckpointError, FileNotFoundError) as error:
+    except (ConfigError, DataError, CheckpointError, TrainingError, ReportError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
