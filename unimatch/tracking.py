@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from unimatch.config import ExperimentConfig, flatten
+from unimatch.io_atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +429,6 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
 
 
 def _save(fig: Any, path: str | Path) -> Path:
+    """Atomically, like checkpoints and reports: a crash mid-save never leaves a truncated image."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return atomic_write(path, lambda file: fig.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120))
