@@ -16,14 +16,14 @@ from typing import Any, NamedTuple
 from zenml.config import ResourceSettings
 from zenml.steps.entrypoint_function_utils import StepArtifact
 
-from steps import build_report, create_splits, evaluate_model, train_model
+from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_model
 from steps.tracking import store_uri, tracker_step_options
 from unimatch.config import apply_overrides, load_config, validate
 from unimatch.tracking import format_number
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
 # --quick: a smoke-test budget (minutes on a laptop CPU), not a result worth reporting.
-QUICK_OVERRIDES = ("train.epochs=1", "train.max_iters=3")
+QUICK_OVERRIDES = ("train.epochs=1", "train.max_iters=3", "pretrain.iterations=3")
 # Keys a variant may not change: the table's runs share one set of split files.
 SHARED_KEYS = ("split", "dataset.name", "dataset.root", "dataset.labeled_split", "dataset.unlabeled_split", "dataset.val_split")
 
@@ -98,6 +98,13 @@ def _train_options(experiment: str, tags: dict[str, str], gpu_count: int) -> dic
     return options
 
 
+def needs_pretraining(config: dict[str, Any]) -> bool:
+    """The engine pre-trains the encoder itself when no weights are given; as a step it is visible,
+    tracked and done once per table instead of by the first training step."""
+    model = config["model"]
+    return config["pretrain"]["method"] != "none" and not model["weights"] and not model["init_checkpoint"]
+
+
 def table_dag(
     base: dict[str, Any], variants: Sequence[Variant], table: Table, gpu_count: int, after: Sequence[Any] = ()
 ) -> dict[str, StepArtifact]:
@@ -109,6 +116,8 @@ def table_dag(
     trainer = train_model.with_options(**_train_options(experiment, tags, gpu_count or (gpus if gpus > 1 else 0)))
     evaluator = evaluate_model.with_options(**tracker_step_options(experiment, tags))
     splits = create_splits(config=base)
+    if needs_pretraining(base):  # one encoder for the whole table, before any method trains
+        after = [*after, pretrain_encoder(splits, base, tags)]
     models, evaluations = {}, []
     for variant in variants:
         config, variant_tags = variant_config(base, variant), {**tags, **variant.tags}

@@ -6,7 +6,7 @@ that DVC tracks. ``params.yaml`` sections mirror the config: every non-null key 
 config override (``dvc exp run -S train.epochs=2``); null keeps the config file's value, so DVC
 trains with the same budget as ``make run``.
 
-    python -m pipelines.dvc_stages splits | train METHOD | evaluate METHOD | report
+    python -m pipelines.dvc_stages splits | pretrain | train METHOD | evaluate METHOD | report
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from steps import build_report, create_splits, evaluate_model, train_model
+from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_model
 from steps.artifacts import Evaluation, SplitSet, TrainedModel
 from unimatch.config import ExperimentConfig, flatten
 from unimatch.io_atomic import write_text_atomic
 
-from .common import Table, Variant, resolve_base, run_tags, split_column, variant_config
+from .common import Table, Variant, needs_pretraining, resolve_base, run_tags, split_column, variant_config
 
 PARAMS_FILE = Path("params.yaml")
 ArtifactT = TypeVar("ArtifactT", bound=BaseModel)
@@ -38,6 +38,8 @@ class Stage:
         sections = {key: value for key, value in params.items() if key in ExperimentConfig.model_fields}
         overrides = [f"{key}={json.dumps(value)}" for key, value in flatten(sections).items() if value is not None]
         self.methods: list[str] = list(params["methods"])
+        # The pre-trained encoder lands in the pretrain stage's output directory, where DVC tracks it.
+        overrides.append(f"pretrain.dir=runs/{params['experiment']}/pretrain")
         self.base = resolve_base(params["config"], overrides, False, params["experiment"], TABLE)
         self.experiment: str = self.base["tracking"]["experiment"]
         self.table = Table(TABLE, "methods", self.methods, split_column(self.base))
@@ -82,6 +84,14 @@ def splits(stage: Stage) -> None:
     _write(stage.splits_file, create_splits.entrypoint(config=stage.base))
 
 
+def pretrain(stage: Stage) -> None:
+    """Pre-train the shared encoder; ``encoder.json`` names it (null when the config needs none)."""
+    encoder = None
+    if needs_pretraining(stage.base):
+        encoder = pretrain_encoder.entrypoint(_read(SplitSet, stage.splits_file), stage.base, stage.tags).model_dump()
+    write_text_atomic(Path(stage.base["pretrain"]["dir"]) / "encoder.json", json.dumps(encoder, indent=2) + "\n")
+
+
 def train(stage: Stage, method: str) -> None:
     config = stage.config(method, stage.run_dir(method))
     model = train_model.entrypoint(_read(SplitSet, stage.splits_file), config, method, stage.tags)
@@ -106,7 +116,7 @@ def report(stage: Stage) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
-    parser.add_argument("stage", choices=("splits", "train", "evaluate", "report"))
+    parser.add_argument("stage", choices=("splits", "pretrain", "train", "evaluate", "report"))
     parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage")
     args = parser.parse_args(argv)
     stage = Stage(yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8")))
@@ -115,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"{args.stage} needs one of the params.yaml methods {stage.methods}")
         (train if args.stage == "train" else evaluate)(stage, args.method)
     else:
-        (splits if args.stage == "splits" else report)(stage)
+        {"splits": splits, "pretrain": pretrain, "report": report}[args.stage](stage)
 
 
 if __name__ == "__main__":

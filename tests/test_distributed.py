@@ -61,7 +61,7 @@ def two_ranks(tmp_path, monkeypatch):
         return load_config("configs/embedded.yaml", [
             f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={tmp_path / 'run'}", "split.labeled=8",
             "train.batch_size=2", "train.epochs=1", "train.num_workers=0", "train.log_every=1", "train.device=cpu",
-            "train.gpus=2", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=ddp", *overrides,
+            "train.gpus=2", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.experiment=ddp", "pretrain.method=none", *overrides,
         ])
 
     return config

@@ -64,12 +64,12 @@ def test_regenerated_data_has_the_tracked_md5(repo: Path) -> None:
 def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
     methods = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["methods"]
     dag = _run(repo, DVC, "dag", "--dot")
-    edges = [("data.dvc", "splits"), ("splits", "train@unimatch_v2")]
+    edges = [("data.dvc", "splits"), ("splits", "pretrain"), ("pretrain", "train@unimatch_v2"), ("splits", "train@unimatch_v2")]
     edges += [(f"train@{m}", f"evaluate@{m}") for m in methods] + [(f"evaluate@{m}", "report") for m in methods]
     for upstream, downstream in edges:
         assert f'"{upstream}" -> "{downstream}";' in dag
     pending = json.loads(_run(repo, DVC, "status", "--json"))
-    assert set(pending) >= {"splits", "report", *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in methods)}
+    assert set(pending) >= {"splits", "pretrain", "report", *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in methods)}
 
 
 def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
@@ -77,6 +77,18 @@ def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
     split_set = json.loads((repo / "runs" / "embedded-table5-dvc" / "splits" / "splits.json").read_text(encoding="utf-8"))
     assert split_set["labeled"]["samples"] == load_config(repo / "configs" / "embedded.yaml").split.labeled
     assert "splits" not in _run(repo, DVC, "status", "splits")
+
+
+def test_pretrain_stage_writes_the_encoder_that_training_reads(repo: Path) -> None:
+    params_file = repo / "params.yaml"
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    params["pretrain"] = {"method": "mae", "iterations": 2}
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    _run(repo, DVC, "repro", "pretrain")
+    stage_dir = repo / "runs" / "embedded-table5-dvc" / "pretrain"
+    encoder = json.loads((stage_dir / "encoder.json").read_text(encoding="utf-8"))
+    assert (repo / encoder["path"]).is_file() and encoder["path"].startswith(stage_dir.relative_to(repo).as_posix())
+    assert "pretrain" not in _run(repo, DVC, "status", "pretrain")
 
 
 def test_params_sections_become_config_overrides() -> None:

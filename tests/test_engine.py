@@ -25,7 +25,7 @@ def small_config(dataset, out, *overrides):
         [
             f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={out}", "split.labeled=8",
             "train.batch_size=2", "train.epochs=1", "train.max_iters=4", "train.num_workers=0",
-            "train.log_every=1", "tracking.enabled=false", *overrides,
+            "train.log_every=1", "tracking.enabled=false", "pretrain.method=none", *overrides,
         ],
     )
 

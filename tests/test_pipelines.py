@@ -23,7 +23,8 @@ from unimatch.data import generate_embedded
 PROJECT = Path(__file__).resolve().parents[1]
 METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
 # 12 train / 3 val images of 64x48, 4 labeled, 2 iterations, no loader workers: seconds per method.
-TINY = ["split.labeled=4", "train.batch_size=2", "dataset.crop_size=42", "train.num_workers=0", "train.max_iters=2"]
+TINY = ["split.labeled=4", "train.batch_size=2", "dataset.crop_size=42", "train.num_workers=0", "train.max_iters=2",
+        "pretrain.method=mae", "pretrain.batch_size=4"]  # --quick: 3 pre-training iterations
 STEP_STATUSES = """
 import json
 from zenml.client import Client
@@ -82,6 +83,9 @@ def test_benchmark_logs_one_training_run_per_method(project: Path, benchmark_run
         assert (tags["table"], tags["dataset"], tags["split"], tags["encoder"], tags["streams"]) == (
             "table5", "embedded", "4", "tiny", "complementary")
         assert run.data.params["train.max_iters"] == "2"
+        assert run.data.params["pretrain.encoder"].startswith("runs/pretrain/embedded-tiny-mae-")
+    (pretrain_run,) = [run for run in _runs(project, "embedded-table5-quick") if run.data.tags.get("kind") == "pretrain"]
+    assert pretrain_run.info.status == "FINISHED" and "pretrain/loss" in pretrain_run.data.metrics
 
 
 def test_benchmark_writes_the_table5_report_and_predictions(project: Path, benchmark_runs: list) -> None:
@@ -100,6 +104,7 @@ def test_second_identical_run_is_served_from_the_step_cache(project: Path, bench
     assert len(statuses) == 2
     first, second = statuses
     assert set(first.values()) == {"completed"}
+    assert first["pretrain_encoder"] == "completed" and second["pretrain_encoder"] == "cached"
     for method in METHODS:
         assert second[f"train_{method}"] == "cached"
         assert second[f"evaluate_{method}"] == "cached"

@@ -43,7 +43,7 @@ def dataset(tmp_path_factory):
 
 
 COMMON = ("dataset.crop_size=56", "split.labeled=8", "train.batch_size=2", "train.num_workers=0",
-          "train.deterministic=true", "train.checkpoint_every=1", "tracking.enabled=false")  # fmt: skip
+          "train.deterministic=true", "train.checkpoint_every=1", "tracking.enabled=false", "pretrain.method=none")  # fmt: skip
 
 
 def small_config(dataset, out, *overrides):

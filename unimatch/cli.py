@@ -1,4 +1,4 @@
-"""The ``unimatch`` command line: make-data, split, train, evaluate, predict, report."""
+"""The ``unimatch`` command line: make-data, split, pretrain, train, evaluate, predict, report."""
 
 from __future__ import annotations
 
@@ -79,6 +79,19 @@ def cmd_train(args: argparse.Namespace) -> None:
         write_result(result, args.result)
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from .pretrain import pretrained_encoder
+    from .tracking import tracker_from_config
+
+    cfg = _load(args)
+    if cfg.pretrain.method == "none":
+        raise SystemExit(f"error: pretrain.method is 'none' in {args.config}; set pretrain.method=mae")
+    cfg.tracking.run_name = cfg.tracking.run_name or f"pretrain-{cfg.pretrain.method}-{cfg.model.encoder}"
+    with tracker_from_config(cfg, tags={"kind": "pretrain"}) as tracker:
+        path = pretrained_encoder(cfg, tracker, progress=not args.no_progress)
+    print(f"pre-trained encoder {path}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine.evaluate import evaluate_checkpoint
     from .tracking import tracker_from_config
@@ -138,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--result", metavar="FILE", help="also write the result (checkpoints, metrics, MLflow run id) as JSON")
     train.add_argument("--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one")
     train.set_defaults(func=cmd_train)
+
+    pretrain = sub.add_parser("pretrain", help="self-supervised (MAE) pre-training of the encoder on the training "
+                              "images, cached; training does it on demand when pretrain.method is set")
+    _config_args(pretrain)
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    pretrain.set_defaults(func=cmd_pretrain)
 
     evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")
     _config_args(evaluate)

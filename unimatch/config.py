@@ -101,6 +101,25 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the ViT blocks (for CUDA; the first steps take minutes)
 
 
+class PretrainConfig(Section):
+    """Self-supervised encoder pre-training (unimatch/pretrain.py) for settings without DINOv2 weights."""
+
+    method: Literal["none", "mae"] = "none"  # mae: used when model.weights and model.init_checkpoint are unset
+    iterations: int = Field(3000, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1.5e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_iters: int = Field(100, ge=0)
+    mask_ratio: float = Field(0.75, gt=0, lt=1)
+    min_scale: float = Field(0.3, gt=0, le=1)  # smallest random-resized-crop area share
+    decoder_dim: int = Field(64, ge=8)
+    decoder_depth: int = Field(2, ge=1)
+    seed: int = 0
+    log_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    dir: str = "runs/pretrain"  # cache: <dir>/<dataset>-<encoder>-<method>-<digest>/encoder.pth
+
+
 class EvalConfig(Section):
     mode: Literal["original", "sliding"] = "original"
     window: int | None = None  # sliding window size; default crop_size
@@ -130,6 +149,7 @@ class ExperimentConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs/default"
 

@@ -17,11 +17,12 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..config import ExperimentConfig
+from ..config import ExperimentConfig, ModelConfig
 from ..data import DataError, EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..evaluation import EvalResult, evaluate
 from ..io_atomic import remove_stale_temps
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
+from ..pretrain import pretrained_encoder
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves
 from .checkpoint import capture_rng, restore_rng, resume_state, save_checkpoint, seed_everything
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
@@ -89,7 +90,8 @@ class Trainer:
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build_data()
-        self.model = sync_batch_norm(optimize_for_device(build_model(cfg.model, cfg.dataset.nclass), self.device), self.dist)
+        model_cfg = self._with_pretrained_encoder(cfg.model)
+        self.model = sync_batch_norm(optimize_for_device(build_model(model_cfg, cfg.dataset.nclass), self.device), self.dist)
         labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
         self.method = build_method(cfg.method, labeled_loss)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
@@ -146,6 +148,17 @@ class Trainer:
                 batch,
             )
         self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
+
+    def _with_pretrained_encoder(self, model_cfg: ModelConfig) -> ModelConfig:
+        """``model_cfg`` with ``weights`` set to the self-supervised encoder of ``pretrain`` (rank 0 trains or
+        finds it in the cache, the others then read it) when no weights or checkpoint are given."""
+        if self.cfg.pretrain.method == "none" or model_cfg.weights or model_cfg.init_checkpoint:
+            return model_cfg
+        path = pretrained_encoder(self.cfg, self.tracker, self.progress) if self.dist.is_main else None
+        self.dist.barrier()
+        path = path or pretrained_encoder(self.cfg, progress=False)
+        self.tracker.log_params({"pretrain.encoder": str(path)})
+        return model_cfg.model_copy(update={"weights": str(path)})
 
     @property
     def uses_unlabeled(self) -> bool:
