@@ -127,3 +127,11 @@ def test_explicit_weights_win_over_pretraining(dataset, tmp_path):
     tracker = RecordingTracker()
     train(cfg, tracker, progress=False)
     assert "pretrain.encoder" not in tracker.params and not (tmp_path / "pretrain").exists()
+
+
+def test_pretraining_on_demand_leaves_the_callers_random_stream_alone(dataset, tmp_path):
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    pretrained_encoder(config(dataset, tmp_path), progress=False)  # trains: not cached yet
+    assert torch.equal(torch.rand(3), expected)

@@ -269,4 +269,5 @@ def pretrained_encoder(cfg: ExperimentConfig, tracker: Tracker | None = None, pr
         log.info("using the pre-trained encoder %s", cached)
         return cached
     out.mkdir(parents=True, exist_ok=True)
-    return run_pretraining(cfg, out, samples, tracker, progress)
+    with torch.random.fork_rng(devices=[]):  # a caller's random stream must not depend on the cache
+        return run_pretraining(cfg, out, samples, tracker, progress)
