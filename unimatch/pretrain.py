@@ -163,11 +163,11 @@ def _load_images(samples: Sequence[Sample], progress: bool) -> list[torch.Tensor
     ]
 
 
-def _figure(model: MaskedAutoencoder, images: torch.Tensor, keep: torch.Tensor) -> bytes:
+def _figure(model: MaskedAutoencoder, images: torch.Tensor, keep: torch.Tensor, device: torch.device) -> bytes:
     """PNG rows of (input, what the encoder saw, reconstruction), pixels of hidden patches de-normalised
     with the true patch statistics as in the MAE paper's figures."""
     with torch.no_grad():
-        predicted = model(images, keep)
+        predicted = model(images.to(device), keep.to(device)).cpu()
     patches = patchify(images)
     mean, std = patches.mean(-1, keepdim=True), (patches.var(-1, keepdim=True) + 1e-6).sqrt()
     hidden = torch.ones(patches.shape[:2]).scatter(1, keep, 0.0)[..., None].bool()
@@ -200,12 +200,15 @@ def _save_checkpoint(path: Path, model: MaskedAutoencoder, optimizer: torch.opti
 def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample], tracker: Tracker | None = None,
                     progress: bool = True) -> Path:
     """Train the MAE on ``samples`` and write ``out/encoder.pth``; resumes from ``out/latest.pth``."""
+    from .engine.setup import resolve_device  # here: the engine imports this module
+
     settings, crop = cfg.pretrain, cfg.dataset.crop_size
+    device = resolve_device(cfg.train.device)
     grid = crop // PATCH_SIZE
     keep_count = max(1, round(grid * grid * (1 - settings.mask_ratio)))
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = MaskedAutoencoder(DINOv2Encoder(cfg.model.encoder), grid, settings.decoder_dim, settings.decoder_depth)
+    model = MaskedAutoencoder(DINOv2Encoder(cfg.model.encoder), grid, settings.decoder_dim, settings.decoder_depth).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     checkpoint, start, losses = out / CHECKPOINT_FILE, 0, []
     remove_stale_temps(checkpoint)
@@ -225,8 +228,8 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     for iteration in range(start, settings.iterations):
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(settings, iteration)
-        images = sampler.batch(settings.batch_size)
-        keep = _random_keep(images.shape[0], grid * grid, keep_count, generator)
+        images = sampler.batch(settings.batch_size).to(device, non_blocking=True)
+        keep = _random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)
         loss = reconstruction_loss(model(images, keep), images, keep)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"pre-training loss is {loss.item()} at iteration {iteration}; lower pretrain.lr")
@@ -245,13 +248,13 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     bar.close()
     model.eval()
     figure_images = sampler.batch(4)
-    write_bytes_atomic(out / FIGURE_FILE, _figure(model, figure_images, _random_keep(4, grid * grid, keep_count, generator)))
+    write_bytes_atomic(out / FIGURE_FILE, _figure(model, figure_images, _random_keep(4, grid * grid, keep_count, generator), device))
     summary = {"method": settings.method, "encoder": cfg.model.encoder, "crop_size": crop, "images": len(samples),
                "settings": settings.model_dump(mode="json"), "final_loss": float(np.mean(losses[-settings.log_every:])),
                "seconds_this_session": round(time.time() - started, 1), "losses": losses}
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     encoder_path = out / ENCODER_FILE
-    atomic_write(encoder_path, lambda handle: torch.save(model.encoder.state_dict(), handle))
+    atomic_write(encoder_path, lambda handle: torch.save({k: v.cpu() for k, v in model.encoder.state_dict().items()}, handle))
     checkpoint.unlink(missing_ok=True)
     if tracker:
         tracker.log_artifact(out / FIGURE_FILE, "pretrain")
