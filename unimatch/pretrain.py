@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_FILE = "encoder.pth"
 CHECKPOINT_FILE = "latest.pth"
+CHECKPOINT_ENTRIES = ("model", "optimizer", "iteration", "generator", "losses")
 SUMMARY_FILE = "pretrain.json"
 FIGURE_FILE = "reconstructions.png"
 
@@ -190,17 +191,11 @@ def _random_keep(batch: int, patches: int, keep: int, generator: torch.Generator
     return torch.rand(batch, patches, generator=generator).argsort(1)[:, :keep]
 
 
-def _save_checkpoint(path: Path, model: MaskedAutoencoder, optimizer: torch.optim.Optimizer, iteration: int,
-                     generator: torch.Generator, losses: list[float]) -> None:
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
-             "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "losses": losses}
-    atomic_write(path, lambda handle: torch.save(state, handle))
-
-
 def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample], tracker: Tracker | None = None,
                     progress: bool = True) -> Path:
     """Train the MAE on ``samples`` and write ``out/encoder.pth``; resumes from ``out/latest.pth``."""
-    from .engine.setup import resolve_device  # here: the engine imports this module
+    from .engine.checkpoint import previous_path, resume_state, save_checkpoint  # here: the engine imports
+    from .engine.setup import resolve_device  # this module
 
     settings, crop = cfg.pretrain, cfg.dataset.crop_size
     device = resolve_device(cfg.train.device)
@@ -212,14 +207,14 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     checkpoint, start, losses = out / CHECKPOINT_FILE, 0, []
     remove_stale_temps(checkpoint)
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    resumed = resume_state(checkpoint, entries=CHECKPOINT_ENTRIES)  # falls back to latest.prev.pth
+    if resumed:
+        state, source = resumed
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        generator.set_state(state["generator"])  # every random draw of the loop comes from it
         start, losses = state["iteration"], list(state["losses"])
-        log.info("resuming pre-training in %s from iteration %d/%d", out, start, settings.iterations)
+        log.info("resuming pre-training from %s at iteration %d/%d", source, start, settings.iterations)
     sampler = CropSampler(_load_images(samples, progress), crop, settings.min_scale, generator)
     if tracker:
         tracker.log_params({"pretrain.images": len(samples)})
@@ -244,7 +239,9 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
             if tracker:
                 tracker.log_metrics({"pretrain/loss": window, "pretrain/lr": optimizer.param_groups[0]["lr"]}, step=iteration + 1)
         if (iteration + 1) % settings.checkpoint_every == 0 and iteration + 1 < settings.iterations:
-            _save_checkpoint(checkpoint, model, optimizer, iteration + 1, generator, losses)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1,
+                     "generator": generator.get_state(), "losses": losses}
+            save_checkpoint(checkpoint, state, keep_previous=True)
     bar.close()
     model.eval()
     figure_images = sampler.batch(4)
@@ -256,6 +253,7 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     encoder_path = out / ENCODER_FILE
     atomic_write(encoder_path, lambda handle: torch.save({k: v.cpu() for k, v in model.encoder.state_dict().items()}, handle))
     checkpoint.unlink(missing_ok=True)
+    previous_path(checkpoint).unlink(missing_ok=True)
     if tracker:
         tracker.log_artifact(out / FIGURE_FILE, "pretrain")
         tracker.log_artifact(out / SUMMARY_FILE, "pretrain")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_resumable(path: Path) -> dict[str, Any]:
-    """A checkpoint that can continue a run; CheckpointError names the file and what is wrong."""
+def load_resumable(path: Path, entries: Sequence[str] = RESUME_ENTRIES) -> dict[str, Any]:
+    """A checkpoint holding ``entries`` (what continuing needs); CheckpointError names the file and what
+    is wrong."""
     state = load_checkpoint(path)
-    missing = [entry for entry in RESUME_ENTRIES if entry not in state]
+    missing = [entry for entry in entries if entry not in state]
     if missing:
         raise CheckpointError(f"{path} cannot resume a run: no {', '.join(missing)} entries")
     return state
@@ -60,7 +62,9 @@ def _set_aside(path: Path) -> Path:
     return target
 
 
-def resume_state(latest: Path, set_aside: bool = True) -> tuple[dict[str, Any], Path] | None:
+def resume_state(
+    latest: Path, set_aside: bool = True, entries: Sequence[str] = RESUME_ENTRIES
+) -> tuple[dict[str, Any], Path] | None:
     """The state to resume from, and its file: ``latest``, else (missing or unusable) its previous copy.
     None when neither exists; CheckpointError naming both files when neither is usable. With ``set_aside``
     (for the one process that writes checkpoints), unusable files passed over for a good one are renamed
@@ -72,7 +76,7 @@ def resume_state(latest: Path, set_aside: bool = True) -> tuple[dict[str, Any], 
         if not candidate.exists():
             continue
         try:
-            state = load_resumable(candidate)
+            state = load_resumable(candidate, entries)
         except CheckpointError as error:
             failures.append((candidate, error))
             continue
