@@ -54,7 +54,8 @@ def build_model(cfg: ModelConfig, nclass: int, quiet: bool = False) -> Segmentor
     elif not quiet:
         warnings.warn(
             f"model.weights is not set: the '{cfg.encoder}' encoder is RANDOMLY INITIALISED. "
-            "Point model.weights at a DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth) for real results.",
+            "Point model.weights at a DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth) for real results, "
+            "or pre-train one without labels with pretrain.method=mae.",
             stacklevel=2,
         )
     if cfg.frozen:
