@@ -1,16 +1,18 @@
 """The embedded default dataset: synthetic shapes on natural-image backgrounds, generated offline.
 
-Seven classes: background plus six object shapes told apart by SHAPE only. Every object gets a random
-colour, texture and shading independent of its class, so colour jitter and grayscale keep labels valid.
-Objects vary in size, position and rotation and may overlap: later ones occlude earlier ones and the mask
-follows. Elongated ellipses are drawn as background distractors, so telling "object" from "background
-texture" is not enough. Backgrounds are tinted random crops of natural images bundled with scikit-image
-(no download). All randomness comes from integer-seeded numpy generators (one per image) and pixel
-arithmetic is elementwise, so a seed gives byte-identical files on a given software stack.
+Seven classes: background plus six object shapes. As with real classes (sky is usually blue, grass
+green, cars any colour), each class has a typical hue that most of its objects scatter around while the
+rest take any colour; saturation, brightness, texture and shading are random. Colour is therefore a
+strong but unreliable cue and shape the reliable one. Objects vary in size, position and rotation;
+a new object overlaps already drawn ones by at most ``MAX_OVERLAP`` of its area (later ones occlude,
+the mask follows). Elongated ellipses of any colour are background distractors, so telling "object"
+from "background texture" is not enough. Backgrounds are tinted random crops of natural images bundled
+with scikit-image (no download). All randomness comes from integer-seeded numpy generators (one per
+image) and pixel arithmetic is elementwise, so a seed gives byte-identical files on a given software stack.
 """
-
 from __future__ import annotations
 
+import colorsys
 import json
 import math
 import shutil
@@ -25,7 +27,7 @@ from .classes import palette
 from .errors import DataError
 
 GENERATOR = "unimatch.data.embedded"
-VERSION = 2
+VERSION = 3  # 3: class hue priors, larger objects, bounded overlap (2: shape-only classes)
 CLASSES = ("background", "disk", "square", "triangle", "cross", "star", "ring")
 # Bundled with scikit-image (no pooch download); shape-like images (coins, chessboard, logo...) left out.
 BACKGROUND_FILES = (
@@ -33,9 +35,13 @@ BACKGROUND_FILES = (
     "astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png",
 )  # fmt: skip
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-filtered: anti-aliased edges, majority-vote labels
-DIAMETER = (28.0, 64.0)  # object size in pixels: 2 to 4.5 patches of a patch-14 ViT
-OBJECTS = (2, 5)  # objects per image (inclusive)
+DIAMETER = (36.0, 72.0)  # object size in pixels: 2.5 to 5 patches of a patch-14 ViT
+OBJECTS = (1, 4)  # objects per image (inclusive); fewer when no placement meets MAX_OVERLAP
 DISTRACTORS = (0, 2)  # background-labelled ellipses per image (inclusive)
+MAX_OVERLAP = 0.15  # most of every object stays visible, as in photos (heavy occlusion is rare)
+PLACEMENT_TRIES = 20  # random placements tried per object before it is left out
+HUE_SPREAD = 0.06  # std of an object's hue around its class's (1 = the whole colour wheel)
+OFF_HUE_SHARE = 0.2  # objects whose hue ignores the class prior
 NOISE = 3  # uniform integer pixel noise amplitude (grey levels)
 SUBSETS = {"train": 0, "val": 1}  # part of each image's seed, so subsets never share a random stream
 JPEG_QUALITY = 95  # natural-image backgrounds make PNG ~4x larger; JPEG keeps the dataset at ~5 MB
@@ -108,9 +114,20 @@ def _background(rng: np.random.Generator, sources: Sources, size: Size) -> np.nd
     return np.clip(_crop(rng, sources, size) * tint + offset, 0, 1)
 
 
-def _appearance(rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float]) -> np.ndarray:
-    """Object fill: a random colour modulated by a grey texture crop and a linear shading ramp."""
-    colour, contrast = rng.uniform(0.0, 1.0, 3), rng.uniform(0.2, 0.6)
+def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
+    """RGB in [0, 1]: hue near the class's own (a prior, like a real class's typical look), sometimes any."""
+    if label == 0 or rng.random() < OFF_HUE_SHARE:
+        hue = rng.uniform(0.0, 1.0)
+    else:
+        hue = (label - 1) / (len(CLASSES) - 1) + rng.normal(0.0, HUE_SPREAD)
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)))
+
+
+def _appearance(
+    rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float], label: int
+) -> np.ndarray:
+    """Object fill: the class-prior colour modulated by a grey texture crop and a linear shading ramp."""
+    colour, contrast = _colour(rng, label), rng.uniform(0.2, 0.6)
     texture = _crop(rng, sources, size)
     grey = (texture[..., 0] + texture[..., 1] + texture[..., 2]) / 3
     direction, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.3)
@@ -139,10 +156,18 @@ def render(rng: np.random.Generator, sources: Sources, size: Size) -> tuple[np.n
     mask = np.zeros((size[1], size[0]), dtype=np.uint8)
     labels = [int(rng.integers(1, len(CLASSES))) for _ in range(rng.integers(OBJECTS[0], OBJECTS[1] + 1))]
     labels += [0] * int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))
+    covered = np.zeros(mask.shape)
     for label in rng.permutation(labels):
-        outlines, centre = _outlines(rng, int(label), size)
-        alpha = _coverage(outlines, size)
-        image = image * (1 - alpha[..., None]) + _appearance(rng, sources, size, centre) * alpha[..., None]
+        for _ in range(PLACEMENT_TRIES):
+            outlines, centre = _outlines(rng, int(label), size)
+            alpha = _coverage(outlines, size)
+            if (alpha * covered).sum() <= MAX_OVERLAP * alpha.sum():
+                break
+        else:
+            continue
+        covered = np.maximum(covered, alpha)
+        fill = _appearance(rng, sources, size, centre, int(label))
+        image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
         mask[alpha >= 0.5] = label
     noise = rng.integers(-NOISE, NOISE + 1, size=image.shape)
     return np.clip(np.rint(image * 255) + noise, 0, 255).astype(np.uint8), mask
@@ -154,8 +179,11 @@ Synthetic semantic-segmentation data generated by `{generator}` (version {versio
 {n_train} train and {n_val} val images of {width}x{height} pixels, JPEG (quality {quality}), with palette-PNG
 masks holding class indices. Classes (`classes.txt`): {class_list}.
 
-Objects are told apart by shape only: colour, texture and shading are drawn independently of the class.
-Objects may overlap (the mask follows occlusion); elongated ellipses are background distractors.
+Each class has a typical hue (disk red, square yellow, triangle green, cross cyan, star blue, ring
+magenta) that {typical:.0%} of its objects scatter around (std {spread:.0%} of the colour wheel); the rest
+take any colour. Saturation, brightness, texture and shading are random, so shape is the reliable cue.
+Objects overlap by at most {overlap:.0%} of their area (the mask follows occlusion); elongated ellipses of
+any colour are background distractors.
 Backgrounds are tinted random crops of images bundled with scikit-image. Regenerate with
 `python -c "from unimatch.data import generate_embedded; generate_embedded('<root>', seed={seed}, force=True)"`.
 """
@@ -217,7 +245,10 @@ def _write_dataset(folder: Path, meta: dict) -> None:
             Image.fromarray(image).save(folder / "images" / subset / f"{index:05d}.jpg", quality=JPEG_QUALITY)
             _save_mask(mask, folder / "masks" / subset / f"{index:05d}.png")
     (folder / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")
-    readme = README.format(**meta, width=size[0], height=size[1], quality=JPEG_QUALITY, class_list=", ".join(CLASSES))
+    readme = README.format(
+        **meta, width=size[0], height=size[1], quality=JPEG_QUALITY, class_list=", ".join(CLASSES),
+        typical=1 - OFF_HUE_SHARE, spread=HUE_SPREAD, overlap=MAX_OVERLAP,
+    )  # fmt: skip
     (folder / "README.md").write_text(readme, encoding="utf-8")
     # Written last: its presence marks a complete dataset.
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
