@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from skimage.color import rgb2hsv
 
 from unimatch.data import EMBEDDED_CLASSES, DataError, class_names, generate_embedded, list_dataset, read_pair
 
@@ -40,6 +41,23 @@ def test_content(tmp_path: Path) -> None:
             assert image.shape == (120, 160, 3)
             present |= set(np.unique(mask).tolist())
     assert 0 in present and len(present - {0}) >= 5
+
+
+def test_objects_scatter_around_their_class_hue(tmp_path: Path) -> None:
+    """Most pixels of each shape class sit near that class's hue (about 40 % would with random hues)."""
+    root = generate_embedded(tmp_path / "data", n_train=40, n_val=1)
+    hues, labels = [], []
+    for sample in list_dataset("embedded", root, "train"):
+        image, mask = read_pair(sample.image, sample.mask, nclass=7)
+        hsv = rgb2hsv(image)
+        keep = hsv[..., 1] > 0.2  # near-grey pixels carry no reliable hue
+        hues.append(hsv[..., 0][keep])
+        labels.append(mask[keep])
+    hue, label = np.concatenate(hues), np.concatenate(labels)
+    for index in range(1, len(EMBEDDED_CLASSES)):
+        prior = (index - 1) / (len(EMBEDDED_CLASSES) - 1)
+        distance = np.abs((hue[label == index] - prior + 0.5) % 1.0 - 0.5)
+        assert (distance < 0.15).mean() > 0.7, EMBEDDED_CLASSES[index]
 
 
 def test_existing_dataset_is_kept_unless_forced_or_changed(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from "background texture" is not enough. Backgrounds are tinted random crops of 
 with scikit-image (no download). All randomness comes from integer-seeded numpy generators (one per
 image) and pixel arithmetic is elementwise, so a seed gives byte-identical files on a given software stack.
 """
+
 from __future__ import annotations
 
 import colorsys
