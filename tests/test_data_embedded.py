@@ -11,6 +11,7 @@ import pytest
 from skimage.color import rgb2hsv
 
 from unimatch.data import EMBEDDED_CLASSES, DataError, class_names, generate_embedded, list_dataset, read_pair
+from unimatch.data.embedded import class_hue
 
 SMALL = {"n_train": 16, "n_val": 4}
 
@@ -55,8 +56,7 @@ def test_objects_scatter_around_their_class_hue(tmp_path: Path) -> None:
         labels.append(mask[keep])
     hue, label = np.concatenate(hues), np.concatenate(labels)
     for index in range(1, len(EMBEDDED_CLASSES)):
-        prior = (index - 1) / (len(EMBEDDED_CLASSES) - 1)
-        distance = np.abs((hue[label == index] - prior + 0.5) % 1.0 - 0.5)
+        distance = np.abs((hue[label == index] - class_hue(index) + 0.5) % 1.0 - 0.5)
         assert (distance < 0.15).mean() > 0.7, EMBEDDED_CLASSES[index]
 
 

@@ -115,12 +115,17 @@ def _background(rng: np.random.Generator, sources: Sources, size: Size) -> np.nd
     return np.clip(_crop(rng, sources, size) * tint + offset, 0, 1)
 
 
+def class_hue(label: int) -> float:
+    """The typical hue (0..1 around the colour wheel) of object class ``label``: evenly spaced, disk red."""
+    return (label - 1) / (len(CLASSES) - 1)
+
+
 def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
     """RGB in [0, 1]: hue near the class's own (a prior, like a real class's typical look), sometimes any."""
     if label == 0 or rng.random() < OFF_HUE_SHARE:
         hue = rng.uniform(0.0, 1.0)
     else:
-        hue = (label - 1) / (len(CLASSES) - 1) + rng.normal(0.0, HUE_SPREAD)
+        hue = class_hue(label) + rng.normal(0.0, HUE_SPREAD)
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)))
 
 
