@@ -6,7 +6,7 @@ that DVC tracks. ``params.yaml`` sections mirror the config: every non-null key 
 config override (``dvc exp run -S train.epochs=2``); null keeps the config file's value, so DVC
 trains with the same budget as ``make run``.
 
-    python -m pipelines.dvc_stages splits | pretrain | train METHOD | evaluate METHOD | report
+    python -m pipelines.dvc_stages foundation | splits | pretrain | train METHOD | evaluate METHOD | report
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_model
+from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_foundation_encoder, train_model
 from steps.artifacts import Evaluation, SplitSet, TrainedModel
 from unimatch.config import ExperimentConfig, flatten
+from unimatch.foundation import load_foundation_config
 from unimatch.io_atomic import write_text_atomic
 
 from .common import Table, Variant, needs_pretraining, resolve_base, run_tags, split_column, variant_config
@@ -80,6 +81,11 @@ def _read(model: type[ArtifactT], path: Path) -> ArtifactT:
     return model.model_validate_json(path.read_text(encoding="utf-8"))
 
 
+def foundation(params: dict[str, Any]) -> None:
+    """Rebuild the shipped foundation encoder (its outputs are committed to git: ``cache: false``)."""
+    train_foundation_encoder.entrypoint(load_foundation_config(params["foundation_config"]))
+
+
 def splits(stage: Stage) -> None:
     _write(stage.splits_file, create_splits.entrypoint(config=stage.base))
 
@@ -116,10 +122,14 @@ def report(stage: Stage) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
-    parser.add_argument("stage", choices=("splits", "pretrain", "train", "evaluate", "report"))
+    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report"))
     parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage")
     args = parser.parse_args(argv)
-    stage = Stage(yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8")))
+    params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
+    if args.stage == "foundation":
+        foundation(params)
+        return
+    stage = Stage(params)
     if args.stage in ("train", "evaluate"):
         if args.method not in stage.methods:
             parser.error(f"{args.stage} needs one of the params.yaml methods {stage.methods}")

@@ -2,10 +2,11 @@
 
 from .data import make_unlabeled_pool
 from .evaluate import evaluate_model
+from .foundation import train_foundation_encoder
 from .predict import export_predictions
 from .pretrain import pretrain_encoder
 from .report import build_report
 from .splits import create_splits
 from .train import train_model
 
-__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "pretrain_encoder", "train_model"]
+__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "pretrain_encoder", "train_foundation_encoder", "train_model"]

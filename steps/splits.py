@@ -19,7 +19,7 @@ def data_fingerprint(root: str, files: dict[str, str]) -> str:
     digest = hashlib.sha256()
     for role, path in sorted(files.items()):
         for sample in read_split(path, root, require_masks=role != "unlabeled", allow_empty=role == "unlabeled"):
-            mask_size = sample.mask.stat().st_size if sample.mask is not None else -1
+            mask_size = sample.mask.stat().st_size if sample.mask is not None and sample.mask.is_file() else -1
             digest.update(f"{role} {sample.name} {sample.image.stat().st_size} {mask_size}\n".encode())
     return digest.hexdigest()
 

@@ -85,7 +85,8 @@ def test_extra_unlabeled_pools(folder_dataset: Path, tmp_path: Path) -> None:
     samples = extra_unlabeled_samples(cfg)
     assert [s.image for s in samples] == [pool / "b.jpg", pool / "sub/a.png", folder_dataset / "images/train/t10.png",
                                           folder_dataset / "images/train/t11.png"]  # fmt: skip
-    assert all(s.mask is None for s in samples)
+    # A listed mask is kept (not checked: the file may be absent) for the pseudo-label quality metrics.
+    assert [s.mask for s in samples] == [None, None, None, folder_dataset / "masks/whatever.png"]
     cfg.dataset.extra_unlabeled = [str(tmp_path / "nothing")]
     with pytest.raises(DataError, match=r"dataset.extra_unlabeled\[0\]"):
         extra_unlabeled_samples(cfg)

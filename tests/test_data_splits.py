@@ -33,7 +33,8 @@ def test_official_pascal_splits_parse(count: int) -> None:
     assert len(labeled) == count and len(labeled) + len(unlabeled) == 10582
     assert labeled[0].image.parts[:3] == ("/", "pascal", "JPEGImages")
     assert labeled[0].mask is not None and labeled[0].mask.parent == Path("/pascal/SegmentationClass")
-    assert all(sample.mask is None for sample in unlabeled)
+    # The unlabeled lines name masks too: kept (never trained on) for the pseudo-label quality metrics.
+    assert all(sample.mask is not None and sample.mask.parent == Path("/pascal/SegmentationClass") for sample in unlabeled)
     check_disjoint(labeled, unlabeled)
 
 
@@ -50,9 +51,7 @@ def test_write_read_round_trip(folder_dataset: Path, tmp_path: Path) -> None:
     assert text.splitlines()[0] == "images/train/t00.png masks/train/t00.png"
     assert read_split(tmp_path / "deep" / "labeled.txt", folder_dataset) == labeled
     write_split(tmp_path / "all.txt", samples, folder_dataset)  # mask-less samples: image path only
-    assert read_split(tmp_path / "all.txt", folder_dataset, require_masks=False) == [
-        Sample(sample.image, None, sample.name) for sample in samples
-    ]
+    assert read_split(tmp_path / "all.txt", folder_dataset, require_masks=False) == samples  # listed masks kept
     assert not list(tmp_path.glob("**/*.tmp"))
 
 

@@ -20,7 +20,8 @@ from unimatch.config import load_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
-COPIED = ("dvc.yaml", "params.yaml", "data.dvc", ".dvcignore", ".dvc/config", "configs", "pipelines", "steps", "unimatch")
+COPIED = ("dvc.yaml", "dvc.lock", "params.yaml", "data.dvc", ".dvcignore", ".dvc/config", "configs", "pipelines", "steps",
+          "unimatch", "weights")
 
 
 def _run(root: Path, *command: str) -> str:
@@ -64,12 +65,23 @@ def test_regenerated_data_has_the_tracked_md5(repo: Path) -> None:
 def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
     methods = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["methods"]
     dag = _run(repo, DVC, "dag", "--dot")
-    edges = [("data.dvc", "splits"), ("splits", "pretrain"), ("pretrain", "train@unimatch_v2"), ("splits", "train@unimatch_v2")]
+    edges = [("data.dvc", "splits"), ("splits", "pretrain"), ("pretrain", "train@unimatch_v2"), ("splits", "train@unimatch_v2"),
+             ("foundation", "train@unimatch_v2")]
     edges += [(f"train@{m}", f"evaluate@{m}") for m in methods] + [(f"evaluate@{m}", "report") for m in methods]
     for upstream, downstream in edges:
         assert f'"{upstream}" -> "{downstream}";' in dag
     pending = json.loads(_run(repo, DVC, "status", "--json"))
     assert set(pending) >= {"splits", "pretrain", "report", *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in methods)}
+
+
+def test_committed_foundation_weights_are_what_dvc_lock_records(repo: Path) -> None:
+    """A fresh clone has the shipped encoder without a DVC remote (cache: false), and DVC agrees that it
+    is the output of the current foundation stage: code, settings and weights match dvc.lock."""
+    assert json.loads(_run(repo, DVC, "status", "--json", "foundation")) == {}
+    (repo / "weights" / "foundation" / "embedded-tiny.pth").write_bytes(b"not the weights")
+    changed = json.loads(_run(repo, DVC, "status", "--json", "foundation"))
+    assert "foundation" in changed
+    shutil.copy2(PROJECT / "weights" / "foundation" / "embedded-tiny.pth", repo / "weights" / "foundation" / "embedded-tiny.pth")
 
 
 def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
@@ -83,6 +95,9 @@ def test_pretrain_stage_writes_the_encoder_that_training_reads(repo: Path) -> No
     params_file = repo / "params.yaml"
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     params["pretrain"] = {"method": "mae", "iterations": 2}
+    # MAE pre-training is for settings without weights: a config that drops the shipped foundation encoder.
+    (repo / "configs" / "mae.yaml").write_text("inherit: embedded.yaml\nmodel:\n  weights: null\n", encoding="utf-8")
+    params["config"] = "configs/mae.yaml"
     params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     _run(repo, DVC, "repro", "pretrain")
     stage_dir = repo / "runs" / "embedded-table5-dvc" / "pretrain"

@@ -51,6 +51,9 @@ def test_every_method_trains_with_finite_losses(dataset, tmp_path, method):
     assert 0 <= result.metrics["best_miou_ema"] <= 100
     assert result.best_checkpoint.exists() and result.last_checkpoint.exists()
     assert (tmp_path / "figures" / "training_curves.png").exists()
+    # The unlabeled images have ground truth on disk: the teacher's pseudo labels are scored each epoch.
+    coverage = tracker.metrics["pseudo/foreground_coverage"]
+    assert len(coverage) == 1 and 0 <= coverage[0][1] <= 100 and "pseudo/precision" in result.history
     if method != "labeled_only":
         assert all(0 <= v <= 1 for _, v in tracker.metrics["train/mask_ratio"])
         assert "ema" in load_checkpoint(result.last_checkpoint)

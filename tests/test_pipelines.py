@@ -24,7 +24,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
 # 12 train / 3 val images of 64x48, 4 labeled, 2 iterations, no loader workers: seconds per method.
 TINY = ["split.labeled=4", "train.batch_size=2", "dataset.crop_size=42", "train.num_workers=0", "train.max_iters=2",
-        "pretrain.method=mae", "pretrain.batch_size=4"]  # --quick: 3 pre-training iterations
+        "model.weights=null", "pretrain.method=mae", "pretrain.batch_size=4"]  # --quick: 3 pre-training iterations
 STEP_STATUSES = """
 import json
 from zenml.client import Client
@@ -96,6 +96,7 @@ def test_benchmark_writes_the_table5_report_and_predictions(project: Path, bench
     for label in ("labeled-only", "FixMatch", "UniMatch V2"):
         assert rows[label], f"empty cell for {label}: {markdown}"
     assert (outputs / "methods.csv").is_file() and (outputs / "methods.html").is_file()
+    assert (outputs / "methods_pseudo_labels.png").stat().st_size > 10_000  # pseudo-label quality across runs
     assert len(list((outputs / "predictions" / "unimatch_v2" / "labels").glob("*.png"))) == 3
 
 
@@ -113,6 +114,19 @@ def test_second_identical_run_is_served_from_the_step_cache(project: Path, bench
     assert re.search(r"train_fixmatch +cached", benchmark_runs[1].stdout)  # the command's own summary
     # The cached steps did not log new MLflow runs: still one training run per method.
     assert len([r for r in _runs(project, "embedded-table5-quick") if r.data.tags.get("kind") == "train"]) == len(METHODS)
+
+
+def test_pretrain_foundation_pipeline_writes_tracked_weights_and_is_cached(project: Path) -> None:
+    output = project / "weights" / "tiny.pth"
+    overrides = ["iterations=3", "batch_size=4", "corpus_size=12", "num_workers=0", "warmup_iters=1", f"output={output}"]
+    first = _python(project, "-m", "pipelines.pretrain_foundation", *overrides)
+    assert re.search(r"train_foundation_encoder +completed", first.stdout)
+    assert output.is_file() and (project / "weights" / "SHA256SUMS").read_text().split()[1] == "tiny.pth"
+    (run,) = _runs(project, "foundation")
+    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "foundation"
+    assert "foundation/loss" in run.data.metrics and "foundation/held_out_miou" in run.data.metrics
+    second = _python(project, "-m", "pipelines.pretrain_foundation", *overrides)
+    assert re.search(r"train_foundation_encoder +cached", second.stdout)
 
 
 def test_scheduled_sweep_runs_once_on_the_local_orchestrator(project: Path, tmp_path: Path) -> None:

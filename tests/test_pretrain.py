@@ -22,7 +22,7 @@ def dataset(tmp_path_factory):
 def config(dataset, out, *overrides):
     return load_config("configs/embedded.yaml", [
         f"dataset.root={dataset}", "dataset.crop_size=56", f"output_dir={out}/run", "split.labeled=4",
-        "tracking.enabled=false", "pretrain.method=mae", f"pretrain.dir={out}/pretrain", "pretrain.iterations=6",
+        "tracking.enabled=false", "model.weights=null", "pretrain.method=mae", f"pretrain.dir={out}/pretrain", "pretrain.iterations=6",
         "pretrain.batch_size=4", "pretrain.warmup_iters=2", "pretrain.log_every=2", "pretrain.checkpoint_every=2",
         *overrides,
     ])

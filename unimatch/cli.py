@@ -92,6 +92,21 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"pre-trained encoder {path}")
 
 
+def cmd_foundation(args: argparse.Namespace) -> None:
+    from .foundation import load_foundation_config, train_foundation
+    from .tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri
+
+    cfg = load_foundation_config(args.config, args.overrides)
+    tracker: Tracker = Tracker()
+    if not args.no_tracking:
+        uri = resolve_tracking_uri(args.uri)
+        check_tracking_uri(uri)
+        tracker = MlflowTracker(uri, "foundation", f"foundation-{cfg.route}-{cfg.encoder}", {"kind": "foundation"})
+    with tracker:
+        path = train_foundation(cfg, tracker, progress=not args.no_progress)
+    print(f"foundation encoder {path}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .engine.evaluate import evaluate_checkpoint
     from .tracking import tracker_from_config
@@ -157,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(pretrain)
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     pretrain.set_defaults(func=cmd_pretrain)
+
+    foundation = sub.add_parser("foundation", help="pre-train the embedded world's foundation encoder on the "
+                                "foundation corpus (never a benchmark image or class); writes the shipped weights")
+    foundation.add_argument("--config", "-c", default="configs/foundation/embedded-tiny.yaml",
+                            help="foundation YAML (default: configs/foundation/embedded-tiny.yaml)")
+    foundation.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. route=mae iterations=500")
+    foundation.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    foundation.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    foundation.add_argument("--no-progress", action="store_true")
+    foundation.set_defaults(func=cmd_foundation)
 
     evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")
     _config_args(evaluate)

@@ -125,6 +125,9 @@ class EvalConfig(Section):
     window: int | None = None  # sliding window size; default crop_size
     stride_ratio: float = Field(2 / 3, gt=0, le=1)
     batch_size: int = Field(1, ge=1)
+    # Unlabeled images with ground truth on which the teacher's pseudo labels are scored every epoch
+    # (pseudo/* metrics); 0 switches it off. Their masks are never used for training.
+    pseudo_label_images: int = Field(400, ge=0)
 
     @field_validator("window")
     @classmethod

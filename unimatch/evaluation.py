@@ -102,3 +102,70 @@ def evaluate(
     names = class_names or [f"class_{i}" for i in range(nclass)]
     per_class = {name: float(iou * 100.0) for name, iou in zip(names, iou_per_class(matrix))}
     return EvalResult(mean_iou(matrix), per_class, matrix)
+
+
+@dataclass
+class PseudoLabelQuality:
+    """How good a teacher's confident pseudo labels are, measured on unlabeled images that have ground
+    truth (percent). ``precision``: confident pixels whose label is right; ``foreground_coverage``:
+    ground-truth foreground (non-background) pixels that are confident; ``foreground_recall``: those that
+    are confident and right; ``mask_ratio``: confident share of all pixels."""
+
+    precision: float
+    foreground_coverage: float
+    foreground_recall: float
+    mask_ratio: float
+
+    def metrics(self, prefix: str = "pseudo/") -> dict[str, float]:
+        return {f"{prefix}{name}": value for name, value in self.__dict__.items()}
+
+
+class PseudoLabelCounts:
+    """Pixel counts behind :class:`PseudoLabelQuality`, accumulated over batches (and ranks)."""
+
+    def __init__(self, device: torch.device | str = "cpu", background: int = 0) -> None:
+        # valid, confident, confident & right, foreground, foreground & confident, foreground & confident & right
+        self.counts = torch.zeros(6, dtype=torch.int64, device=device)
+        self.background = background
+
+    def update(self, probabilities: torch.Tensor, target: torch.Tensor, threshold: float) -> None:
+        """``probabilities`` (B, C, H, W) softmax of the teacher, ``target`` (B, H, W) with 255 = ignore."""
+        confidence, label = probabilities.max(dim=1)
+        valid = target != 255
+        confident = valid & (confidence >= threshold)
+        right = confident & (label == target)
+        foreground = valid & (target != self.background)
+        self.counts += torch.stack([valid.sum(), confident.sum(), right.sum(), foreground.sum(),
+                                    (foreground & confident).sum(), (foreground & right).sum()])
+
+    def result(self) -> PseudoLabelQuality:
+        valid, confident, right, foreground, fg_confident, fg_right = (int(c) for c in self.counts.cpu())
+        share = lambda part, whole: 100.0 * part / whole if whole else float("nan")  # noqa: E731
+        return PseudoLabelQuality(share(right, confident), share(fg_confident, foreground), share(fg_right, foreground),
+                                  share(confident, valid))
+
+
+@torch.no_grad()
+def pseudo_label_quality(
+    teacher: nn.Module,
+    batches: Iterable,
+    threshold: float,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    distributed: bool = False,
+) -> PseudoLabelQuality:
+    """Score the teacher's confident (>= ``threshold``) pseudo labels against ground truth on ``batches`` of
+    (image, mask, name): whole images at their original size, as "original" evaluation predicts them."""
+    device = torch.device(device)
+    was_training = teacher.training
+    teacher.eval()
+    counts = PseudoLabelCounts(device)
+    for image, mask, _ in batches:
+        image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = predict_original(teacher, image)
+        counts.update(logits.float().softmax(dim=1), mask, threshold)
+    teacher.train(was_training)
+    if distributed:
+        torch.distributed.all_reduce(counts.counts)
+    return counts.result()

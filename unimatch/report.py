@@ -20,7 +20,7 @@ import pandas as pd
 
 from unimatch.config import METHOD_LABELS
 from unimatch.io_atomic import write_text_atomic
-from unimatch.tracking import check_tracking_uri, format_number, resolve_tracking_uri
+from unimatch.tracking import check_tracking_uri, format_number, resolve_tracking_uri, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,33 @@ def write_report(
     return {ext: write_text_atomic(out / f"{name}.{ext}", text) for ext, text in texts.items()}
 
 
+def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) -> Path | None:
+    """One PNG comparing the training runs of a table: the teacher's pseudo-label precision and the
+    confident-and-right share of the foreground, per epoch (None when no run measured them)."""
+    from matplotlib.figure import Figure
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if "metrics.pseudo/precision" not in runs.columns:
+        return None
+    measured = runs[runs["metrics.pseudo/precision"].notna()]
+    if measured.empty:
+        return None
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    panels = zip(fig.subplots(1, 2), ("pseudo/precision", "pseudo/foreground_recall"),
+                 ("precision of confident pseudo labels (%)", "foreground pixels confident and right (%)"))
+    for ax, key, title in panels:
+        for _, run in measured.sort_values("run_id").iterrows():
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
+            if history:
+                label = run.get("tags.mlflow.runName") or run.get("tags.method") or run["run_id"][:8]
+                ax.plot(*zip(*history), marker="o", markersize=3, label=str(label))
+        ax.set(title=title, xlabel="iteration", ylim=(0, 100))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="x-small")
+    return save_figure(fig, path)
+
+
 def report(
     uri: str | None,
     experiment: str | list[str] | None,
@@ -316,8 +343,14 @@ def report(
     uri = resolve_tracking_uri(uri)
     check_tracking_uri(uri)
     experiments = [experiment] if isinstance(experiment, str) else experiment
-    table = build_table(collect_runs(uri, experiments, filter_tags), layout, expected_rows, expected_cols)
+    runs = collect_runs(uri, experiments, filter_tags)
+    table = build_table(runs, layout, expected_rows, expected_cols)
     if title is None:
         context = ", ".join(f"{tag} {value}" for tag, value in table.attrs["context"].items())
         title = f"{_layout(layout).title} ({context})" if context else _layout(layout).title
-    return write_report(table, out_dir, name or layout, title)
+    paths = write_report(table, out_dir, name or layout, title)
+    training = runs[_column(runs, "tags.kind") == "train"] if not runs.empty else runs
+    figure = plot_pseudo_label_quality(uri, training, Path(out_dir) / f"{name or layout}_pseudo_labels.png")
+    if figure is not None:
+        paths["png"] = figure
+    return paths

@@ -7,7 +7,9 @@ Metrics (mIoU values are PERCENTAGES, 0-100):
 * per logged iteration (step = global iteration): ``train/loss``, ``train/loss_labeled``,
   ``train/loss_unlabeled``, ``train/mask_ratio``, ``train/lr``
 * per evaluation (step = global iteration, with ``epoch`` alongside): ``val/miou_ema``,
-  ``val/miou_student``, ``val/iou_ema/<class name>``
+  ``val/miou_student``, ``val/iou_ema/<class name>``; where unlabeled images have ground truth, the
+  teacher's pseudo-label quality on them (percent): ``pseudo/precision``, ``pseudo/foreground_coverage``,
+  ``pseudo/foreground_recall``, ``pseudo/mask_ratio`` (:func:`unimatch.evaluation.pseudo_label_quality`)
 * once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``
 * standalone evaluation runs: ``eval/miou``, ``eval/iou/<class name>``
 
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 # The metric names the engine logs (see the module docstring).
 TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr")
 VAL_METRICS = ("val/miou_ema", "val/miou_student")
+PSEUDO_METRICS = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
 SUMMARY_METRICS = ("best_miou_ema", "best_miou_student", "final_miou_ema")
 CHECK_TIMEOUT_S = 5
 TRUNCATION_MARKER = "...[truncated]"
@@ -379,18 +382,22 @@ _CURVE_PANELS = (  # (title, x label, metric keys)
     ("mask ratio (confident pixels)", "iteration", ("train/mask_ratio",)),
     ("learning rate (encoder)", "iteration", ("train/lr",)),
     ("validation mIoU (%)", "epoch", VAL_METRICS),
+    ("pseudo labels vs unlabeled ground truth (%)", "epoch", PSEUDO_METRICS),
 )
 
 
 def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: str | Path) -> Path:
-    """A 2x2 PNG of loss, mask ratio, learning rate (vs iteration) and validation mIoU (vs epoch).
+    """A 2x3 PNG of loss, mask ratio, learning rate (vs iteration), validation mIoU and the teacher's
+    pseudo-label quality on unlabeled ground truth (vs epoch).
 
     ``history`` maps metric name -> [(step, value)], with iterations as steps for ``train/*`` and
     epochs for ``val/miou_*``."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
 
-    fig = Figure(figsize=(11, 7), layout="constrained")
-    for ax, (title, xlabel, keys) in zip(fig.subplots(2, 2).flat, _CURVE_PANELS, strict=True):
+    fig = Figure(figsize=(15, 7), layout="constrained")
+    axes = list(fig.subplots(2, 3).flat)
+    axes[len(_CURVE_PANELS)].set_axis_off()
+    for ax, (title, xlabel, keys) in zip(axes, _CURVE_PANELS):
         ax.set(title=title, xlabel=xlabel)
         drawn = [key for key in keys if history.get(key)]
         for key in drawn:
@@ -401,7 +408,7 @@ def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: s
             ax.legend(fontsize="small")
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:
@@ -425,10 +432,10 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
         for (row, col), value in np.ndenumerate(norm):
             ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
                     color="white" if value > 0.5 else "black")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
     """Atomically, like checkpoints and reports: a crash mid-save never leaves a truncated image."""
     path = Path(path)
     return atomic_write(path, lambda file: fig.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120))

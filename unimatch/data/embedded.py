@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,25 @@ def class_hue(label: int) -> float:
     return (label - 1) / (len(CLASSES) - 1)
 
 
-def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
+@dataclass(frozen=True)
+class Scene:
+    """What a world's images are made of: object outlines per label (1..N, 0 is background), their sizes,
+    counts, and whether each class has a typical hue. The benchmark is one scene; the foundation corpus
+    (:mod:`unimatch.data.foundation`) another, with its own shapes."""
+
+    shapes: dict[int, tuple[Polygon, ...]]
+    diameter: tuple[float, float] = DIAMETER
+    objects: tuple[int, int] = OBJECTS
+    distractors: tuple[int, int] = DISTRACTORS
+    hue_prior: bool = True  # False: every object takes any hue
+
+
+BENCHMARK = Scene(SHAPES)
+
+
+def _colour(rng: np.random.Generator, label: int, hue_prior: bool = True) -> np.ndarray:
     """RGB in [0, 1]: hue near the class's own (a prior, like a real class's typical look), sometimes any."""
-    if label == 0 or rng.random() < OFF_HUE_SHARE:
+    if label == 0 or not hue_prior or rng.random() < OFF_HUE_SHARE:
         hue = rng.uniform(0.0, 1.0)
     else:
         hue = class_hue(label) + rng.normal(0.0, HUE_SPREAD)
@@ -130,10 +147,10 @@ def _colour(rng: np.random.Generator, label: int) -> np.ndarray:
 
 
 def _appearance(
-    rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float], label: int
+    rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float], colour: np.ndarray
 ) -> np.ndarray:
-    """Object fill: the class-prior colour modulated by a grey texture crop and a linear shading ramp."""
-    colour, contrast = _colour(rng, label), rng.uniform(0.2, 0.6)
+    """Object fill: ``colour`` modulated by a grey texture crop and a linear shading ramp."""
+    contrast = rng.uniform(0.2, 0.6)
     texture = _crop(rng, sources, size)
     grey = (texture[..., 0] + texture[..., 1] + texture[..., 2]) / 3
     direction, strength = rng.uniform(0, 2 * math.pi), rng.uniform(0.0, 0.3)
@@ -143,36 +160,43 @@ def _appearance(
     return np.clip(shade[..., None] * colour, 0, 1)
 
 
-def _outlines(rng: np.random.Generator, label: int, size: Size) -> tuple[tuple[Polygon, ...], tuple[float, float]]:
+def _outlines(
+    rng: np.random.Generator, scene: Scene, label: int, size: Size
+) -> tuple[tuple[Polygon, ...], tuple[float, float]]:
     """A randomly sized, rotated and placed outline of class ``label`` (0: an elongated-ellipse distractor)."""
-    diameter = rng.uniform(*DIAMETER)
+    diameter = rng.uniform(*scene.diameter)
     centre = (rng.uniform(diameter / 4, size[0] - diameter / 4), rng.uniform(diameter / 4, size[1] - diameter / 4))
     angle = rng.uniform(0, 2 * math.pi)
     if label == 0:
         aspect = rng.uniform(2.5, 4.0)
         unit: tuple[Polygon, ...] = (tuple((x, y / aspect) for x, y in _CIRCLE),)
     else:
-        unit = SHAPES[label]
+        unit = scene.shapes[label]
     return tuple(_place(outline, angle, *centre, diameter / 2) for outline in unit), centre
 
 
-def render(rng: np.random.Generator, sources: Sources, size: Size) -> tuple[np.ndarray, np.ndarray]:
-    """One (image uint8 (H, W, 3), mask uint8 (H, W)) pair."""
+def render(
+    rng: np.random.Generator, sources: Sources, size: Size, scene: Scene | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """One (image uint8 (H, W, 3), mask uint8 (H, W)) pair of ``scene`` (default: the benchmark's)."""
+    scene = scene or BENCHMARK
     image = _background(rng, sources, size)
     mask = np.zeros((size[1], size[0]), dtype=np.uint8)
-    labels = [int(rng.integers(1, len(CLASSES))) for _ in range(rng.integers(OBJECTS[0], OBJECTS[1] + 1))]
-    labels += [0] * int(rng.integers(DISTRACTORS[0], DISTRACTORS[1] + 1))
+    count = rng.integers(scene.objects[0], scene.objects[1] + 1)
+    labels = [int(rng.integers(1, len(scene.shapes) + 1)) for _ in range(count)]
+    labels += [0] * int(rng.integers(scene.distractors[0], scene.distractors[1] + 1))
     covered = np.zeros(mask.shape)
     for label in rng.permutation(labels):
         for _ in range(PLACEMENT_TRIES):
-            outlines, centre = _outlines(rng, int(label), size)
+            outlines, centre = _outlines(rng, scene, int(label), size)
             alpha = _coverage(outlines, size)
             if (alpha * covered).sum() <= MAX_OVERLAP * alpha.sum():
                 break
         else:
             continue
         covered = np.maximum(covered, alpha)
-        fill = _appearance(rng, sources, size, centre, int(label))
+        colour = _colour(rng, int(label), scene.hue_prior)
+        fill = _appearance(rng, sources, size, centre, colour)
         image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
         mask[alpha >= 0.5] = label
     noise = rng.integers(-NOISE, NOISE + 1, size=image.shape)

@@ -68,7 +68,7 @@ def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
 
 def extra_unlabeled_samples(cfg: ExperimentConfig) -> list[Sample]:
     """Samples of the extra unlabeled pools (``dataset.extra_unlabeled``): split files (paths relative to the
-    dataset root, masks ignored) or image folders (searched recursively; absolute paths under the folder)."""
+    dataset root; listed masks are kept for the pseudo-label quality metrics, never trained on) or image folders (searched recursively; absolute paths under the folder)."""
     samples: list[Sample] = []
     for index, entry in enumerate(cfg.dataset.extra_unlabeled):
         path = Path(entry)

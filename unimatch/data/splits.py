@@ -53,7 +53,7 @@ def _parse_line(line: str, where: str, require_masks: bool) -> tuple[str, str | 
         raise DataError(f"{where}: expected 'IMAGE_PATH MASK_PATH', got {len(fields)} fields (spaces in paths?)")
     if require_masks and len(fields) != 2:
         raise DataError(f"{where}: expected 'IMAGE_PATH MASK_PATH', got an image path only")
-    return fields[0], fields[1] if require_masks else None
+    return fields[0], fields[1] if len(fields) == 2 else None
 
 
 def _check_exists(path: Path, where: str) -> None:
@@ -64,7 +64,9 @@ def _check_exists(path: Path, where: str) -> None:
 def read_split(
     path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True, allow_empty: bool = False
 ) -> list[Sample]:
-    """The samples listed in split file ``path``; masks are ignored (None) when ``require_masks`` is False.
+    """The samples listed in split file ``path``. With ``require_masks`` False a line may hold an image path
+    only (mask None), and a listed mask is kept but not checked to exist: unlabeled images never read it,
+    only the pseudo-label quality metrics do, where the file is there.
 
     ``check_files=False`` parses without the dataset on disk (paths are still checked to stay under root).
     ``allow_empty``: an empty file is an empty list (the unlabeled split when every image is labeled).
@@ -83,7 +85,7 @@ def read_split(
         image = _resolve(root, image_rel, where)
         mask = _resolve(root, mask_rel, where) if mask_rel else None
         if check_files:
-            for file in (image, mask):
+            for file in (image, mask if require_masks else None):
                 if file is not None:
                     _check_exists(file, where)
         samples.append(Sample(image, mask, image_rel))

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..config import ExperimentConfig, ModelConfig
 from ..data import DataError, EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
-from ..evaluation import EvalResult, evaluate
+from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import remove_stale_temps
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..pretrain import pretrained_encoder
@@ -148,6 +148,20 @@ class Trainer:
                 batch,
             )
         self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
+        self.pseudo_set = self._pseudo_label_set(unlabeled)
+
+    def _pseudo_label_set(self, unlabeled: list) -> EvalDataset | None:
+        """Unlabeled images whose ground truth is on disk (the embedded data; real datasets whose unlabeled
+        split lists masks), at most ``eval.pseudo_label_images`` of them, a fixed seeded choice: the
+        teacher's pseudo labels are scored on them every epoch. The masks are never used for training."""
+        limit = self.cfg.eval.pseudo_label_images
+        with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
+        if not limit or not with_truth:
+            return None
+        if len(with_truth) > limit:
+            picks = np.random.default_rng(self.cfg.split.seed).choice(len(with_truth), limit, replace=False)
+            with_truth = [with_truth[i] for i in sorted(picks)]
+        return EvalDataset(with_truth, self.cfg.dataset.nclass)
 
     def _with_pretrained_encoder(self, model_cfg: ModelConfig) -> ModelConfig:
         """``model_cfg`` with ``weights`` set to the self-supervised encoder of ``pretrain`` (rank 0 trains or
@@ -324,11 +338,26 @@ class Trainer:
             for name, model in models.items()
         }
 
+    def score_pseudo_labels(self) -> PseudoLabelQuality | None:
+        """The teacher's pseudo-label quality on the unlabeled images with ground truth (sharded like
+        evaluation under DDP); None when there are none."""
+        if self.pseudo_set is None:
+            return None
+        rank, world = self.dist.rank, self.dist.world
+        shard = Subset(self.pseudo_set, range(rank, len(self.pseudo_set), world)) if world > 1 else self.pseudo_set
+        loader = DataLoader(shard, batch_size=1, num_workers=min(self.cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
+        return pseudo_label_quality(self.teacher, loader, self.cfg.method.threshold, self.device, self.amp_dtype, self.dist.enabled)
+
     def _end_epoch(self, epoch: int, window_metrics: dict[str, float], started: float) -> str:
         results = self.evaluate_models()
         results.setdefault("ema", results["student"])
         metrics = {"val/miou_student": results["student"].miou, "val/miou_ema": results["ema"].miou, "epoch": epoch}
         metrics.update({f"val/iou_ema/{name}": iou for name, iou in results["ema"].per_class_iou.items() if math.isfinite(iou)})
+        quality = self.score_pseudo_labels()
+        if quality is not None:
+            metrics.update(quality.metrics())
+            for name, value in quality.metrics().items():
+                self._record(name, epoch, value)
         self.tracker.log_metrics(metrics, step=self.iteration)
         self._record("val/miou_student", epoch, results["student"].miou)
         self._record("val/miou_ema", epoch, results["ema"].miou)
@@ -341,7 +370,9 @@ class Trainer:
         return (
             f"epoch {epoch}/{self.cfg.train.epochs} | loss {window_metrics.get('train/loss', float('nan')):.3f} "
             f"(l {window_metrics.get('train/loss_labeled', float('nan')):.3f} u {window_metrics.get('train/loss_unlabeled', float('nan')):.3f}) "
-            f"| mask {window_metrics.get('train/mask_ratio', float('nan')):.2f} | mIoU student {results['student'].miou:.1f} "
+            f"| mask {window_metrics.get('train/mask_ratio', float('nan')):.2f}"
+            + (f" | pseudo precision {quality.precision:.1f} fg {quality.foreground_recall:.1f}" if quality else "")
+            + f" | mIoU student {results['student'].miou:.1f} "
             f"ema {results['ema'].miou:.1f} (best {self.best['miou_ema']:.1f}{' *' if improved else ''}) | {time.time() - started:.0f}s"
         )
 

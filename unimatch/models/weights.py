@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -22,8 +23,55 @@ RELEASED_HEAD_TO_OURS = ((re.compile(r"^head\.scratch\.output_conv\.2\."), "head
 CLASSIFIER_WEIGHT = "head.classifier.weight"  # (nclass, features, 1, 1)
 
 
+CHECKSUMS_FILE = "SHA256SUMS"  # beside released weights: "<sha256>  <file name>" lines, as sha256sum writes
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the model; the message names the file and keys."""
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def published_digests(folder: str | Path) -> dict[str, str]:
+    """File name -> sha256 from ``folder/SHA256SUMS`` (empty when there is none)."""
+    manifest = Path(folder) / CHECKSUMS_FILE
+    if not manifest.is_file():
+        return {}
+    lines = (line.split(maxsplit=1) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {name.strip().lstrip("*"): digest for digest, name in lines}
+
+
+def publish_digest(path: str | Path) -> str:
+    """Record ``path``'s sha256 in the SHA256SUMS beside it (other entries kept); returns the digest."""
+    from ..io_atomic import write_text_atomic
+
+    path = Path(path)
+    digests = {**published_digests(path.parent), path.name: sha256_file(path)}
+    write_text_atomic(path.parent / CHECKSUMS_FILE, "".join(f"{d}  {n}\n" for n, d in sorted(digests.items())))
+    return digests[path.name]
+
+
+def verify_published(path: str | Path) -> None:
+    """Weights listed in the SHA256SUMS beside them must exist and match it (a released file that was
+    replaced, truncated or not rebuilt fails here, with the digest it should have)."""
+    path = Path(path)
+    expected = published_digests(path.parent).get(path.name)
+    if expected is None:
+        return
+    manifest = path.parent / CHECKSUMS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} is missing; expected sha256 {expected} (from {manifest}); "
+                              "rebuild it with `dvc repro foundation` or train with model.weights=null")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"weights file {path} has sha256 {actual}, expected {expected} (from {manifest}); "
+                              "restore it (`git checkout -- {path}`) or rebuild it with `dvc repro foundation`".replace("{path}", str(path)))
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -84,6 +132,7 @@ def encoder_state_from(raw: Mapping) -> dict[str, torch.Tensor]:
 def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
     """Load DINOv2 weights (official ``dinov2_vit*14_pretrain.pth`` or timm layout) into ``model.encoder``."""
     encoder = model.encoder if hasattr(model, "encoder") else model
+    verify_published(path)
     _load_strict(encoder, encoder_state_from(read_checkpoint(path)), f"encoder checkpoint {path}")
     log.info("loaded encoder weights from %s", path)
 

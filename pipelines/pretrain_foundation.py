@@ -1,0 +1,40 @@
+"""Rebuild the embedded world's foundation encoder (the weights `configs/datasets/embedded.yaml` loads).
+
+    python -m pipelines.pretrain_foundation [--config configs/foundation/embedded-tiny.yaml] [--no-cache] [key=value ...]
+    zenml pipeline run pipelines.pretrain_foundation.pretrain_foundation
+
+One step, cached by the settings and the library's source: the corpus is rendered on the fly, so there
+is no data artifact to version. The DVC stage `foundation` runs the same step function.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from zenml import pipeline
+
+from steps import train_foundation_encoder
+from unimatch.foundation import load_foundation_config
+
+from .cli import run_pipeline
+
+DEFAULT_FOUNDATION_CONFIG = "configs/foundation/embedded-tiny.yaml"
+
+
+@pipeline(name="pretrain_foundation")
+def pretrain_foundation(config: str = DEFAULT_FOUNDATION_CONFIG, overrides: list[str] | None = None) -> None:
+    """foundation corpus → pre-trained encoder weights (+ SHA256SUMS, summary JSON, figure)."""
+    train_foundation_encoder(load_foundation_config(config, overrides))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. route=mae iterations=500")
+    parser.add_argument("--config", default=DEFAULT_FOUNDATION_CONFIG, help=f"foundation YAML (default: {DEFAULT_FOUNDATION_CONFIG})")
+    parser.add_argument("--no-cache", action="store_true", help="re-run the step even when its cache key matches")
+    args = parser.parse_args()
+    run_pipeline(pretrain_foundation, {"config": args.config, "overrides": args.overrides}, args.no_cache)
+
+
+if __name__ == "__main__":
+    main()
