@@ -37,7 +37,7 @@ from .metrics import ConfusionMatrix, mean_iou
 from .models import build_segmentor
 from .models.encoder import PATCH_SIZE
 from .models.weights import publish_digest
-from .pretrain import MaskedAutoencoder, _random_keep, reconstruction_loss
+from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, warmup_cosine
 from .tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ def load_foundation_config(path: str | Path, overrides: list[str] | None = None)
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors())
         raise ConfigError(f"{path}: {problems}") from None
-
-
-def learning_rate(cfg: FoundationConfig, iteration: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if iteration < cfg.warmup_iters:
-        return cfg.lr * (iteration + 1) / cfg.warmup_iters
-    progress = (iteration - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters)
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class SupervisedRoute(nn.Module):
@@ -203,15 +195,9 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
     bar = tqdm(total=cfg.iterations, initial=start, desc=f"foundation {cfg.route}", unit="it", disable=not progress, dynamic_ncols=True)
     iteration = start
     for images, masks in _loader(corpus, cfg, start):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, iteration)
         loss = route.loss(images.to(device), masks.to(device), generator)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"foundation pre-training loss is {loss.item()} at iteration {iteration}; lower lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
+        lr = warmup_cosine(cfg.lr, cfg.warmup_iters, cfg.iterations, iteration)
+        losses.append(descend(optimizer, loss, lr, f"foundation pre-training at iteration {iteration} (lower lr)"))
         iteration += 1
         bar.update()
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations:

@@ -149,12 +149,24 @@ def pretrain_dir(cfg: ExperimentConfig, images: Sequence[Sample]) -> Path:
     return Path(cfg.pretrain.dir) / name
 
 
-def _learning_rate(settings: PretrainConfig, iteration: int) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if iteration < settings.warmup_iters:
-        return settings.lr * (iteration + 1) / settings.warmup_iters
-    progress = (iteration - settings.warmup_iters) / max(1, settings.iterations - settings.warmup_iters)
-    return settings.lr * 0.5 * (1 + math.cos(math.pi * progress))
+def warmup_cosine(base_lr: float, warmup_iters: int, iterations: int, iteration: int) -> float:
+    """Linear warm-up, then cosine decay to zero (pre-training schedules)."""
+    if iteration < warmup_iters:
+        return base_lr * (iteration + 1) / warmup_iters
+    progress = (iteration - warmup_iters) / max(1, iterations - warmup_iters)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, failure: str) -> float:
+    """One optimiser step at ``lr`` on a finite ``loss`` (else FloatingPointError: ``failure`` and the value)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{failure}: loss is {loss.item()}")
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return round(loss.item(), 5)
 
 
 def _load_images(samples: Sequence[Sample], progress: bool) -> list[torch.Tensor]:
@@ -221,17 +233,11 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     started = time.time()
     bar = tqdm(total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress, dynamic_ncols=True)
     for iteration in range(start, settings.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(settings, iteration)
         images = sampler.batch(settings.batch_size).to(device, non_blocking=True)
         keep = _random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)
         loss = reconstruction_loss(model(images, keep), images, keep)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"pre-training loss is {loss.item()} at iteration {iteration}; lower pretrain.lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(round(loss.item(), 5))
+        lr = warmup_cosine(settings.lr, settings.warmup_iters, settings.iterations, iteration)
+        losses.append(descend(optimizer, loss, lr, f"pre-training at iteration {iteration} (lower pretrain.lr)"))
         bar.update()
         if (iteration + 1) % settings.log_every == 0 or iteration + 1 == settings.iterations:
             window = float(np.mean(losses[-settings.log_every:]))
