@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -227,8 +227,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
+    return validate_as(ExperimentConfig, data, source)
+
+
+SchemaT = TypeVar("SchemaT", bound=BaseModel)
+
+
+def validate_as(schema: type[SchemaT], data: dict[str, Any], source: str = "config") -> SchemaT:
+    """``data`` validated as ``schema``; a ConfigError naming ``source`` and every offending key."""
     try:
-        return ExperimentConfig.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()

@@ -21,21 +21,21 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, FoundationCorpus
+from .config import apply_overrides, read_layers, validate_as
+from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
 from .io_atomic import atomic_write, write_bytes_atomic, write_text_atomic
 from .metrics import ConfusionMatrix, mean_iou
 from .models import build_segmentor
-from .models.encoder import PATCH_SIZE
+from .models.encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
 from .models.weights import publish_digest
 from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, warmup_cosine
 from .tracking import Tracker
@@ -50,7 +50,7 @@ class FoundationConfig(BaseModel):
     """``configs/foundation/*.yaml``: what decides the released encoder."""
 
     model_config = ConfigDict(extra="forbid")
-    route: Literal["supervised", "mae"] = "supervised"
+    route: str = "supervised"  # a key of ROUTES
     encoder: str = "tiny"
     corpus_size: int = Field(CORPUS_SIZE, ge=1)
     corpus_seed: int = Field(0, ge=0)
@@ -68,24 +68,29 @@ class FoundationConfig(BaseModel):
     output: str = "weights/foundation/embedded-tiny.pth"
 
 
+    @field_validator("route")
+    @classmethod
+    def _known_route(cls, value: str) -> str:
+        if value not in ROUTES:
+            raise ValueError(f"unknown route '{value}'; choose one of {sorted(ROUTES)}")
+        return value
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, value: str) -> str:
+        encoder_spec(value)  # ValueError naming the known encoders
+        return value
+
+
 def load_foundation_config(path: str | Path, overrides: list[str] | None = None) -> FoundationConfig:
     """A foundation YAML plus ``key=value`` overrides, validated; errors name the file and key."""
-    from pydantic import ValidationError
-
-    from .config import ConfigError, apply_overrides, read_layers
-
-    data = apply_overrides(read_layers(path), overrides or [])
-    try:
-        return FoundationConfig.model_validate(data)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in item['loc'])}: {item['msg']}" for item in error.errors())
-        raise ConfigError(f"{path}: {problems}") from None
+    return validate_as(FoundationConfig, apply_overrides(read_layers(path), overrides or []), str(path))
 
 
 class SupervisedRoute(nn.Module):
     """Segment the corpus's shapes: the encoder plus a DPT head over the foundation label space."""
 
-    def __init__(self, cfg: FoundationConfig) -> None:
+    def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
         self.segmentor = build_segmentor(cfg.encoder, len(FOUNDATION_CLASSES))
         self.encoder = self.segmentor.encoder
@@ -99,8 +104,6 @@ class MaeRoute(nn.Module):
 
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
-        from .models.encoder import DINOv2Encoder
-
         self.grid, self.mask_ratio = grid, cfg.mask_ratio
         self.autoencoder = MaskedAutoencoder(DINOv2Encoder(cfg.encoder), grid, decoder_dim=64, decoder_depth=2)
         self.encoder = self.autoencoder.encoder
@@ -111,8 +114,8 @@ class MaeRoute(nn.Module):
         return reconstruction_loss(self.autoencoder(images, keep), images, keep)
 
 
-def build_route(cfg: FoundationConfig, grid: int) -> SupervisedRoute | MaeRoute:
-    return SupervisedRoute(cfg) if cfg.route == "supervised" else MaeRoute(cfg, grid)
+# Pre-training routes by name (``route:`` in the config): a module holding ``.encoder`` with a ``loss``.
+ROUTES: dict[str, type[SupervisedRoute | MaeRoute]] = {"supervised": SupervisedRoute, "mae": MaeRoute}
 
 
 def _loader(corpus: FoundationCorpus, cfg: FoundationConfig, start: int) -> DataLoader:
@@ -178,7 +181,7 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
     corpus = FoundationCorpus(cfg.corpus_size, cfg.corpus_seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    route = build_route(cfg, 112 // PATCH_SIZE).to(device)
+    route = ROUTES[cfg.route](cfg, IMAGE_SIZE[1] // PATCH_SIZE).to(device)
     optimizer = torch.optim.AdamW(route.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, losses = 0, []
     resumed = resume_state(checkpoint, entries=CHECKPOINT_ENTRIES)
