@@ -77,11 +77,18 @@ def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
 def test_committed_foundation_weights_are_what_dvc_lock_records(repo: Path) -> None:
     """A fresh clone has the shipped encoder without a DVC remote (cache: false), and DVC agrees that it
     is the output of the current foundation stage: code, settings and weights match dvc.lock."""
-    assert json.loads(_run(repo, DVC, "status", "--json", "foundation")) == {}
-    (repo / "weights" / "foundation" / "embedded-tiny.pth").write_bytes(b"not the weights")
-    changed = json.loads(_run(repo, DVC, "status", "--json", "foundation"))
-    assert "foundation" in changed
-    shutil.copy2(PROJECT / "weights" / "foundation" / "embedded-tiny.pth", repo / "weights" / "foundation" / "embedded-tiny.pth")
+    params_file = repo / "params.yaml"
+    ours = params_file.read_text(encoding="utf-8")
+    shutil.copy2(PROJECT / "params.yaml", params_file)  # the project's own interpreter path: the locked command
+    try:
+        assert json.loads(_run(repo, DVC, "status", "--json", "foundation")) == {}
+        weights = repo / "weights" / "foundation" / "embedded-tiny.pth"
+        weights.write_bytes(b"not the weights")
+        assert json.loads(_run(repo, DVC, "status", "--json", "foundation"))["foundation"] == [
+            {"changed outs": {"weights/foundation/embedded-tiny.pth": "modified"}}]
+        shutil.copy2(PROJECT / "weights" / "foundation" / "embedded-tiny.pth", weights)
+    finally:
+        params_file.write_text(ours, encoding="utf-8")
 
 
 def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
