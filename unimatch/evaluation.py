@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .metrics import ConfusionMatrix, iou_per_class, mean_iou
+from .metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
 from .models import PATCH_SIZE
 
 
@@ -108,7 +108,8 @@ def evaluate(
 class PseudoLabelQuality:
     """How good a teacher's confident pseudo labels are, measured on unlabeled images that have ground
     truth (percent). ``precision``: confident pixels whose label is right; ``foreground_coverage``:
-    ground-truth foreground (non-background) pixels that are confident; ``foreground_recall``: those that
+    ground-truth foreground pixels (any class but 0, the background of Pascal, COCO and the embedded data)
+    that are confident; ``foreground_recall``: those that
     are confident and right; ``mask_ratio``: confident share of all pixels."""
 
     precision: float
@@ -131,7 +132,7 @@ class PseudoLabelCounts:
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, threshold: float) -> None:
         """``probabilities`` (B, C, H, W) softmax of the teacher, ``target`` (B, H, W) with 255 = ignore."""
         confidence, label = probabilities.max(dim=1)
-        valid = target != 255
+        valid = target != IGNORE_INDEX
         confident = valid & (confidence >= threshold)
         right = confident & (label == target)
         foreground = valid & (target != self.background)
