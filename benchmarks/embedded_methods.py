@@ -15,6 +15,7 @@ measured on the unlabeled images' ground truth, which training never reads.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -83,7 +84,8 @@ def _table(results: dict[str, list[TrainResult]], seeds: list[int]) -> dict[str,
     print("| method | precision (%) | foreground confident & right (%) | mask ratio (%) |\n|---|---|---|---|")
     for method, runs in results.items():
         quality = [best_epoch_quality(r) for r in runs]
-        cells = " | ".join(f"{statistics.mean(q[key] for q in quality):.1f}" for key in QUALITY)
+        means = [statistics.mean(q[key] for q in quality) for key in QUALITY]
+        cells = " | ".join("—" if math.isnan(v) else f"{v:.1f}" for v in means)  # no unlabeled images: —
         print(f"| {LABELS[method]} | {cells} |")
     return means
 

@@ -306,9 +306,10 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    if "metrics.pseudo/precision" not in runs.columns:
+    presence = "metrics.pseudo/mask_ratio"  # always finite when measured (precision is NaN while nothing is confident)
+    if presence not in runs.columns:
         return None
-    measured = runs[runs["metrics.pseudo/precision"].notna()]
+    measured = runs[runs[presence].notna()]
     if measured.empty:
         return None
     fig = Figure(figsize=(12, 4.5), layout="constrained")
