@@ -132,9 +132,8 @@ def _loader(corpus: FoundationCorpus, cfg: FoundationConfig, start: int) -> Data
 
 
 @torch.no_grad()
-def held_out_miou(route: SupervisedRoute, corpus: FoundationCorpus, device: torch.device) -> float:
-    """mIoU (%) on corpus images never trained on (indices after the training range)."""
-    held = FoundationCorpus(corpus.size + HELD_OUT, corpus.seed)
+def held_out_miou(route: SupervisedRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device) -> float:
+    """mIoU (%) on ``held``'s images after ``corpus``'s range, never trained on."""
     confusion = ConfusionMatrix(len(FOUNDATION_CLASSES), device)
     route.eval()
     for index in range(corpus.size, corpus.size + HELD_OUT):
@@ -144,24 +143,24 @@ def held_out_miou(route: SupervisedRoute, corpus: FoundationCorpus, device: torc
     return mean_iou(confusion.numpy())
 
 
-def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, device: torch.device) -> bytes:
+def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device) -> bytes:
     """PNG: corpus images (held out) with ground truth and prediction (supervised) side by side."""
     from io import BytesIO
 
     from PIL import Image
 
     from .data.classes import palette
+    from .data.transforms import normalize
 
     colours = palette(256)
     rows = []
-    held = FoundationCorpus(corpus.size + 4, corpus.seed)
     for index in range(corpus.size, corpus.size + 4):
         image, mask = held.render(index)
         cells = [image, colours[mask]]
         if isinstance(route, SupervisedRoute):
             with torch.no_grad():
                 route.eval()
-                predicted = route.segmentor(held[index][0][None].to(device)).argmax(1)[0].cpu().numpy()
+                predicted = route.segmentor(normalize(Image.fromarray(image))[None].to(device)).argmax(1)[0].cpu().numpy()
             cells.append(colours[predicted])
         rows.append(np.concatenate(cells, axis=1))
     buffer = BytesIO()
@@ -218,12 +217,13 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
         "final_loss": float(np.mean(losses[-cfg.log_every:])), "seconds_this_session": round(time.time() - started, 1),
         "device": str(device), "losses": losses,
     }
+    held = FoundationCorpus(corpus.size + HELD_OUT, corpus.seed)  # one source load for the score and the figure
     if isinstance(route, SupervisedRoute):
-        summary["held_out_miou"] = round(held_out_miou(route, corpus, device), 2)
+        summary["held_out_miou"] = round(held_out_miou(route, corpus, held, device), 2)
         if tracker:
             tracker.log_metrics({"foundation/held_out_miou": summary["held_out_miou"]}, step=iteration)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(output.with_suffix(".png"), _figure(route, corpus, device))
+    write_bytes_atomic(output.with_suffix(".png"), _figure(route, corpus, held, device))
     write_text_atomic(output.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     weights = {k: v.detach().cpu().clone() for k, v in route.encoder.state_dict().items()}
     atomic_write(output, lambda handle: torch.save(weights, handle))
