@@ -15,9 +15,11 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
+
+from unimatch.errors import run_guarded
 
 from .common import DEFAULT_CONFIG, QUICK_OVERRIDES
 from .zenml_env import ensure_repository
@@ -121,3 +123,9 @@ def main(pipeline: Any, description: str, extra_options: Callable[[argparse.Argu
     spec = getattr(sys.modules["__main__"], "__spec__", None)
     module = ["-m", spec.name if spec is not None else pipeline.entrypoint.__module__]
     return run_pipeline(pipeline, parameters_from(args, names), args.no_cache, args.run_config, [*module, *argv])
+
+
+def run_main(pipeline: Any, description: str, extra_options: Callable[[argparse.ArgumentParser], Sequence[str]] | None = None,
+             argv: Sequence[str] | None = None) -> NoReturn:
+    """:func:`main` behind the project's error boundary (one line and exit 2 for anticipated errors)."""
+    sys.exit(run_guarded(lambda: main(pipeline, description, extra_options, argv)))

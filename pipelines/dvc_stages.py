@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,7 +22,8 @@ from pydantic import BaseModel
 
 from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_foundation_encoder, train_model
 from steps.artifacts import Evaluation, SplitSet, TrainedModel
-from unimatch.config import ExperimentConfig, flatten
+from unimatch.config import ConfigError, ExperimentConfig, flatten
+from unimatch.errors import run_guarded
 from unimatch.foundation import load_foundation_config
 from unimatch.io_atomic import write_text_atomic
 
@@ -125,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report"))
     parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage")
     args = parser.parse_args(argv)
+    if not PARAMS_FILE.is_file():
+        raise ConfigError(f"{PARAMS_FILE}: not found in {Path.cwd()}; run the stages from the project root (dvc repro)")
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
     if args.stage == "foundation":
         foundation(params)
@@ -139,4 +143,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_guarded(main))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from zenml import pipeline
 
-from .cli import main
+from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
 
 VARIANTS = (
@@ -31,4 +31,4 @@ def frozen_vs_finetuned(
 
 
 if __name__ == "__main__":
-    main(frozen_vs_finetuned, "Table 7: finetuned vs frozen encoder (UniMatch V2).")
+    run_main(frozen_vs_finetuned, "Table 7: finetuned vs frozen encoder (UniMatch V2).")

@@ -10,10 +10,12 @@ is no data artifact to version. The DVC stage `foundation` runs the same step fu
 from __future__ import annotations
 
 import argparse
+import sys
 
 from zenml import pipeline
 
 from steps import train_foundation_encoder
+from unimatch.errors import run_guarded
 from unimatch.foundation import load_foundation_config
 
 from .cli import run_pipeline
@@ -37,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_guarded(main))

@@ -21,7 +21,7 @@ from steps import make_unlabeled_pool
 from unimatch.config import load_config
 from unimatch.data import generate_embedded, list_dataset
 
-from .cli import main
+from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, table_dag
 
 SETTINGS = ("labeled only", "+ extra unlabeled")
@@ -76,4 +76,4 @@ def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
 
 
 if __name__ == "__main__":
-    main(real_world, "Table 13: real-world setting (all labels + extra unlabeled pool).", _options)
+    run_main(real_world, "Table 13: real-world setting (all labels + extra unlabeled pool).", _options)

@@ -14,7 +14,7 @@ from zenml import pipeline
 
 from steps import export_predictions
 
-from .cli import main
+from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
 
 DEFAULT_METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
@@ -51,4 +51,4 @@ def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
 
 
 if __name__ == "__main__":
-    main(semi_supervised_benchmark, "Table 5: semi-supervised methods vs labeled-only (UniMatch V2).", _options)
+    run_main(semi_supervised_benchmark, "Table 5: semi-supervised methods vs labeled-only (UniMatch V2).", _options)

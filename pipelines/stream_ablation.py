@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from zenml import pipeline
 
-from .cli import main
+from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
 
 # method.streams values: ours, then (a) single stream, (b) two image streams, (c) two random dropouts.
@@ -40,4 +40,4 @@ def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
 
 
 if __name__ == "__main__":
-    main(stream_ablation, "Table 6: UniMatch V2 stream designs.", _options)
+    run_main(stream_ablation, "Table 6: UniMatch V2 stream designs.", _options)

@@ -16,7 +16,7 @@ from zenml import pipeline
 
 from unimatch.tracking import format_number
 
-from .cli import main
+from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, table_dag
 
 DEFAULT_RUN_CONFIG = "configs/zenml/sweep_threshold.yaml"
@@ -54,4 +54,4 @@ if __name__ == "__main__":
     arguments = sys.argv[1:]
     if not any(arg.startswith("--run-config") for arg in arguments):
         arguments = [*arguments, "--run-config", DEFAULT_RUN_CONFIG]
-    main(sweep, "Hyper-parameter sweeps (Figs. 5-6) of UniMatch V2.", argv=arguments)
+    run_main(sweep, "Hyper-parameter sweeps (Figs. 5-6) of UniMatch V2.", argv=arguments)

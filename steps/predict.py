@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from zenml import step
 
 from unimatch.config import validate
-from unimatch.engine import build_model, resolve_device
-from unimatch.models import load_segmentor_weights
+from unimatch.engine import resolve_device
+from unimatch.engine.evaluate import checkpoint_model
 from unimatch.predict import predict_folder
 
 from .artifacts import Predictions, TrainedModel
@@ -25,9 +25,6 @@ def export_predictions(
     cfg = validate(config)
     device = resolve_device(cfg.train.device)
     # The architecture comes from the config; the weights all come from the checkpoint.
-    net = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), cfg.dataset.nclass, quiet=True)
-    load_segmentor_weights(net, model.checkpoint, key="ema")
-    window = cfg.eval.window or cfg.dataset.crop_size
-    written = predict_folder(net.to(device), input_dir, output_dir, cfg.dataset.nclass, cfg.eval.mode, window,
-                             cfg.eval.stride_ratio, device, limit, progress=False)
+    net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
+    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=False)
     return Predictions(name=model.name, output_dir=output_dir, images=len(written))

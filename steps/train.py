@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from zenml import step
 
 from unimatch.config import apply_overrides, validate
-from unimatch.engine import train
+from unimatch.engine import resumable_run_id, train
 from unimatch.engine.launch import launch_torchrun
 from unimatch.tracking import tracker_from_config
 
@@ -29,7 +29,7 @@ def train_model(splits: SplitSet, config: dict[str, Any], name: str, tags: dict[
     from the run directory's ``checkpoints/latest.pth`` if a previous attempt was interrupted.
     """
     cfg = validate(apply_overrides(config, splits.overrides()))
-    with tracker_from_config(cfg, tags=tags) as tracker:
+    with tracker_from_config(cfg, tags=tags, resume_run_id=resumable_run_id(cfg)) as tracker:
         if cfg.train.gpus > 1:
             result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=store_uri(), progress=False)
         else:

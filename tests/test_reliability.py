@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mlflow import MlflowClient
 
 from unimatch.config import ConfigError, load_config
 from unimatch.data import DataError, generate_embedded, prepare_splits, read_split
@@ -72,17 +73,19 @@ def assert_same_training_state(ours: Path, theirs: Path) -> None:
 
 
 # ----------------------------------------------------------------- SIGKILL and resume
-def _train(dataset: Path, out: Path) -> list[str]:
+def _train(dataset: Path, out: Path, *tracking: str) -> list[str]:
     return [sys.executable, "-m", "unimatch.cli", "train", "--no-progress", "--config", "configs/embedded.yaml",
-            f"dataset.root={dataset}", f"output_dir={out}", *COMMON, "train.epochs=2"]  # fmt: skip
+            f"dataset.root={dataset}", f"output_dir={out}", *COMMON, "train.epochs=2", *tracking]  # fmt: skip
 
 
 def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dataset, tmp_path):
     run = dict(cwd=PROJECT, env=ONE_THREAD, text=True)
     reference = subprocess.Popen(_train(dataset, tmp_path / "reference"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **run)
     log = tmp_path / "killed.log"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracked = ("tracking.enabled=true", f"tracking.uri={store}", "tracking.experiment=sigkill")
     with log.open("w") as stderr:
-        victim = subprocess.Popen(_train(dataset, tmp_path / "killed"), stdout=subprocess.DEVNULL, stderr=stderr, **run)
+        victim = subprocess.Popen(_train(dataset, tmp_path / "killed", *tracked), stdout=subprocess.DEVNULL, stderr=stderr, **run)
     latest = tmp_path / "killed" / "checkpoints" / "latest.pth"
     # best.pth appears after the epoch 1 evaluation (iteration 8 of 16): by then the EMA teacher, the Adam
     # moments and the best score all differ from their initial values, so a resume that drops any shows.
@@ -94,7 +97,7 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dat
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL, "the run had already finished: nothing was interrupted"
 
-    resumed = subprocess.run(_train(dataset, tmp_path / "killed"), capture_output=True, timeout=300, **run)
+    resumed = subprocess.run(_train(dataset, tmp_path / "killed", *tracked), capture_output=True, timeout=300, **run)
     assert resumed.returncode == 0, resumed.stderr
     found = re.search(r"resuming \S+/latest(\.prev)?\.pth from iteration (\d+)/16", resumed.stderr)
     assert found, resumed.stderr
@@ -106,6 +109,14 @@ def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dat
     assert resumed.stdout.split(" | ")[0] == out.split(" | ")[0]  # "best EMA mIoU x.xx"
     assert_same_training_state(latest, tmp_path / "reference" / "checkpoints" / "latest.pth")
     assert not list(latest.parent.glob(".*.tmp"))  # a save cut by the kill leaves nothing behind
+    # One training, one MLflow run: the rerun reopened the killed run recorded in the checkpoint and finished it.
+    client = MlflowClient(tracking_uri=store)
+    (only,) = client.search_runs([client.get_experiment_by_name("sigkill").experiment_id])
+    assert only.info.status == "FINISHED" and only.info.run_id == load_checkpoint(latest)["run_id"]
+    # Both epochs' evaluations are in it; work redone after the resume logs again what it logged before
+    # the kill (MLflow cannot delete metric points), and being bit-identical it logs the same value.
+    points = {(m.step, m.value) for m in client.get_metric_history(only.info.run_id, "val/miou_ema")}
+    assert sorted(step for step, _ in points) == [8, 16]
 
 
 # ----------------------------------------------------------------- corrupt checkpoints
@@ -227,8 +238,9 @@ def _nan_at(monkeypatch, *bad_calls: int) -> None:
 def test_bad_steps_are_skipped_up_to_the_limit_then_training_stops(dataset, tmp_path, monkeypatch, caplog):
     _nan_at(monkeypatch, 1, 2)
     cfg = small_config(dataset, tmp_path, "train.max_bad_steps=1")
-    with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at iteration 2"):
+    with caplog.at_level(logging.WARNING), pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at iteration 2") as error:
         train(cfg, progress=False)
+    assert f"the last good checkpoint {tmp_path / 'checkpoints' / 'latest.pth'} (iteration 2) is kept" in str(error.value)
     assert "skipping iteration 1: non-finite loss" in caplog.text
     latest = tmp_path / "checkpoints" / "latest.pth"
     kept, before = load_checkpoint(latest), load_checkpoint(previous_path(latest))

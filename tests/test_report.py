@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import logging
+import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from unimatch.report import ReportError, build_table, collect_runs, report
+from unimatch.report import ReportError, build_table, collect_runs, report, to_markdown
 
 BASE_TAGS = {"dataset": "pascal", "encoder": "small", "streams": "complementary", "frozen": "false", "kind": "train"}
 METHOD_ROWS = ["labeled-only", "FixMatch", "UniMatch V1", "UniMatch V2"]
@@ -23,13 +23,17 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     client = MlflowClient(uri)
     experiment_id = client.create_experiment("paper", artifact_location=(root / "artifacts").as_uri())
 
-    def run(method: str, split: str, miou: float, status: str = "FINISHED", **tags: str) -> None:
-        created = client.create_run(experiment_id, tags={**BASE_TAGS, "method": method, "split": split, **tags})
+    def run(method: str, split: str, miou: float, status: str = "FINISHED", at: int = 0, **tags: str) -> None:
+        # Explicit times: runs created within one millisecond would leave "the most recent" undecided.
+        created = client.create_run(experiment_id, start_time=1_000 * at,
+                                    tags={**BASE_TAGS, "method": method, "split": split, **tags})
         client.log_metric(created.info.run_id, "best_miou_ema", miou)
-        client.set_terminated(created.info.run_id, status)
+        client.set_terminated(created.info.run_id, status, end_time=1_000 * at + 500)
 
-    run("unimatch_v2", "92", 80.0, seed="0")
-    run("unimatch_v2", "92", 80.6, seed="1")
+    run("unimatch_v2", "92", 70.0, at=1, seed="0", config_digest="seed0")  # trained again later: dropped
+    run("unimatch_v2", "92", 80.0, at=2, seed="0", config_digest="seed0")
+    run("unimatch_v2", "92", 80.6, at=1, seed="1", config_digest="seed1")
+    run("unimatch_v2", "92", 99.0, at=3, status="FAILED", seed="1", config_digest="seed1")  # not FINISHED
     run("unimatch_v2", "1464", 85.14)
     run("fixmatch", "92", 70.0)
     run("fixmatch", "92", 99.0, status="FAILED")
@@ -53,7 +57,23 @@ def test_methods_table_values_blanks_and_order(store: str) -> None:
     assert table.loc["UniMatch V1"].tolist() == ["", "", ""]
     assert table.attrs["context"] == {"dataset": "pascal", "encoder": "small"}
     assert "Finished runs used: 5 in 4 cell(s), 1-2 per cell." in table.attrs["footnote"]
-    assert "runs ignored: 2." in table.attrs["footnote"]
+    assert "(config_digest) dropped, the latest kept: 1." in table.attrs["footnote"]
+    assert "runs ignored: 3." in table.attrs["footnote"]
+
+
+def test_repeated_configuration_counts_once_by_its_latest_run() -> None:
+    """Untagged runs (older stores) all count; a digest counts once, whatever the row order."""
+    cell = {"tags.method": "unimatch_v2", "tags.split": "92"}
+    runs = _runs(
+        {**cell, "tags.config_digest": "a", "end_time": 3, "metrics.best_miou_ema": 81.0},
+        {**cell, "tags.config_digest": "a", "end_time": 1, "metrics.best_miou_ema": 50.0},
+        {**cell, "tags.config_digest": "b", "end_time": 2, "metrics.best_miou_ema": 79.0},
+        {**cell, "metrics.best_miou_ema": 60.0},
+        {**cell, "metrics.best_miou_ema": 60.0},
+    )
+    table = build_table(runs, "methods")
+    assert table.loc["UniMatch V2", "92"] == "70.0 (n=4)"  # (81 + 79 + 60 + 60) / 4, not 50
+    assert "the latest kept: 1." in table.attrs["footnote"]
 
 
 def test_mixed_datasets_are_refused(store: str) -> None:
@@ -69,8 +89,10 @@ def test_report_writes_markdown_csv_and_html(store: str, tmp_path: Path) -> None
 
     markdown = paths["md"].read_text()
     assert "# Table 5" in markdown and "dataset pascal" in markdown
-    assert "| UniMatch V2 | 80.3 (n=2) | 85.1 |" in markdown
-    assert "| UniMatch V1 |  |  |" in markdown
+    rows = _markdown_rows(markdown)
+    assert rows[0] == ["method / split", "92", "1464"]
+    assert rows[1] == [":---", "---:", "---:"]
+    assert ["UniMatch V2", "80.3 (n=2)", "85.1"] in rows and ["UniMatch V1", "", ""] in rows
 
     csv = pd.read_csv(paths["csv"], index_col=0, dtype=str, keep_default_na=False)
     assert csv.loc["FixMatch", "92"] == "70.0" and csv.loc["FixMatch", "1464"] == ""
@@ -80,12 +102,34 @@ def test_report_writes_markdown_csv_and_html(store: str, tmp_path: Path) -> None
     assert "<td>80.3 (n=2)</td>" in page and "best_miou_ema" in page
 
 
-def test_unknown_experiment_gives_blank_table(store: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        runs = collect_runs(store, ["missing"])
-    assert "missing" in caplog.text
-    table = build_table(runs, "frozen", expected_cols=["92"])
-    assert list(table.index) == ["finetuned", "frozen"] and (table == "").all().all()
+def _markdown_rows(markdown: str) -> list[list[str]]:
+    """The cells of each table line, stripped; alignment rules reduced to their colon side."""
+    rows = [[cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            for line in markdown.splitlines() if line.startswith("|")]
+    rows[1] = [(":---" if rule.startswith(":") else "---:") for rule in rows[1]]
+    return rows
+
+
+def test_misspelt_experiment_names_the_store_and_the_closest_experiments(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ReportError) as error:
+        report(store, "papr", "methods", tmp_path / "tables")
+    message = str(error.value)
+    assert "experiment 'papr' not found" in message and store in message
+    assert "it has: paper, Default" in message  # closest first
+    assert not (tmp_path / "tables").exists()
+    with pytest.raises(ReportError, match="'missing'"):
+        collect_runs(store, ["paper", "missing"])
+
+
+def test_no_matching_runs_say_what_was_looked_for(store: str, tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match=r"no run of experiment\(s\) paper in the tracking store .* has the tags "
+                                          r"\{'dataset': 'ade20k'\}"):
+        report(store, "paper", "methods", tmp_path, filter_tags={"dataset": "ade20k"})
+    with pytest.raises(ReportError, match=r"table 'real_world' needs FINISHED runs .* tags dataset and setting"):
+        report(store, "paper", "real_world", tmp_path)
+    only_killed = _runs({"status": "KILLED", "tags.method": "fixmatch", "tags.split": "92"})
+    with pytest.raises(ReportError, match=r"none among the 1 run\(s\) \(1 unfinished matched\)"):
+        build_table(only_killed, "methods")
 
 
 def _runs(*rows: dict[str, object]) -> pd.DataFrame:
@@ -115,3 +159,9 @@ def test_sweep_and_streams_layouts() -> None:
 def test_unknown_layout() -> None:
     with pytest.raises(ReportError, match="methods"):
         build_table(_runs(), "table99")
+
+
+def test_pipes_in_labels_do_not_break_the_markdown_table() -> None:
+    runs = _runs({"tags.dataset": "a|b", "tags.setting": "labeled only", "metrics.best_miou_ema": 70.0})
+    rows = _markdown_rows(to_markdown(build_table(runs, "real_world"), "T", "note"))
+    assert rows[2] == ["a\\|b", "70.0", ""]  # "+ extra unlabeled" is always a column

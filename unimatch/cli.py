@@ -1,4 +1,4 @@
-"""The ``unimatch`` command line: make-data, split, pretrain, train, evaluate, predict, report."""
+"""The ``unimatch`` command line: make-data, split, check-data, pretrain, foundation, train, evaluate, predict, report."""
 
 from __future__ import annotations
 
@@ -13,6 +13,15 @@ if TYPE_CHECKING:  # imported lazily at run time: `unimatch --help` must not wai
     from .engine import TrainResult
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
+MODEL_HELP = ("checkpoint file (.pth: ours or the authors' released UniMatch V2), or an MLflow model of the config's "
+              "tracking store: models:/NAME@best, models:/NAME/VERSION, runs:/RUN_ID/model")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return value
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -47,15 +56,33 @@ def cmd_split(args: argparse.Namespace) -> None:
         print(f"{role:9s} {lines:6d} images  {path}")
 
 
+def cmd_check_data(args: argparse.Namespace) -> None:
+    from .data import check_training_data, extra_unlabeled_samples, prepare_splits, read_split
+
+    cfg = _load(args)
+    root, level = Path(cfg.dataset.root), "decode" if args.decode else "headers"
+    splits = prepare_splits(cfg)
+    unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+    found = check_training_data(read_split(splits.labeled, root), unlabeled, read_split(splits.val, root),
+                                cfg.dataset.nclass, level, progress=not args.no_progress)
+    for problem in found.problems:
+        print(problem)
+    found.raise_if_bad()
+    print(f"{found.files} files checked ({level}): no problems")
+
+
 def _train_in_this_process(cfg: ExperimentConfig, args: argparse.Namespace) -> TrainResult | None:
     """Train here (one rank of it under torchrun); the result on rank 0, None on the other ranks."""
-    from .engine import train
+    from .engine import resumable_run_id, train
     from .engine.distributed import init_distributed, shutdown_distributed
+    from .io_atomic import check_output_dir
     from .tracking import Tracker, tracker_from_config
 
+    check_output_dir(cfg.output_dir, "output_dir")  # before a run is opened: a FAILED run would be noise
     ctx = init_distributed(cfg.train.device)
     try:
-        tracker = tracker_from_config(cfg, tags={"kind": "train"}, resume_run_id=args.mlflow_run_id) if ctx.is_main else Tracker()
+        run_id = args.mlflow_run_id or resumable_run_id(cfg)
+        tracker = tracker_from_config(cfg, tags={"kind": "train"}, resume_run_id=run_id) if ctx.is_main else Tracker()
         with tracker:
             result = train(cfg, tracker, progress=not args.no_progress)
     finally:
@@ -108,30 +135,28 @@ def cmd_foundation(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .engine.evaluate import evaluate_checkpoint
+    from .engine.evaluate import prepare_evaluation, run_evaluation
     from .tracking import tracker_from_config
 
     cfg = _load(args)
-    with tracker_from_config(cfg, tags={"kind": "eval", "checkpoint": str(args.checkpoint)}) as tracker:
-        result = evaluate_checkpoint(cfg, args.checkpoint, args.split, args.weights, tracker, progress=not args.no_progress)
+    prepared = prepare_evaluation(cfg, args.checkpoint, args.split, args.weights)  # before a run is opened
+    tags = {"kind": "eval", "checkpoint": str(args.checkpoint)}
+    with tracker_from_config(cfg, tags=tags, parent_run_id=prepared.run_id) as tracker:
+        result = run_evaluation(cfg, prepared, tracker, progress=not args.no_progress)
     print(f"mIoU {result.miou:.2f}")
     for name, iou in result.per_class_iou.items():
         print(f"  {name:24s} {iou:6.2f}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .engine import build_model, resolve_device
-    from .models import load_segmentor_weights
+    from .engine import resolve_device
+    from .engine.evaluate import load_model_source
     from .predict import predict_folder
 
     cfg = _load(args)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), cfg.dataset.nclass, quiet=True)
-    load_segmentor_weights(model, args.checkpoint, key=args.weights)
-    written = predict_folder(
-        model.to(device), args.input, args.output, cfg.dataset.nclass, cfg.eval.mode,
-        cfg.eval.window or cfg.dataset.crop_size, cfg.eval.stride_ratio, device, args.limit, not args.no_progress,
-    )
+    model = load_model_source(cfg, args.checkpoint, args.weights)[0].to(device)
+    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress)
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
@@ -159,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(split)
     split.set_defaults(func=cmd_split)
 
+    check = sub.add_parser("check-data", help="check every image and mask of the splits in one pass (headers and "
+                           "sizes; --decode: full decodes and label values) and list each problem")
+    _config_args(check)
+    check.add_argument("--decode", action="store_true", help="decode every file and check label values (slower)")
+    check.add_argument("--no-progress", action="store_true")
+    check.set_defaults(func=cmd_check_data)
+
     train = sub.add_parser("train", help="train a method; resumes from <output_dir>/checkpoints/latest.pth; "
                            "multi-GPU with train.gpus=N or under torchrun")
     _config_args(train)
@@ -185,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")
     _config_args(evaluate)
-    evaluate.add_argument("--checkpoint", required=True, help="checkpoint file (.pth)")
+    evaluate.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
     evaluate.add_argument("--weights", default="ema", choices=("ema", "model"), help="which weights of a training checkpoint (default: ema)")
     evaluate.add_argument("--split", help="split file to evaluate (default: the config's val split)")
     evaluate.add_argument("--no-progress", action="store_true")
@@ -193,11 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="predict a folder of images: label PNGs and colour overlays")
     _config_args(predict)
-    predict.add_argument("--checkpoint", required=True)
+    predict.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
     predict.add_argument("--weights", default="ema", choices=("ema", "model"))
     predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
     predict.add_argument("--output", required=True, help="output folder")
-    predict.add_argument("--limit", type=int, help="at most this many images")
+    predict.add_argument("--limit", type=_positive_int, help="at most this many images (the first, sorted by path)")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
 
@@ -213,18 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from .config import ConfigError
-    from .data import DataError
-    from .engine import TrainingError
-    from .models import CheckpointError
-    from .report import ReportError
+    from .errors import run_guarded
 
-    try:
-        args.func(args)
-    except (ConfigError, DataError, CheckpointError, TrainingError, ReportError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -8,17 +8,21 @@ every error names the offending key.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import UnimatchError
+
 PATCH_SIZE = 14
 METHODS = ("labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2")
 
 
-class ConfigError(ValueError):
+class ConfigError(UnimatchError, ValueError):
     """A configuration that cannot be used; the message names the file and key."""
 
 
@@ -37,6 +41,8 @@ class DatasetConfig(Section):
     val_split: str | None = None
     # Real-world setting: extra unlabeled pools (split files or image folders) added to the unlabeled set.
     extra_unlabeled: list[str] = Field(default_factory=list)
+    # Checked before training: file headers and sizes (cheap), full decodes and label values, or nothing.
+    preflight: Literal["headers", "decode", "off"] = "headers"
 
     @field_validator("crop_size")
     @classmethod
@@ -128,6 +134,9 @@ class EvalConfig(Section):
     # Unlabeled images with ground truth on which the teacher's pseudo labels are scored every epoch
     # (pseudo/* metrics); 0 switches it off. Their masks are never used for training.
     pseudo_label_images: int = Field(400, ge=0)
+    # "original" mode runs one attention pass over the whole image: above this many patch tokens
+    # (default ~ 1800x1800 px) an image is predicted in sliding windows instead.
+    max_tokens: int = Field(16384, ge=1)
 
     @field_validator("window")
     @classmethod
@@ -143,6 +152,11 @@ class TrackingConfig(Section):
     run_name: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     enabled: bool = True
+    # The best EMA model of a training as an MLflow model (artifact "model": mlflow.pytorch.load_model),
+    # registered as a version of `registered_model` (default: the experiment name) whose aliases
+    # `best` and `best-<method>` follow the highest best_miou_ema.
+    log_model: bool = True
+    registered_model: str | None = None
 
 
 class ExperimentConfig(Section):
@@ -158,6 +172,20 @@ class ExperimentConfig(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# Keys that decide where a run writes and how it is watched or scheduled, not what it computes.
+NON_RESULT_KEYS = ("output_dir", "tracking", "split.dir", "pretrain.dir", "train.resume", "train.num_workers",
+                   "train.checkpoint_every", "train.log_every", "train.device", "dataset.preflight")  # fmt: skip
+
+
+def config_digest(cfg: ExperimentConfig) -> str:
+    """A short digest of what decides a run's result: two runs with the same digest are the same
+    experiment (reports keep one of them), whatever their output folder, store or loader workers."""
+    flat = flatten(cfg.to_dict())
+    kept = {key: value for key, value in flat.items()
+            if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}  # fmt: skip
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,8 @@ from tqdm import tqdm
 
 from .metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
 from .models import PATCH_SIZE
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,6 +37,29 @@ def predict_original(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=True)
 
 
+def original_tokens(height: int, width: int) -> int:
+    """Patch tokens of one "original"-mode forward pass over an image of this size."""
+    return (nearest_multiple(height) // PATCH_SIZE) * (nearest_multiple(width) // PATCH_SIZE)
+
+
+def exceeds_token_budget(mode: str, height: int, width: int, max_tokens: int | None) -> bool:
+    """Whether "original" inference of this image would run one attention pass over more than
+    ``max_tokens`` tokens (quadratic time: an 8000x8000 image is ~326k tokens); such images are
+    predicted in sliding windows instead."""
+    return mode == "original" and max_tokens is not None and original_tokens(height, width) > max_tokens
+
+
+def predict_image(
+    model: nn.Module, image: torch.Tensor, mode: str, window: int | None, stride_ratio: float = 2 / 3,
+    window_batch: int = 8, max_tokens: int | None = None, progress: bool = False,
+) -> torch.Tensor:
+    """Logits (or summed window probabilities) of ``image`` in ``mode``, switching to sliding windows
+    above the token budget."""
+    if mode == "sliding" or exceeds_token_budget(mode, *image.shape[-2:], max_tokens):
+        return predict_sliding(model, image, window, stride_ratio, window_batch, progress)
+    return predict_original(model, image)
+
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Window offsets with the given stride; the last window ends at the border (no partial windows)."""
     if length <= window:
@@ -42,8 +68,11 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts + [length - window]
 
 
-def predict_sliding(model: nn.Module, image: torch.Tensor, window: int, stride_ratio: float, batch: int = 8) -> torch.Tensor:
-    """Sum of softmax probabilities over windows (stride = ratio x window), windows run in batches.
+def predict_sliding(
+    model: nn.Module, image: torch.Tensor, window: int, stride_ratio: float, batch: int = 8, progress: bool = False
+) -> torch.Tensor:
+    """Sum of softmax probabilities over windows (stride = ratio x window), windows run in batches
+    (``progress``: a bar over them, for very large images).
 
     Images smaller than the window are zero-padded (zero = the mean colour after normalisation)."""
     height, width = image.shape[-2:]
@@ -51,7 +80,7 @@ def predict_sliding(model: nn.Module, image: torch.Tensor, window: int, stride_r
     stride = max(1, int(window * stride_ratio))
     offsets = [(top, left) for top in window_starts(padded.shape[-2], window, stride) for left in window_starts(padded.shape[-1], window, stride)]
     probs = None
-    for chunk_start in range(0, len(offsets), batch):
+    for chunk_start in tqdm(range(0, len(offsets), batch), desc="windows", unit="batch", disable=not progress, leave=False):
         chunk = offsets[chunk_start : chunk_start + batch]
         crops = torch.cat([padded[:, :, t : t + window, l : l + window] for t, l in chunk])
         out = model(crops).float().softmax(dim=1)
@@ -76,25 +105,28 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     progress: bool = False,
     distributed: bool = False,
+    max_tokens: int | None = None,
 ) -> EvalResult:
     """mIoU of ``model`` over ``batches`` of (image, mask, name) at original resolution. ``distributed``:
-    ``batches`` is this rank's shard and the counts of all ranks are summed (every rank gets the result)."""
+    ``batches`` is this rank's shard and the counts of all ranks are summed (every rank gets the result).
+    ``max_tokens``: in "original" mode, larger images are predicted in sliding windows."""
     if mode not in ("original", "sliding"):
         raise ValueError(f"eval.mode must be 'original' or 'sliding', got '{mode}'")
-    if mode == "sliding" and not window:
+    if not window and (mode == "sliding" or max_tokens is not None):
         raise ValueError("sliding-window evaluation needs eval.window (or dataset.crop_size)")
     device = torch.device(device)
     was_training = model.training
     model.eval()
     confusion = ConfusionMatrix(nclass, device)
+    switched = 0
     for image, mask, _ in tqdm(batches, desc="evaluate", unit="img", disable=not progress, leave=False):
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+        switched += exceeds_token_budget(mode, *image.shape[-2:], max_tokens)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            if mode == "original":
-                logits = predict_original(model, image)
-            else:
-                logits = predict_sliding(model, image, window, stride_ratio, window_batch)
+            logits = predict_image(model, image, mode, window, stride_ratio, window_batch, max_tokens)
         confusion.update(logits.argmax(dim=1), mask)
+    if switched:
+        log.warning("%d image(s) above eval.max_tokens=%d were evaluated in sliding windows of %d px", switched, max_tokens, window)
     model.train(was_training)
     if distributed:
         confusion.all_reduce()

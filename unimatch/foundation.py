@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .config import apply_overrides, read_layers, validate_as
 from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
-from .io_atomic import atomic_write, write_bytes_atomic, write_text_atomic
+from .io_atomic import atomic_write, check_output_dir, write_bytes_atomic, write_text_atomic
 from .metrics import ConfusionMatrix, mean_iou
 from .models import build_segmentor
 from .models.encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
@@ -176,6 +176,7 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
 
     device = resolve_device(cfg.device)
     output = Path(cfg.output)
+    check_output_dir(output.parent, "output")
     checkpoint = output.with_suffix(".ckpt") / "latest.pth"
     corpus = FoundationCorpus(cfg.corpus_size, cfg.corpus_seed)
     torch.manual_seed(cfg.seed)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from .config import ConfigError
+
 log = logging.getLogger(__name__)
 
 FILE_MODE = 0o644  # mkstemp creates 0600; outputs are meant to be read by others
@@ -76,3 +78,16 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         temp.unlink(missing_ok=True)
         log.info("removed %s, left by a write of %s that was interrupted", temp, path)
     return stale
+
+
+def check_output_dir(path: str | Path, key: str) -> Path:
+    """``path`` as a folder to write into, refused up front (one line naming ``key``) when it or one of
+    its parents is an existing file: found later, that is a traceback after work was done."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                what = "is" if folder == path else f"is inside {folder}, which is"
+                raise ConfigError(f"{key}: {path} {what} a file, not a folder")
+            break
+    return path

@@ -4,13 +4,15 @@ Runs are placed by their tags (see :mod:`unimatch.tracking` for the conventions)
 summary metric, mIoU in percent as the engine logs it. Cell format: the mean over FINISHED runs with
 one decimal, followed by the run count when more than one run was averaged, e.g. ``86.3`` (one run)
 or ``86.3 (n=2)`` (two seeds). A cell without a finished run is blank, never an invented number;
-RUNNING, FAILED and KILLED runs are ignored (the footnote counts them).
+RUNNING, FAILED and KILLED runs are ignored (the footnote counts them). A configuration trained twice
+(same ``config_digest`` tag) counts once, by its most recent finished run; runs without the tag (older
+stores) all count. A misspelt experiment or a table no finished run belongs to is a :class:`ReportError`.
 """
 
 from __future__ import annotations
 
+import difflib
 import html
-import logging
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -19,13 +21,14 @@ import numpy as np
 import pandas as pd
 
 from unimatch.config import METHOD_LABELS
+from unimatch.errors import UnimatchError
 from unimatch.io_atomic import write_text_atomic
-from unimatch.tracking import check_tracking_uri, format_number, resolve_tracking_uri, save_figure
+from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, save_figure
 
-log = logging.getLogger(__name__)
+DIGEST_TAG = "config_digest"  # equal for runs of the same configuration (unimatch.config.config_digest)
 
 
-class ReportError(ValueError):
+class ReportError(UnimatchError, ValueError):
     """The runs cannot be put into the requested table without mixing incomparable results."""
 
 
@@ -82,12 +85,13 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
 def collect_runs(
     uri: str, experiments: list[str] | None = None, filter_tags: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
-    """One row per (non-deleted) run: ``run_id``, ``experiment``, ``status``, ``tags.<key>``,
-    ``metrics.<key>``. ``experiments`` None: all experiments; ``filter_tags``: exact tag matches."""
+    """One row per (non-deleted) run: ``run_id``, ``experiment``, ``status``, ``start_time``, ``end_time``,
+    ``tags.<key>``, ``metrics.<key>``. ``experiments`` None: all experiments (a name the store lacks is a
+    ReportError); ``filter_tags``: exact tag matches."""
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    names = _experiment_names(client, experiments)
+    names = _experiment_names(client, uri, experiments)
     records = [_record(run, names[run.info.experiment_id]) for run in _search_all(client, list(names))]
     runs = pd.DataFrame.from_records(records, columns=None if records else ["run_id", "experiment", "status"])
     for tag, value in (filter_tags or {}).items():
@@ -95,18 +99,23 @@ def collect_runs(
     return runs.reset_index(drop=True)
 
 
-def _experiment_names(client: Any, experiments: list[str] | None) -> dict[str, str]:
-    """experiment id -> name; unknown names are reported and skipped (their cells stay blank)."""
+def _experiment_names(client: Any, uri: str, experiments: list[str] | None) -> dict[str, str]:
+    """experiment id -> name. An unknown name is an error: a typo must not pass for a table without runs."""
+    existing = {exp.experiment_id: exp.name for exp in client.search_experiments()}
     if experiments is None:
-        return {exp.experiment_id: exp.name for exp in client.search_experiments()}
-    found = {}
-    for name in experiments:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            log.warning("experiment '%s' not found in the tracking store", name)
-        else:
-            found[exp.experiment_id] = name
-    return found
+        return existing
+    missing = [name for name in experiments if name not in existing.values()]
+    if missing:
+        raise ReportError(
+            f"experiment '{missing[0]}' not found in the tracking store {redact(uri, uri)}; "
+            f"it has: {', '.join(_closest_first(missing[0], existing.values())) or 'no experiments'}"
+        )
+    return {exp_id: name for exp_id, name in existing.items() if name in experiments}
+
+
+def _closest_first(name: str, candidates: Iterable[str]) -> list[str]:
+    candidates = sorted(candidates)
+    return difflib.get_close_matches(name, candidates, n=len(candidates), cutoff=0.0)
 
 
 def _search_all(client: Any, experiment_ids: list[str]) -> Iterator[Any]:
@@ -120,7 +129,8 @@ def _search_all(client: Any, experiment_ids: list[str]) -> Iterator[Any]:
 
 
 def _record(run: Any, experiment: str) -> dict[str, Any]:
-    record = {"run_id": run.info.run_id, "experiment": experiment, "status": run.info.status}
+    record = {"run_id": run.info.run_id, "experiment": experiment, "status": run.info.status,
+              "start_time": run.info.start_time, "end_time": run.info.end_time}
     record.update({f"tags.{key}": value for key, value in run.data.tags.items()})
     record.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
     return record
@@ -147,9 +157,30 @@ def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
         "col": _column(runs, f"tags.{spec.col_tag}"),
         "value": pd.to_numeric(_column(runs, f"metrics.{spec.metric}"), errors="coerce"),
         "status": _column(runs, "status"),
+        "digest": _column(runs, f"tags.{DIGEST_TAG}"),
+        "end_time": pd.to_numeric(_column(runs, "end_time"), errors="coerce"),
+        "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
         **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
     })
     return placed[keep].dropna(subset=["row", "col"])
+
+
+def _latest_per_digest(finished: pd.DataFrame) -> pd.DataFrame:
+    """One run per (cell, configuration digest): the most recent; a repeated training must not weigh
+    twice in a mean. Untagged runs (stores older than the tag) are all kept."""
+    tagged = finished["digest"].notna() & (finished["digest"] != "")
+    latest = (finished[tagged].sort_values(["end_time", "start_time"], kind="stable", na_position="first")
+              .drop_duplicates(["row", "col", "digest"], keep="last"))
+    return pd.concat([latest, finished[~tagged]]).sort_index()
+
+
+def _looked_for(spec: TableLayout, layout: str, runs: pd.DataFrame) -> str:
+    """What a table takes, for the error that says nothing matched it."""
+    fixed = [f"{tag} absent" if value is None else f"{tag}={value}" for tag, value in spec.where.items()]
+    scope = sorted(_column(runs, "experiment").dropna().unique())
+    return (f"table '{layout}' needs FINISHED runs with metric {spec.metric} and tags {spec.row_tag} and "
+            f"{spec.col_tag}{', ' + ', '.join(fixed) if fixed else ''}; none among the {len(runs)} run(s)"
+            f"{' of experiment(s) ' + ', '.join(scope) if scope else ''}")
 
 
 def _single_context(runs: pd.DataFrame, spec: TableLayout, layout: str) -> dict[str, str]:
@@ -193,51 +224,54 @@ def build_table(
     ``attrs`` carries ``footnote`` (metric and runs per cell) and ``context`` (e.g. dataset, encoder)."""
     spec = _layout(layout)
     placed = _placed(runs, spec)
+    unfinished = int((placed["status"] != "FINISHED").sum())
     finished = placed[(placed["status"] == "FINISHED") & placed["value"].notna()]
+    if finished.empty:
+        raise ReportError(f"{_looked_for(spec, layout, runs)} ({unfinished} unfinished matched)")
     context = _single_context(finished, spec, layout)
-    stats = finished.groupby(["row", "col"])["value"].agg(["mean", "count"])
-    rows = _axis(spec.row_order, expected_rows, finished["row"])
-    cols = _axis(spec.col_order, expected_cols, finished["col"])
+    kept = _latest_per_digest(finished)
+    stats = kept.groupby(["row", "col"])["value"].agg(["mean", "count"])
+    rows = _axis(spec.row_order, expected_rows, kept["row"])
+    cols = _axis(spec.col_order, expected_cols, kept["col"])
     table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
     for (row, col), (mean, count) in stats.iterrows():
         table.at[row, col] = _cell(mean, int(count))
     table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
     table.columns.name = spec.col_tag
-    unfinished = int((placed["status"] != "FINISHED").sum())
-    table.attrs = {"footnote": _footnote(spec.metric, stats["count"], unfinished), "context": context}
+    duplicates = len(finished) - len(kept)
+    table.attrs = {"footnote": _footnote(spec.metric, stats["count"], unfinished, duplicates), "context": context}
     return table
 
 
-def _footnote(metric: str, counts: pd.Series, unfinished: int) -> str:
+def _footnote(metric: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:
     note = (
         f"Each cell: mean of {metric} (mIoU %, one decimal) over FINISHED runs; "
         "'(n=k)' marks a cell averaging k > 1 runs; blank: no finished run. "
     )
-    if len(counts):
-        low, high = int(counts.min()), int(counts.max())
-        per_cell = str(low) if low == high else f"{low}-{high}"
-        note += f"Finished runs used: {int(counts.sum())} in {len(counts)} cell(s), {per_cell} per cell. "
-    else:
-        note += "Finished runs used: none. "
+    low, high = int(counts.min()), int(counts.max())
+    per_cell = str(low) if low == high else f"{low}-{high}"
+    note += f"Finished runs used: {int(counts.sum())} in {len(counts)} cell(s), {per_cell} per cell. "
+    note += f"Repeated runs of one configuration ({DIGEST_TAG}) dropped, the latest kept: {duplicates}. "
     return note + f"Unfinished (running/failed/killed) runs ignored: {unfinished}."
 
 
-def _grid(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    """Header and body cells shared by the Markdown and HTML writers."""
+def _with_corner(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with "<row tag> / <column tag>" as the only axis name, shown in the corner cell."""
     corner = f"{table.index.name or ''} / {table.columns.name or ''}".strip(" /")
-    header = [corner, *map(str, table.columns)]
-    body = [[str(label), *map(str, values)] for label, values in zip(table.index, table.to_numpy(), strict=True)]
-    return header, body
+    return table.rename_axis(index=None, columns=corner)
+
+
+def _markdown_cell(value: Any) -> str:
+    return str(value).replace("|", "\\|")  # a bare pipe would end the cell
 
 
 def to_markdown(table: pd.DataFrame, title: str, footnote: str) -> str:
-    header, body = _grid(table)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
-
-    rule = "| :--- | " + " | ".join("---:" for _ in header[1:]) + " |"
-    return "\n".join([f"# {title}", "", line(header), rule, *map(line, body), "", f"_{footnote}_", ""])
+    grid = _with_corner(table)
+    cells = grid.map(_markdown_cell).set_axis(grid.index.map(_markdown_cell), axis=0)
+    # tabulate prints the index name in the corner; disable_numparse keeps "80.0" from becoming 80.
+    body = cells.rename_axis(index=grid.columns.name, columns=None).to_markdown(
+        disable_numparse=True, colalign=("left", *["right"] * len(grid.columns)))
+    return "\n".join([f"# {title}", "", body, "", f"_{footnote}_", ""])
 
 
 _HTML_PAGE = """<!DOCTYPE html>
@@ -257,12 +291,7 @@ p.note {{ color: #555; font-size: 0.9rem; max-width: 50rem; }}
 </head>
 <body>
 <h1>{title}</h1>
-<table>
-<thead><tr>{header}</tr></thead>
-<tbody>
-{body}
-</tbody>
-</table>
+{table}
 <p class="note">{footnote}</p>
 </body>
 </html>
@@ -270,16 +299,9 @@ p.note {{ color: #555; font-size: 0.9rem; max-width: 50rem; }}
 
 
 def to_html(table: pd.DataFrame, title: str, footnote: str) -> str:
-    header, body = _grid(table)
     esc = html.escape
-    rows = "\n".join(
-        f"<tr><th>{esc(label)}</th>" + "".join(f"<td>{esc(cell)}</td>" for cell in cells) + "</tr>"
-        for label, *cells in body
-    )
-    return _HTML_PAGE.format(
-        title=esc(title), header="".join(f"<th>{esc(cell)}</th>" for cell in header), body=rows,
-        footnote=esc(footnote),
-    )
+    grid = _with_corner(table).to_html(border=0, classes="report", escape=True)
+    return _HTML_PAGE.format(title=esc(title), table=grid, footnote=esc(footnote))
 
 
 def write_report(
@@ -327,6 +349,14 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
     return save_figure(fig, path)
 
 
+def _no_runs(uri: str, experiments: list[str] | None, filter_tags: Mapping[str, Any] | None) -> str:
+    scope = f"experiment(s) {', '.join(experiments)}" if experiments else "all experiments"
+    where = f"the tracking store {redact(uri, uri)}"
+    if filter_tags:
+        return f"no run of {scope} in {where} has the tags {dict(filter_tags)}"
+    return f"no runs in {scope} of {where}"
+
+
 def report(
     uri: str | None,
     experiment: str | list[str] | None,
@@ -345,12 +375,14 @@ def report(
     check_tracking_uri(uri)
     experiments = [experiment] if isinstance(experiment, str) else experiment
     runs = collect_runs(uri, experiments, filter_tags)
+    if runs.empty:
+        raise ReportError(_no_runs(uri, experiments, filter_tags))
     table = build_table(runs, layout, expected_rows, expected_cols)
     if title is None:
         context = ", ".join(f"{tag} {value}" for tag, value in table.attrs["context"].items())
         title = f"{_layout(layout).title} ({context})" if context else _layout(layout).title
     paths = write_report(table, out_dir, name or layout, title)
-    training = runs[_column(runs, "tags.kind") == "train"] if not runs.empty else runs
+    training = runs[_column(runs, "tags.kind") == "train"]
     figure = plot_pseudo_label_quality(uri, training, Path(out_dir) / f"{name or layout}_pseudo_labels.png")
     if figure is not None:
         paths["png"] = figure

@@ -16,9 +16,13 @@ Metrics (mIoU values are PERCENTAGES, 0-100):
 Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes ``{"kind": "eval"}``),
 ``dataset``, ``split`` (labeled count or fraction as written, e.g. ``24`` or ``0.0625``), ``method``,
 ``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight``, ``seed``,
+``config_digest`` (:func:`unimatch.config.config_digest`: equal for runs of the same experiment),
 then ``tracking.tags`` from the config and the caller's tags, which win. The report tables also read
 ``setting`` (Table 13: ``labeled only`` / ``+ extra unlabeled``) and ``sweep_param`` / ``sweep_value``
 (Figs. 5-6), which the experiment configs set through ``tracking.tags``.
+
+A run that fails gets the tag ``unimatch.error`` (the one-line error); a training's checkpoints record
+its run id, and resuming the training reopens that run.
 
 Params are the flattened config (``train.lr``, ``method.threshold``, ...); the resolved config is
 stored as the artifact ``config.yaml``.
@@ -32,6 +36,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -42,7 +47,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import yaml
 
-from unimatch.config import ExperimentConfig, flatten
+from unimatch.config import ExperimentConfig, config_digest, flatten
+from unimatch.errors import UnimatchError, one_line
 from unimatch.io_atomic import atomic_write
 
 log = logging.getLogger(__name__)
@@ -58,7 +64,25 @@ TRUNCATION_MARKER = "...[truncated]"
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 
-class TrackingError(RuntimeError):
+MODEL_ARTIFACT = "model"
+MODEL_TAG = "unimatch.model"  # set once a run's model is logged: its runs:/ URI
+SCORE_TAG, GROUP_TAG = "best_miou_ema", "method"  # on registered model versions
+PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under its parent
+
+
+@contextlib.contextmanager
+def _quiet(logger: str) -> Iterator[None]:
+    """Silence ``logger`` below ERROR for a moment (MLflow warns about pickling, which is chosen here)."""
+    target = logging.getLogger(logger)
+    level = target.level
+    target.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        target.setLevel(level)
+
+
+class TrackingError(UnimatchError, RuntimeError):
     """The tracking store cannot be used; the message names the URI."""
 
 
@@ -172,6 +196,14 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
+    def log_model(self, model: Any, example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
+        """Log ``model`` as an MLflow model; its URI (None when not tracking or already logged)."""
+        return None
+
+    def register_model(self, name: str, score: float, group: str) -> str | None:
+        """Register the logged model as a version of ``name``; the version (None when not tracking)."""
+        return None
+
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
@@ -183,8 +215,13 @@ class Tracker:
     ) -> None:
         if exc_type is None:
             self.finish("FINISHED")
-        else:
-            self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            return
+        if not issubclass(exc_type, KeyboardInterrupt):
+            try:  # why it failed, on the run page; never masking the error itself
+                self.set_tags({"unimatch.error": one_line(exc)})
+            except Exception as error:
+                log.warning("could not record the error on the run: %s", error)
+        self.finish("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
 
 class MlflowTracker(Tracker):
@@ -218,7 +255,7 @@ class MlflowTracker(Tracker):
         if active is not None:
             self._run_id = active.info.run_id
             self.set_tags(tags or {})
-        elif resume_run_id is not None:
+        elif resume_run_id is not None and self._reopenable(resume_run_id):
             self._run_id = resume_run_id
             self._client.update_run(resume_run_id, status="RUNNING")
             self.set_tags(tags or {})
@@ -228,6 +265,18 @@ class MlflowTracker(Tracker):
     @property
     def run_id(self) -> str | None:
         return self._run_id
+
+    def _reopenable(self, run_id: str) -> bool:
+        """Whether ``run_id`` is a live run of this store (a checkpoint may outlive its run or its store)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            lifecycle = self._client.get_run(run_id).info.lifecycle_stage
+        except MlflowException:
+            lifecycle = "missing"
+        if lifecycle != "active":
+            log.warning("MLflow run %s is %s in %s; logging into a new run", run_id, lifecycle, redact(self._uri, self._uri))
+        return lifecycle == "active"
 
     def _create_run(self, experiment: str, run_name: str | None, tags: Mapping[str, Any]) -> str:
         from mlflow.tracking.context.registry import resolve_tags
@@ -321,6 +370,54 @@ class MlflowTracker(Tracker):
         batch = [RunTag(key, value) for key, value in self._clean_tags(tags).items()]
         self._send("tags", batch, MAX_PARAMS_TAGS_PER_BATCH)
 
+    def log_model(self, model: Any, example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
+        """``model`` (a torch module) as the MLflow model ``runs:/<run>/model``, with a signature inferred
+        from ``example`` and ``metadata`` (class names, encoder...). Pickled, not exported: the segmentor
+        takes any image size, which an exported graph would fix. Skipped when the run already holds
+        one (a finished training run again)."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        if MODEL_TAG in self._client.get_run(self._run_id).data.tags:
+            return None
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).float().numpy()
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as scratch, _quiet("mlflow.pytorch"):
+            local = Path(scratch) / MODEL_ARTIFACT
+            mlflow.pytorch.save_model(
+                model, local, signature=infer_signature(example, output), input_example=example,
+                serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__}"], metadata=dict(metadata),
+            )  # fmt: skip
+            self._client.log_artifacts(self._run_id, str(local), MODEL_ARTIFACT)
+        uri = f"runs:/{self._run_id}/{MODEL_ARTIFACT}"
+        self.set_tags({MODEL_TAG: uri})
+        return uri
+
+    def register_model(self, name: str, score: float, group: str) -> str | None:
+        """A new version of registered model ``name`` from this run's model, tagged with its ``score``
+        and ``group`` (the method); aliases ``best`` and ``best-<group>`` then point at the highest
+        scoring versions."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self._client.create_model_version(
+            name, f"runs:/{self._run_id}/{MODEL_ARTIFACT}", run_id=self._run_id,
+            tags={SCORE_TAG: str(score), GROUP_TAG: group},
+        ).version  # fmt: skip
+        versions = self._client.search_model_versions(f"name='{name}'")
+        for alias, members in (("best", versions), (f"best-{group}", [v for v in versions if v.tags.get(GROUP_TAG) == group])):
+            scored = [v for v in members if SCORE_TAG in v.tags]
+            if scored:
+                top = max(scored, key=lambda v: (float(v.tags[SCORE_TAG]), int(v.version)))
+                self._client.set_registered_model_alias(name, alias, top.version)
+        self.set_tags({"unimatch.model_version": f"{name}/{version}"})
+        return version
+
     def _send(self, kind: str, items: list[Any], limit: int) -> None:
         """One ``log_batch`` call per ``limit`` items (MLflow caps batch sizes per kind)."""
         for start in range(0, len(items), limit):
@@ -353,15 +450,28 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
         "threshold": format_number(cfg.method.threshold),
         "unlabeled_weight": format_number(cfg.method.unlabeled_weight),
         "seed": format_number(cfg.train.seed),
+        "config_digest": config_digest(cfg),
     }
 
 
+def _run_exists(uri: str, run_id: str) -> bool:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return MlflowClient(tracking_uri=uri).get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
 def tracker_from_config(
-    cfg: ExperimentConfig, tags: Mapping[str, Any] | None = None, *, resume_run_id: str | None = None
+    cfg: ExperimentConfig, tags: Mapping[str, Any] | None = None, *, resume_run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Tracker:
     """The tracker for one run of ``cfg``: a no-op :class:`Tracker` when tracking is disabled, else an
     :class:`MlflowTracker` (store checked first) with standard tags, the config as params and
-    ``config.yaml`` as an artifact."""
+    ``config.yaml`` as an artifact. ``parent_run_id`` (an evaluation's training run) nests the run
+    under that run in the MLflow UI when the store holds it."""
     import mlflow
 
     if not cfg.tracking.enabled:
@@ -370,6 +480,8 @@ def tracker_from_config(
     if mlflow.active_run() is None:  # an active run's store is evidently usable
         check_tracking_uri(uri)
     all_tags = {**config_tags(cfg), **cfg.tracking.tags, **(tags or {})}
+    if parent_run_id and _run_exists(uri, parent_run_id):
+        all_tags[PARENT_RUN_TAG] = parent_run_id
     run_name = cfg.tracking.run_name or default_run_name(cfg)
     tracker = MlflowTracker(uri, cfg.tracking.experiment, run_name, all_tags, resume_run_id=resume_run_id)
     tracker.log_params(cfg.to_dict())

@@ -1,6 +1,7 @@
 """Data layer: image/mask I/O, split files, dataset layouts, augmentations, torch datasets and the
 embedded default dataset. Every bad input raises :class:`DataError` naming the file (and line) or key."""
 
+from .check import DataCheck, check_samples, check_training_data
 from .classes import CITYSCAPES_CLASSES, PASCAL_CLASSES, class_names, palette
 from .datasets import EvalDataset, LabeledDataset, UnlabeledDataset
 from .embedded import CLASSES as EMBEDDED_CLASSES
@@ -31,6 +32,7 @@ __all__ = [
     "LABELED_PAD",
     "PASCAL_CLASSES",
     "UNLABELED_PAD",
+    "DataCheck",
     "DataError",
     "EvalDataset",
     "LabeledDataset",
@@ -38,6 +40,8 @@ __all__ = [
     "SplitFiles",
     "UnlabeledDataset",
     "check_crop_size",
+    "check_samples",
+    "check_training_data",
     "check_disjoint",
     "class_names",
     "create_split",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import UnimatchError
 
-class DataError(ValueError):
+
+class DataError(UnimatchError, ValueError):
     """Bad input data: the message names the offending file (and line) or configuration key."""

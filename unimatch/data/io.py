@@ -19,9 +19,9 @@ from .errors import DataError
 
 IGNORE_INDEX = 255
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-_MASK_MODES = ("P", "L", "1", *_SIXTEEN_BIT_MODES)
+MASK_MODES = ("P", "L", "1", *_SIXTEEN_BIT_MODES)
 # What PIL raises on unreadable, truncated or hostile files.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 
 
 def _open(path: str | Path) -> Image.Image:
@@ -32,7 +32,7 @@ def _open(path: str | Path) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except _DECODE_ERRORS as error:
+    except DECODE_ERRORS as error:
         raise DataError(f"{path}: cannot read image ({type(error).__name__}: {error})") from error
     return image
 
@@ -59,7 +59,7 @@ def read_image(path: str | Path) -> np.ndarray:
 def read_mask(path: str | Path, nclass: int) -> np.ndarray:
     """The label mask at ``path`` as an (H, W) uint8 array with values in [0, nclass) or 255 (ignore)."""
     image = _open(path)
-    if image.mode not in _MASK_MODES:
+    if image.mode not in MASK_MODES:
         raise DataError(
             f"{path}: mask has mode {image.mode}; expected a single-channel (L) or palette (P) PNG of class indices"
         )

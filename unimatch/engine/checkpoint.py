@@ -90,6 +90,25 @@ def resume_state(
     return None
 
 
+def checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run id a checkpoint records (None: none, or unreadable). Memory-mapped, so a large
+    checkpoint is not read for it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unusable: whoever loads it for real says why
+        return None
+    return state.get("run_id") if isinstance(state, dict) else None
+
+
+def recorded_run_id(latest: Path) -> str | None:
+    """The MLflow run id of the checkpoint a resume would start from (``latest``, else its previous
+    copy): reopening that run keeps one training in one run across crashes."""
+    for candidate in (Path(latest), previous_path(Path(latest))):
+        if candidate.exists() and (run_id := checkpoint_run_id(candidate)) is not None:
+            return run_id
+    return None
+
+
 def capture_rng() -> dict[str, Any]:
     """Global RNG states as tensors and plain types (numpy's array becomes a tensor)."""
     kind, keys, position, has_gauss, cached = np.random.get_state()

@@ -3,16 +3,127 @@
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch.utils.data import DataLoader
 
 from ..config import ExperimentConfig
-from ..data import EvalDataset, class_names, prepare_splits, read_split
+from ..data import EvalDataset, check_samples, class_names, prepare_splits, read_split
 from ..evaluation import EvalResult, evaluate
-from ..models import load_segmentor_weights
-from ..tracking import Tracker, plot_confusion_matrix
+from ..io_atomic import check_output_dir
+from ..models import CheckpointError, Segmentor, load_segmentor_weights
+from ..tracking import Tracker, plot_confusion_matrix, redact, resolve_tracking_uri
+from .checkpoint import checkpoint_run_id
 from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
+
+
+MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow model URIs accepted wherever a checkpoint is
+
+
+@dataclass
+class PreparedEvaluation:
+    """Everything an evaluation needs, loaded and checked before any MLflow run is opened: a missing
+    checkpoint or a bad split fails without leaving a FAILED run behind."""
+
+    source: str  # checkpoint path or MLflow model URI
+    weights: str
+    model: Segmentor
+    run_id: str | None  # the MLflow run that trained the model, when known
+    split: Path
+    dataset: EvalDataset
+    class_names: list[str]
+
+
+def checkpoint_model(cfg: ExperimentConfig, checkpoint: str | Path, weights: str = "ema") -> Segmentor:
+    """``cfg.model`` holding the ``weights`` entry ('ema' or 'model') of ``checkpoint``."""
+    model = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), cfg.dataset.nclass, quiet=True)
+    load_segmentor_weights(model, checkpoint, key=weights)
+    return model
+
+
+def _resolve_model_uri(client: Any, uri: str) -> tuple[str, str | None]:
+    """The artifact URI and training run behind ``runs:/ID/PATH``, ``models:/NAME/VERSION`` or
+    ``models:/NAME@ALIAS`` (a registered version resolved in ``client``'s registry)."""
+    scheme, _, rest = uri.partition(":/")
+    if scheme == "runs":
+        return uri, rest.strip("/").split("/")[0]
+    name, at, alias = rest.strip("/").partition("@")
+    if at:
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = name.rpartition("/")
+        version = client.get_model_version(name, number)
+    return version.source, version.run_id
+
+
+def mlflow_model(cfg: ExperimentConfig, uri: str) -> tuple[Segmentor, str | None]:
+    """A model logged by a training (``runs:/<id>/model``) or registered (``models:/NAME@best``), from
+    the config's tracking store (its registry too), and the run that trained it."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.exceptions import MlflowException
+
+    store = resolve_tracking_uri(cfg.tracking.uri)
+    try:
+        source, run_id = _resolve_model_uri(mlflow.MlflowClient(tracking_uri=store, registry_uri=store), uri)
+        local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store)
+        model = mlflow.pytorch.load_model(local, map_location="cpu")
+    except MlflowException as error:
+        raise CheckpointError(f"--model {uri}: {error.message} (tracking URI {redact(store, store)})") from None
+    nclass = model.head.classifier.out_channels
+    if nclass != cfg.dataset.nclass:
+        raise CheckpointError(f"--model {uri} predicts {nclass} classes, dataset.nclass is {cfg.dataset.nclass}")
+    return model, run_id
+
+
+def load_model_source(cfg: ExperimentConfig, source: str | Path, weights: str = "ema") -> tuple[Segmentor, str | None]:
+    """The segmentor of a checkpoint file or an MLflow model URI, and the MLflow run that trained it."""
+    if str(source).startswith(MODEL_URI_SCHEMES):
+        return mlflow_model(cfg, str(source))
+    return checkpoint_model(cfg, source, weights), checkpoint_run_id(Path(source))
+
+
+def prepare_evaluation(
+    cfg: ExperimentConfig, source: str | Path, split_file: str | Path | None = None, weights: str = "ema"
+) -> PreparedEvaluation:
+    """Load the model (checkpoint or MLflow model URI) and the split (default: the val split), and
+    preflight the split's files."""
+    root, nclass = Path(cfg.dataset.root), cfg.dataset.nclass
+    check_output_dir(cfg.output_dir, "output_dir")
+    model, run_id = load_model_source(cfg, source, weights)
+    split = Path(split_file) if split_file else prepare_splits(cfg).val
+    samples = read_split(split, root)
+    check_samples(samples, nclass, True, cfg.dataset.preflight).raise_if_bad()
+    names = class_names(cfg.dataset.name, root, nclass)
+    return PreparedEvaluation(str(source), weights, model, run_id, split, EvalDataset(samples, nclass), names)
+
+
+def run_evaluation(
+    cfg: ExperimentConfig, prepared: PreparedEvaluation, tracker: Tracker | None = None, progress: bool = True
+) -> EvalResult:
+    """mIoU of a prepared evaluation, logged to ``tracker`` with its confusion matrix."""
+    tracker = tracker or Tracker()
+    device = resolve_device(cfg.train.device)
+    nclass, names = cfg.dataset.nclass, prepared.class_names
+    loader = DataLoader(prepared.dataset, batch_size=1, num_workers=cfg.train.num_workers)
+    result = evaluate(
+        optimize_for_device(prepared.model, device), loader, nclass, names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
+        cfg.eval.stride_ratio, cfg.eval.batch_size, device, autocast_dtype(cfg.train.amp, device), progress,
+        max_tokens=cfg.eval.max_tokens,
+    )
+    tracker.log_params({"eval.model": prepared.source, "eval.weights": prepared.weights, "eval.split": str(prepared.split)})
+    metrics = {"eval/miou": result.miou}
+    metrics.update({f"eval/iou/{name}": iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)})
+    tracker.log_metrics(metrics)
+    stem = re.sub(r"[^\w.-]+", "_", Path(prepared.source).stem)  # a model URI as a file name
+    figure = Path(cfg.output_dir) / "figures" / f"confusion_{stem}.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    plot_confusion_matrix(result.confusion, names, figure)
+    tracker.log_artifact(figure, "figures")
+    return result
 
 
 def evaluate_checkpoint(
@@ -23,25 +134,6 @@ def evaluate_checkpoint(
     tracker: Tracker | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """mIoU of ``checkpoint`` (its ``weights`` entry: 'ema' or 'model') on ``split_file`` or the val split."""
-    tracker = tracker or Tracker()
-    device = resolve_device(cfg.train.device)
-    root, nclass = Path(cfg.dataset.root), cfg.dataset.nclass
-    model = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), nclass, quiet=True)
-    load_segmentor_weights(model, checkpoint, key=weights)
-    split = Path(split_file) if split_file else prepare_splits(cfg).val
-    names = class_names(cfg.dataset.name, root, nclass)
-    loader = DataLoader(EvalDataset(read_split(split, root), nclass), batch_size=1, num_workers=cfg.train.num_workers)
-    result = evaluate(
-        optimize_for_device(model, device), loader, nclass, names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
-        cfg.eval.stride_ratio, cfg.eval.batch_size, device, autocast_dtype(cfg.train.amp, device), progress,
-    )
-    tracker.log_params({"eval.checkpoint": str(checkpoint), "eval.weights": weights, "eval.split": str(split)})
-    metrics = {"eval/miou": result.miou}
-    metrics.update({f"eval/iou/{name}": iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)})
-    tracker.log_metrics(metrics)
-    figure = Path(cfg.output_dir) / "figures" / f"confusion_{Path(checkpoint).stem}.png"
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    plot_confusion_matrix(result.confusion, names, figure)
-    tracker.log_artifact(figure, "figures")
-    return result
+    """mIoU of ``checkpoint`` (its ``weights`` entry: 'ema' or 'model'; or an MLflow model URI) on
+    ``split_file`` or the val split."""
+    return run_evaluation(cfg, prepare_evaluation(cfg, checkpoint, split_file, weights), tracker, progress)

@@ -8,7 +8,7 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ExperimentConfig, ModelConfig
+from ..config import ConfigError, ExperimentConfig, ModelConfig
 from ..models import Segmentor, build_segmentor, load_encoder_weights, load_segmentor_weights
 
 log = logging.getLogger(__name__)
@@ -19,9 +19,18 @@ HUB_NAMES = {"small": "dinov2_vits14", "base": "dinov2_vitb14", "large": "dinov2
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is '{name}' but CUDA is not available on this machine")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: '{name}' is not a device (auto, cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"train.device: '{name}' but CUDA is not available on this machine; use auto or cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"train.device: '{name}' but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device: '{name}' but MPS is not available on this machine; use auto or cpu")
     return device
 
 

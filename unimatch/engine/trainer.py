@@ -17,16 +17,18 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from ..config import ExperimentConfig, ModelConfig
-from ..data import DataError, EvalDataset, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
+from ..config import ConfigError, ExperimentConfig, ModelConfig, config_digest
+from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
+from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
-from ..io_atomic import remove_stale_temps
+from ..io_atomic import check_output_dir, remove_stale_temps
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..pretrain import pretrained_encoder
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves
-from .checkpoint import capture_rng, restore_rng, resume_state, save_checkpoint, seed_everything
+from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
+from .evaluate import checkpoint_model
 from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
@@ -39,7 +41,7 @@ LABELED_STREAM, UNLABELED_STREAM = 0, 1
 RESUME_KEYS = ("dataset.name", "dataset.nclass", "dataset.crop_size", "model.encoder", "method.name", "train.batch_size", "train.seed")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UnimatchError, RuntimeError):
     """Training cannot go on (non-finite loss, incompatible checkpoint); the last good checkpoint is kept."""
 
 
@@ -84,7 +86,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.device = self.dist.device
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
-        self.output_dir = Path(cfg.output_dir)
+        self.output_dir = check_output_dir(cfg.output_dir, "output_dir")
         self.checkpoint_dir = self.output_dir / "checkpoints"
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
@@ -103,7 +105,7 @@ class Trainer:
             if self.teacher is not self.model:
                 compile_blocks(self.teacher)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.iteration = 0
+        self.iteration = self.saved_iteration = 0
         self.bad_steps = 0
         self.best = {"miou_ema": -1.0, "miou_student": -1.0}
         self.history: dict[str, list[tuple[int, float]]] = {}
@@ -119,12 +121,15 @@ class Trainer:
         self.dist.barrier()
         splits = splits or prepare_splits(cfg)
         root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
-        labeled = read_split(splits.labeled, root)
+        labeled, val = read_split(splits.labeled, root), read_split(splits.val, root)
         self.class_names = class_names(cfg.dataset.name, root, nclass)
-        self.val_set = EvalDataset(read_split(splits.val, root), nclass)
+        self.val_set = EvalDataset(val, nclass)
         # One epoch = one pass over the unlabeled set; labeled-only reads the list too, so that it trains
         # for the same number of iterations as the semi-supervised methods it is compared with.
         unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+        pseudo_samples = self._pseudo_label_samples(unlabeled)
+        self.pseudo_set = EvalDataset(pseudo_samples, nclass) if pseudo_samples else None
+        self._preflight(labeled, unlabeled, val, pseudo_samples)
         if self.uses_unlabeled and not unlabeled:
             raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
                             "dataset.extra_unlabeled names no pool")
@@ -134,7 +139,8 @@ class Trainer:
         self.iters_per_epoch = pool // (batch * world)
         if self.iters_per_epoch == 0:
             ranks = f" x {world} processes" if world > 1 else ""
-            raise ValueError(f"train.batch_size {batch}{ranks} is larger than the {pool} unlabeled images of {splits.unlabeled}")
+            images = f"unlabeled images of {splits.unlabeled}" if unlabeled or self.uses_unlabeled else f"labeled images of {splits.labeled}"
+            raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {pool} {images}")
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         if cfg.train.max_iters:
             self.total_iters = min(self.total_iters, cfg.train.max_iters)
@@ -148,20 +154,31 @@ class Trainer:
                 batch,
             )
         self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
-        self.pseudo_set = self._pseudo_label_set(unlabeled)
 
-    def _pseudo_label_set(self, unlabeled: list) -> EvalDataset | None:
+    def _preflight(self, labeled: list[Sample], unlabeled: list[Sample], val: list[Sample], pseudo: list[Sample]) -> None:
+        """Every unreadable file, size mismatch (and, with ``dataset.preflight=decode``, bad label) of the
+        three splits, found before the first step rather than one at a time mid-epoch."""
+        level, nclass = self.cfg.dataset.preflight, self.cfg.dataset.nclass
+        started = time.perf_counter()
+        found = check_training_data(labeled, unlabeled, val, nclass, level, self.progress)
+        found.merge(check_samples(pseudo, nclass, True, level))  # masks read every epoch for the pseudo/* metrics
+        found.problems = list(dict.fromkeys(found.problems))
+        found.raise_if_bad(f" (`unimatch check-data` lists every one; dataset.preflight={level})")
+        if level != "off":
+            log.info("preflight (%s): %d files fine in %.1f s", level, found.files, time.perf_counter() - started)
+
+    def _pseudo_label_samples(self, unlabeled: list[Sample]) -> list[Sample]:
         """Unlabeled images whose ground truth is on disk (the embedded data; real datasets whose unlabeled
         split lists masks), at most ``eval.pseudo_label_images`` of them, a fixed seeded choice: the
         teacher's pseudo labels are scored on them every epoch. The masks are never used for training."""
         limit = self.cfg.eval.pseudo_label_images
         with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
-        if not limit or not with_truth:
-            return None
+        if not limit:
+            return []
         if len(with_truth) > limit:
             picks = np.random.default_rng(self.cfg.split.seed).choice(len(with_truth), limit, replace=False)
             with_truth = [with_truth[i] for i in sorted(picks)]
-        return EvalDataset(with_truth, self.cfg.dataset.nclass)
+        return with_truth
 
     def _with_pretrained_encoder(self, model_cfg: ModelConfig) -> ModelConfig:
         """``model_cfg`` with ``weights`` set to the self-supervised encoder of ``pretrain`` (rank 0 trains or
@@ -221,10 +238,11 @@ class Trainer:
 
     def save_latest(self) -> None:
         save_checkpoint(self.latest_path, self._state(), keep_previous=True)
+        self.saved_iteration = self.iteration
 
     def _save_best(self) -> None:
         teacher = self.teacher.state_dict()
-        save_checkpoint(self.best_path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best)})
+        save_checkpoint(self.best_path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
 
     def _resume_if_possible(self) -> None:
         """Continue from latest.pth, or from latest.prev.pth when the newest is missing or unusable."""
@@ -240,7 +258,7 @@ class Trainer:
         if "ema" in state and self.teacher is not self.model:
             self.teacher.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = int(state["iteration"])
+        self.iteration = self.saved_iteration = int(state["iteration"])
         self.bad_steps = int(state.get("bad_steps", 0))  # absent from checkpoints of earlier versions
         self.best = dict(state["best"])
         self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
@@ -300,8 +318,8 @@ class Trainer:
             self.bad_steps += 1
             if self.bad_steps > self.cfg.train.max_bad_steps:
                 raise TrainingError(
-                    f"non-finite loss ({losses.loss.item()}) at iteration {self.iteration}; the last good checkpoint "
-                    f"{self.latest_path} is kept (train.max_bad_steps={self.cfg.train.max_bad_steps} bad steps allowed)"
+                    f"non-finite loss ({losses.loss.item()}) at iteration {self.iteration}; {self._what_is_kept()} "
+                    f"(train.max_bad_steps={self.cfg.train.max_bad_steps} bad steps allowed; lower train.lr?)"
                 )
             log.warning("skipping iteration %d: non-finite loss", self.iteration)
             return None, lr
@@ -309,6 +327,11 @@ class Trainer:
         if self.teacher is not self.model:
             update_ema(self.model, self.teacher, ema_decay(self.iteration, self.cfg.method.ema_decay))
         return losses, lr
+
+    def _what_is_kept(self) -> str:
+        if not self.latest_path.exists():
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint {self.latest_path} (iteration {self.saved_iteration}) is kept"
 
     def _record(self, name: str, step: int, value: float) -> None:
         self.history.setdefault(name, []).append((step, value))
@@ -334,6 +357,7 @@ class Trainer:
             name: evaluate(
                 model, loader, cfg.dataset.nclass, self.class_names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
                 cfg.eval.stride_ratio, cfg.eval.batch_size, self.device, self.amp_dtype, distributed=self.dist.enabled,
+                max_tokens=cfg.eval.max_tokens,
             )
             for name, model in models.items()
         }
@@ -414,9 +438,28 @@ class Trainer:
         self.tracker.log_metrics(metrics, step=self.iteration)
         if self.dist.is_main:
             self._write_figures()
+            self._publish_model()
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
         return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history)
+
+    def _publish_model(self) -> None:
+        """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``)."""
+        cfg = self.cfg
+        if not cfg.tracking.log_model or self.tracker.run_id is None:
+            return
+        crop = cfg.dataset.crop_size
+        metadata = {
+            "class_names": self.class_names, "nclass": cfg.dataset.nclass, "dataset": cfg.dataset.name,
+            "method": cfg.method.name, "encoder": cfg.model.encoder, "crop_size": crop, "iteration": self.iteration,
+            "best_miou_ema": self.best["miou_ema"], "config_digest": config_digest(cfg),
+            "input": "float32 (B, 3, H, W) RGB normalised with the ImageNet mean and std; output: (B, nclass, H, W) logits",
+        }  # fmt: skip
+        model = checkpoint_model(cfg, self.best_path, "ema").eval()
+        if self.tracker.log_model(model, np.zeros((1, 3, crop, crop), dtype=np.float32), metadata):
+            name = cfg.tracking.registered_model or cfg.tracking.experiment
+            version = self.tracker.register_model(name, self.best["miou_ema"], cfg.method.name)
+            log.info("model logged and registered as %s version %s", name, version)
 
     def _write_figures(self) -> None:
         figures = self.output_dir / "figures"
@@ -427,6 +470,11 @@ class Trainer:
         if confusion is not None:
             plot_confusion_matrix(confusion, self.class_names, figures / "confusion_matrix.png")
             self.tracker.log_artifact(figures / "confusion_matrix.png", "figures")
+
+
+def resumable_run_id(cfg: ExperimentConfig) -> str | None:
+    """The MLflow run of the interrupted training that ``cfg`` would resume (None: it starts afresh)."""
+    return recorded_run_id(Path(cfg.output_dir) / "checkpoints" / "latest.pth") if cfg.train.resume else None
 
 
 def train(cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:

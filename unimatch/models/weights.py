@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UnimatchError
+
 log = logging.getLogger(__name__)
 
 # DINOv2's masked-image-modelling token: pre-training only, segmentation never reads it.
@@ -26,7 +28,7 @@ CLASSIFIER_WEIGHT = "head.classifier.weight"  # (nclass, features, 1, 1)
 CHECKSUMS_FILE = "SHA256SUMS"  # beside released weights: "<sha256>  <file name>" lines, as sha256sum writes
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UnimatchError, ValueError):
     """A checkpoint that cannot be loaded into the model; the message names the file and keys."""
 
 
