@@ -14,30 +14,56 @@ variable already set in the environment (a test's temporary directory, a team's 
   whatever the working directory or repository (so a test can keep both in a temporary directory,
   and `zenml pipeline run` works from anywhere).
 * analytics off, rich tracebacks off, ZenML's own logging at WARN: the training log stays readable.
+
+The same defaults reach the ``zenml`` command (``zenml pipeline runs list``, ``zenml pipeline run ... -c``),
+which does not import this package, through a startup hook that ``make venv`` installs into the virtual
+environment (:func:`install_startup_hook`): nothing needs exporting, and artifacts stay in the project.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# Installed into the virtual environment by `make venv`: Python runs a .pth file's import line at every
+# start, so the `zenml` command itself (which never imports this package) gets the same defaults.
+HOOK_FILE = "unimatch_zenml_project.pth"
 
-DEFAULTS = {
-    "ZENML_CONFIG_PATH": str(PROJECT_ROOT / ".zen" / "global"),
-    "ZENML_REPOSITORY_PATH": str(PROJECT_ROOT),
-    "ZENML_ANALYTICS_OPT_IN": "false",
-    "ZENML_LOGGING_VERBOSITY": "WARN",
-    "ZENML_ENABLE_RICH_TRACEBACK": "false",
-    "ZENML_DISABLE_INTERACTIVE_INPUT": "true",
-    "AUTO_OPEN_DASHBOARD": "false",
-}
+
+def environment_defaults(root: Path = PROJECT_ROOT) -> dict[str, str]:
+    """The ZenML environment of the project at ``root`` (see the module docstring)."""
+    return {
+        "ZENML_CONFIG_PATH": str(root / ".zen" / "global"),
+        "ZENML_REPOSITORY_PATH": str(root),
+        "ZENML_ANALYTICS_OPT_IN": "false",
+        "ZENML_LOGGING_VERBOSITY": "WARN",
+        "ZENML_ENABLE_RICH_TRACEBACK": "false",
+        "ZENML_DISABLE_INTERACTIVE_INPUT": "true",
+        "AUTO_OPEN_DASHBOARD": "false",
+    }
+
+
+def startup_hook(root: Path = PROJECT_ROOT) -> str:
+    """The one-line .pth body that sets :func:`environment_defaults` (never overriding a set variable)."""
+    settings = "; ".join(f"os.environ.setdefault({key!r}, {value!r})" for key, value in environment_defaults(root).items())
+    return f"import os; {settings}\n"
+
+
+def install_startup_hook(site_dir: Path | None = None, root: Path = PROJECT_ROOT) -> Path:
+    """Write the hook into ``site_dir`` (default: this interpreter's site-packages); returns its path."""
+    target = Path(site_dir or sysconfig.get_paths()["purelib"]) / HOOK_FILE
+    target.write_text(startup_hook(root), encoding="utf-8")
+    print(f"ZenML defaults of {root} for every Python of {sys.prefix}: {target}")
+    return target
 
 
 def configure() -> None:
     """Set the ZenML environment defaults (no-op for variables the caller already set), then pin the
     source root; zenml is imported only after the variables are set."""
-    for key, value in DEFAULTS.items():
+    for key, value in environment_defaults().items():
         os.environ.setdefault(key, value)
     from zenml.utils import source_utils
 

@@ -25,7 +25,7 @@ def evaluate_model(model: TrainedModel, splits: SplitSet, config: dict[str, Any]
     cfg = validate(apply_overrides(config, [*splits.overrides(), f"tracking.run_name=eval-{model.name}"]))
     eval_tags = {**tags, "kind": "eval", "checkpoint_sha256": model.sha256}
     with tracker_from_config(cfg, tags=eval_tags, parent_run_id=model.mlflow_run_id) as tracker:
-        result = evaluate_checkpoint(cfg, model.checkpoint, splits.val.path, "ema", tracker, progress=False)
+        result = evaluate_checkpoint(cfg, model.checkpoint, splits.val.path, "ema", tracker, progress=True)
         run_id = tracker.run_id
     return Evaluation(
         name=model.name,

@@ -33,7 +33,7 @@ def train_foundation_encoder(settings: FoundationConfig) -> Annotated[Foundation
     uri = resolve_tracking_uri(None)
     check_tracking_uri(uri)
     with MlflowTracker(uri, EXPERIMENT, f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}) as tracker:
-        path = train_foundation(settings, tracker, progress=False)
+        path = train_foundation(settings, tracker, progress=True)
     summary = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
     return FoundationEncoder(path=Path(path).as_posix(), sha256=sha256_file(path), route=settings.route,
                              final_loss=summary["final_loss"], held_out_miou=summary.get("held_out_miou"))

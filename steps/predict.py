@@ -26,5 +26,5 @@ def export_predictions(
     device = resolve_device(cfg.train.device)
     # The architecture comes from the config; the weights all come from the checkpoint.
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
-    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=False)
+    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=True)
     return Predictions(name=model.name, output_dir=output_dir, images=len(written))

@@ -30,5 +30,5 @@ def pretrain_encoder(splits: SplitSet, config: dict[str, Any], tags: dict[str, s
     """
     cfg = validate(apply_overrides(config, [*splits.overrides(), f"tracking.run_name=pretrain-{config['pretrain']['method']}"]))
     with tracker_from_config(cfg, tags={**tags, "kind": "pretrain"}) as tracker:
-        path = pretrained_encoder(cfg, tracker, progress=False)
+        path = pretrained_encoder(cfg, tracker, progress=True)
     return PretrainedEncoder(path=path.as_posix(), sha256=sha256_file(path))

@@ -31,9 +31,9 @@ def train_model(splits: SplitSet, config: dict[str, Any], name: str, tags: dict[
     cfg = validate(apply_overrides(config, splits.overrides()))
     with tracker_from_config(cfg, tags=tags, resume_run_id=resumable_run_id(cfg)) as tracker:
         if cfg.train.gpus > 1:
-            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=store_uri(), progress=False)
+            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=store_uri(), progress=True)
         else:
-            result = train(cfg, tracker, progress=False)
+            result = train(cfg, tracker, progress=True)
     return TrainedModel(
         name=name,
         method=cfg.method.name,

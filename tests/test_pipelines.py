@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,25 @@ def test_benchmark_writes_the_table5_report_and_predictions(project: Path, bench
     assert len(list((outputs / "predictions" / "unimatch_v2" / "labels").glob("*.png"))) == 3
 
 
+def test_zenml_cli_sees_the_project_store_without_any_exported_variable(project: Path, benchmark_runs: list, tmp_path: Path) -> None:
+    """`zenml pipeline runs list` (which never imports the project) lists the runs that
+    `python -m pipelines...` made, through the startup hook `make venv` installs; here the hook of the
+    temporary project is installed into a scratch site directory instead of the virtual environment."""
+    from pipelines.zenml_env import HOOK_FILE, install_startup_hook
+
+    install_startup_hook(tmp_path, project)
+    env = {key: value for key, value in _env(project).items() if not key.startswith("ZENML_")}
+    # The checkout's own hook already ran at start-up: forget its values, as if the temporary project owned
+    # this environment, then run the temporary project's hook the way Python runs .pth files.
+    cli = ("import os, site, sys; [os.environ.pop(key) for key in list(os.environ) if key.startswith('ZENML_')]; "
+           f"site.addsitedir({str(tmp_path)!r}); from zenml.cli.cli import cli; sys.argv = ['zenml', 'pipeline', 'runs', 'list']; cli()")
+    listed = subprocess.run([sys.executable, "-c", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert listed.stdout.count("semi_supervised_benchmark") == 2 and "2 items found" in listed.stderr, listed.stdout
+    installed = Path(sysconfig.get_paths()["purelib"]) / HOOK_FILE  # what `make venv` wrote for this checkout
+    assert str(PROJECT / ".zen" / "global") in installed.read_text(encoding="utf-8")
+
+
 def test_second_identical_run_is_served_from_the_step_cache(project: Path, benchmark_runs: list) -> None:
     statuses = json.loads(_python(project, "-c", STEP_STATUSES).stdout.strip().splitlines()[-1])
     assert len(statuses) == 2
@@ -159,7 +179,7 @@ def test_variant_run_directories_are_keyed_by_config() -> None:
 
 
 @pytest.mark.parametrize(("entry", "expected"), [
-    (("pipelines.semi_supervised_benchmark", "--quick", "train.batch_sise=2"), "train.batch_sise: Extra inputs are not permitted"),
+    (("pipelines.semi_supervised_benchmark", "--quick", "train.batch_sise=2"), "command-line override 'train.batch_sise=2': train.batch_sise: Extra inputs are not permitted"),
     (("pipelines.dvc_stages", "splits"), "params.yaml: not found in "),
 ], ids=["zenml", "dvc"])  # fmt: skip
 def test_entry_points_report_anticipated_errors_in_one_line(tmp_path: Path, entry: tuple[str, ...], expected: str) -> None:

@@ -270,6 +270,16 @@ def test_zero_byte_training_image_fails_naming_it_and_writes_no_checkpoint(datas
     assert not list((tmp_path / "run").rglob("*.tmp"))
 
 
-def test_unknown_encoder_names_the_key(dataset, tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.encoder: Input should be 'tiny'"):
+def test_unknown_encoder_names_the_key_and_the_override_it_came_from(dataset, tmp_path):
+    with pytest.raises(ConfigError, match=r"^command-line override 'model\.encoder=huge': model\.encoder: Input should be 'tiny'"):
         small_config(dataset, tmp_path, "model.encoder=huge")
+
+
+def test_bad_value_in_a_file_names_the_file_not_an_override(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("inherit: " + str(PROJECT / "configs" / "embedded.yaml") + "\ntrain:\n  epochs: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(config, ["train.batch_size=0"])
+    problems = str(error.value).split("; ")
+    assert f"{config.resolve()}: train.epochs: Input should be greater than or equal to 1" in problems
+    assert "command-line override 'train.batch_size=0': train.batch_size: Input should be greater than or equal to 1" in problems

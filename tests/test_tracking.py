@@ -63,6 +63,8 @@ def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Pa
     assert run.info.run_name == "unimatch_v2-tiny-embedded-24"
     assert run.data.params["method.name"] == "unimatch_v2"
     assert run.data.params["train.lr"] == "5e-06"
+    assert run.data.params["split.labeled"] == run.data.tags["split"] == "24"  # one spelling, not 24.0
+    assert run.data.params["method.streams"] == "complementary" and run.data.params["train.deterministic"] == "false"
     expected_tags = {"kind": "train", "dataset": "embedded", "split": "24", "method": "unimatch_v2",
                      "encoder": "tiny", "frozen": "false", "streams": "complementary", "threshold": "0.95",
                      "unlabeled_weight": "1", "owner": "ci", "note": "first"}
@@ -76,6 +78,16 @@ def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Pa
     assert artifacts.is_relative_to(Path(store.removeprefix("sqlite:///")).parent)  # not ./mlruns
     assert yaml.safe_load((artifacts / "config.yaml").read_text()) == cfg.to_dict()
     assert (artifacts / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_labeled_only_run_logs_only_the_settings_it_reads(store: str) -> None:
+    cfg = _config(store)
+    cfg.method.name = "labeled_only"
+    with tracker_from_config(cfg) as tracker:
+        run_id = tracker.run_id
+    params = MlflowClient(store).get_run(run_id).data.params
+    assert {key for key in params if key.startswith("method.")} == {"method.name"}  # no τ, λ, streams, EMA
+    assert "train.lr" in params and "model.encoder" in params
 
 
 def test_long_params_are_truncated_and_resume_skips_logged_params(store: str) -> None:

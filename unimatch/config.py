@@ -254,29 +254,41 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def validate(data: dict[str, Any], source: str = "config") -> ExperimentConfig:
-    return validate_as(ExperimentConfig, data, source)
+def validate(data: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> ExperimentConfig:
+    return validate_as(ExperimentConfig, data, source, overrides)
 
 
 SchemaT = TypeVar("SchemaT", bound=BaseModel)
 
 
-def validate_as(schema: type[SchemaT], data: dict[str, Any], source: str = "config") -> SchemaT:
-    """``data`` validated as ``schema``; a ConfigError naming ``source`` and every offending key."""
+def _origin(key: str, source: str, overrides: list[str]) -> str:
+    """Where the value at dotted ``key`` came from: the last command-line override that set it (or a
+    section above it), else ``source`` (the YAML file)."""
+    for text in reversed(overrides):
+        path = text.split("=", 1)[0]
+        if key == path or key.startswith(path + "."):
+            return f"command-line override '{text}'"
+    return source
+
+
+def validate_as(schema: type[SchemaT], data: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> SchemaT:
+    """``data`` validated as ``schema``; a ConfigError naming every offending key and where its value
+    came from: one of ``overrides`` or ``source``."""
     try:
         return schema.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '<root>'}: {item['msg']}" for item in error.errors()
-        )
-        raise ConfigError(f"{source}: {problems}") from None
+        problems = []
+        for item in error.errors():
+            key = ".".join(str(part) for part in item["loc"]) or "<root>"
+            problems.append(f"{_origin(key, source, overrides or [])}: {key}: {item['msg']}")
+        raise ConfigError("; ".join(problems)) from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Load ``path`` (with its inherited layers; None = built-in defaults) and apply ``key=value`` overrides."""
     data = read_layers(path) if path else {}
     data = apply_overrides(data, overrides or [])
-    return validate(data, str(path) if path else "config")
+    return validate(data, str(path) if path else "config", overrides)
 
 
 METHOD_LABELS = {

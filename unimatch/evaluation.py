@@ -10,10 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from .metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
 from .models import PATCH_SIZE
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def predict_sliding(
     stride = max(1, int(window * stride_ratio))
     offsets = [(top, left) for top in window_starts(padded.shape[-2], window, stride) for left in window_starts(padded.shape[-1], window, stride)]
     probs = None
-    for chunk_start in tqdm(range(0, len(offsets), batch), desc="windows", unit="batch", disable=not progress, leave=False):
+    for chunk_start in progress_bar(range(0, len(offsets), batch), desc="windows", unit="batch", disable=not progress, leave=False):
         chunk = offsets[chunk_start : chunk_start + batch]
         crops = torch.cat([padded[:, :, t : t + window, l : l + window] for t, l in chunk])
         out = model(crops).float().softmax(dim=1)
@@ -119,7 +119,7 @@ def evaluate(
     model.eval()
     confusion = ConfusionMatrix(nclass, device)
     switched = 0
-    for image, mask, _ in tqdm(batches, desc="evaluate", unit="img", disable=not progress, leave=False):
+    for image, mask, _ in progress_bar(batches, desc="evaluate", unit="img", disable=not progress, leave=False):
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         switched += exceeds_token_budget(mode, *image.shape[-2:], max_tokens)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):

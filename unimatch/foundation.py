@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from .config import apply_overrides, read_layers, validate_as
 from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
@@ -39,6 +38,7 @@ from .models.encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
 from .models.weights import publish_digest
 from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, warmup_cosine
 from .tracking import Tracker
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class FoundationConfig(BaseModel):
 
 def load_foundation_config(path: str | Path, overrides: list[str] | None = None) -> FoundationConfig:
     """A foundation YAML plus ``key=value`` overrides, validated; errors name the file and key."""
-    return validate_as(FoundationConfig, apply_overrides(read_layers(path), overrides or []), str(path))
+    return validate_as(FoundationConfig, apply_overrides(read_layers(path), overrides or []), str(path), overrides)
 
 
 class SupervisedRoute(nn.Module):
@@ -195,7 +195,7 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
     if tracker:
         tracker.log_params({f"foundation.{k}": v for k, v in cfg.model_dump().items()})
     started = time.time()
-    bar = tqdm(total=cfg.iterations, initial=start, desc=f"foundation {cfg.route}", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.iterations, initial=start, desc=f"foundation {cfg.route}", unit="it", disable=not progress)
     iteration = start
     for images, masks in _loader(corpus, cfg, start):
         loss = route.loss(images.to(device), masks.to(device), generator)

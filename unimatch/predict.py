@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from skimage.color import label2rgb
-from tqdm import tqdm
 
 from .config import ConfigError, ExperimentConfig
 from .data import DataError, Sample, check_samples, list_image_folder, palette, read_image, read_mask
@@ -24,6 +23,7 @@ from .data import class_names as dataset_class_names
 from .data.transforms import normalize
 from .evaluation import exceeds_token_budget, predict_image
 from .io_atomic import atomic_write, check_output_dir
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 SHORT_SIDE_PX = 360  # small images are upscaled until their short side reaches this ...
@@ -189,7 +189,7 @@ def predict_folder(
     colours = palette(nclass)
     model.eval()
     written, skipped = [], []
-    for sample in tqdm(samples, desc="predict", unit="img", disable=not progress):
+    for sample in progress_bar(samples, desc="predict", unit="img", disable=not progress):
         try:
             image = read_image(sample.image)
         except DataError as error:

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
-from tqdm import tqdm
 
 from .config import ExperimentConfig, PretrainConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image, read_split
@@ -37,6 +36,7 @@ from .data.splits import Sample
 from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from .models.encoder import PATCH_SIZE, DINOv2Encoder, interpolate_pos_embed
 from .tracking import Tracker
+from .progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, lr: float, fai
 def _load_images(samples: Sequence[Sample], progress: bool) -> list[torch.Tensor]:
     return [
         torch.from_numpy(read_image(s.image).copy()).permute(2, 0, 1).contiguous()
-        for s in tqdm(samples, desc="load images", unit="img", disable=not progress, leave=False)
+        for s in progress_bar(samples, desc="load images", unit="img", disable=not progress, leave=False)
     ]
 
 
@@ -231,7 +231,7 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     if tracker:
         tracker.log_params({"pretrain.images": len(samples)})
     started = time.time()
-    bar = tqdm(total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress)
     for iteration in range(start, settings.iterations):
         images = sampler.batch(settings.batch_size).to(device, non_blocking=True)
         keep = _random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)

@@ -24,8 +24,9 @@ then ``tracking.tags`` from the config and the caller's tags, which win. The rep
 A run that fails gets the tag ``unimatch.error`` (the one-line error); a training's checkpoints record
 its run id, and resuming the training reopens that run.
 
-Params are the flattened config (``train.lr``, ``method.threshold``, ...); the resolved config is
-stored as the artifact ``config.yaml``.
+Params are the flattened config (``train.lr``, ``method.threshold``, ...), numbers written as in
+tags (``24``, not ``24.0``), the ``method`` section cut to the fields the method reads (its class's
+``settings``); the resolved config is stored as the artifact ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -319,7 +320,8 @@ class MlflowTracker(Tracker):
             self._logged_params = dict(self._client.get_run(self._run_id).data.params)
         fresh = {}
         for key, value in flatten(dict(params)).items():
-            key, text = sanitize_key(key), _truncate(str(value), MAX_PARAM_VAL_LENGTH)
+            # One spelling per value, as in tags: 24 (not 24.0), true (not True).
+            key, text = sanitize_key(key), _truncate(format_number(value), MAX_PARAM_VAL_LENGTH)
             old = self._logged_params.get(key)
             if old is None:
                 fresh[key] = text
@@ -454,6 +456,14 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
     }
 
 
+def run_params(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The config as MLflow params, with the method section cut to what the method reads (no τ or λ
+    on a labeled-only run)."""
+    from unimatch.methods import method_settings  # the method registry (torch): only when a run starts
+
+    return {**cfg.to_dict(), "method": method_settings(cfg.method)}
+
+
 def _run_exists(uri: str, run_id: str) -> bool:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -484,7 +494,7 @@ def tracker_from_config(
         all_tags[PARENT_RUN_TAG] = parent_run_id
     run_name = cfg.tracking.run_name or default_run_name(cfg)
     tracker = MlflowTracker(uri, cfg.tracking.experiment, run_name, all_tags, resume_run_id=resume_run_id)
-    tracker.log_params(cfg.to_dict())
+    tracker.log_params(run_params(cfg))
     tracker.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
     return tracker
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 from PIL import Image
-from tqdm import tqdm
 
 from .errors import DataError
 from .io import DECODE_ERRORS, MASK_MODES, read_image, read_mask
 from .splits import Sample
+from ..progress import progress_bar
 
 CheckLevel = Literal["headers", "decode", "off"]
 SHOWN_IN_ERROR = 3  # problems quoted in the one-line error; `unimatch check-data` lists them all
@@ -91,7 +91,7 @@ def check_samples(
     decode = level == "decode"
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         found = pool.map(lambda sample: _check_sample(sample, nclass, with_masks, decode), samples)
-        shown = tqdm(found, total=len(samples), desc=desc, unit="img", disable=not progress, delay=2)  # only if slow
+        shown = progress_bar(found, total=len(samples), desc=desc, unit="img", disable=not progress, delay=2)  # only if slow
         problems = [line for lines in shown for line in lines]
     files = sum(1 + (with_masks and sample.mask is not None) for sample in samples)
     return DataCheck(files, problems)

@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig, config_digest
 from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
-from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
+from ..methods import METHODS, LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..pretrain import pretrained_encoder
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves
 from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
@@ -33,6 +32,7 @@ from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
 from .stream import SampleStream, StreamPositions
+from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class Trainer:
         self.method = build_method(cfg.method, labeled_loss)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
         self.teacher = self.model
-        if cfg.method.teacher == "ema" and cfg.method.name != "labeled_only":
+        if cfg.method.teacher == "ema" and self.uses_unlabeled:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         if cfg.train.compile:  # after the deep copy: a copied compiled block would still call the student's
             compile_blocks(self.model)
@@ -193,7 +193,7 @@ class Trainer:
 
     @property
     def uses_unlabeled(self) -> bool:
-        return self.cfg.method.name != "labeled_only"
+        return METHODS[self.cfg.method.name].uses_unlabeled
 
     def _iterators(self) -> dict[str, Any]:
         workers, rank, world = self.cfg.train.num_workers, self.dist.rank, self.dist.world
@@ -407,7 +407,7 @@ class Trainer:
         iterators = self._iterators()
         window, metrics, lr = [], {}, 0.0
         started = time.time()
-        bar = tqdm(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress, dynamic_ncols=True)
+        bar = progress_bar(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress)
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
             losses, lr = self.train_step(labeled, unlabeled)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from ..config import MethodConfig
@@ -23,6 +25,11 @@ def build_method(cfg: MethodConfig, labeled_loss: nn.Module) -> Method:
     return METHODS[cfg.name](cfg, labeled_loss)
 
 
+def method_settings(cfg: MethodConfig) -> dict[str, Any]:
+    """The method section as the method sees it: its name and the fields its class reads."""
+    return {name: getattr(cfg, name) for name in ("name", *METHODS[cfg.name].settings)}
+
+
 __all__ = [
     "METHODS",
     "LabeledBatch",
@@ -31,6 +38,7 @@ __all__ = [
     "StepLosses",
     "UnlabeledBatch",
     "build_method",
+    "method_settings",
     "cutmix_images",
     "cutmix_pseudo",
     "pixel_loss",

@@ -103,9 +103,11 @@ def joint_forward(
 
 class Method:
     """Base class: ``step`` returns the losses of one iteration. ``uses_unlabeled`` tells the engine
-    whether to load unlabeled batches at all."""
+    whether to load unlabeled batches (and keep a teacher) at all; ``settings`` names the fields of the
+    method config section it reads, the ones logged as its parameters."""
 
     uses_unlabeled = True
+    settings: tuple[str, ...] = ("threshold", "unlabeled_weight", "teacher", "ema_decay")
 
     def __init__(self, cfg: MethodConfig, labeled_loss: nn.Module):
         self.cfg = cfg

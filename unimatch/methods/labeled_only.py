@@ -9,6 +9,7 @@ from .base import LabeledBatch, Method, StepLosses
 
 class LabeledOnly(Method):
     uses_unlabeled = False
+    settings = ()
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled=None) -> StepLosses:
         loss = self.labeled_loss(student(labeled.image), labeled.mask)

@@ -13,6 +13,8 @@ STREAM_DROPOUT = {"complementary": "complementary", "single": "random", "image_o
 
 
 class UniMatchV2(Method):
+    settings = (*Method.settings, "streams")
+
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
         boxes = [unlabeled.box1] if self.cfg.streams == "single" else [unlabeled.box1, unlabeled.box2]

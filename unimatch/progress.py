@@ -1,0 +1,48 @@
+"""Progress bars that suit where the output goes: a redrawn tqdm bar on a terminal; in a log file, a CI
+job or a scheduler's output (stderr not a TTY), one plain line per ``LOG_INTERVAL_S`` seconds with the
+count, rate and ETA, instead of hundreds of carriage-return frames."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+LOG_INTERVAL_S = 30.0
+_FRAME_BREAKS = re.compile(r"[\r\n]+")
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _LogLines(io.TextIOBase):
+    """A file for tqdm that turns its redrawn frames into whole lines on stderr (one per frame that
+    tqdm decides to print, blank and repeated frames dropped)."""
+
+    def __init__(self) -> None:
+        self._last = ""
+
+    def write(self, text: str) -> int:
+        for frame in _FRAME_BREAKS.split(_CURSOR_MOVES.sub("", text)):
+            frame = frame.strip()
+            if frame and frame != self._last:
+                sys.stderr.write(frame + "\n")
+                self._last = frame
+        return len(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
+    """``tqdm(iterable, **options)`` for the terminal or for logs (see the module docstring)."""
+    if interactive():
+        return tqdm(iterable, dynamic_ncols=True, **options)
+    return tqdm(iterable, file=_LogLines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
+                ascii=True, **options)  # fmt: skip
