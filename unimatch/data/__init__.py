@@ -16,14 +16,11 @@ from .transforms import (
     IMAGENET_STD,
     LABELED_PAD,
     UNLABELED_PAD,
-    augment,
     check_crop_size,
     cutmix_box,
     normalize,
     strong,
-    strong_pipeline,
     weak,
-    weak_pipeline,
 )
 
 __all__ = [
@@ -42,7 +39,6 @@ __all__ = [
     "Sample",
     "SplitFiles",
     "UnlabeledDataset",
-    "augment",
     "check_crop_size",
     "check_samples",
     "check_training_data",
@@ -62,8 +58,6 @@ __all__ = [
     "read_pair",
     "read_split",
     "strong",
-    "strong_pipeline",
     "weak",
-    "weak_pipeline",
     "write_split",
 ]
