@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from zenml import Model
 from zenml.config import ResourceSettings
 from zenml.steps.entrypoint_function_utils import StepArtifact
 
@@ -115,14 +116,18 @@ def table_dag(
     gpus = base["train"]["gpus"]
     trainer = train_model.with_options(**_train_options(experiment, tags, gpu_count or (gpus if gpus > 1 else 0)))
     evaluator = evaluate_model.with_options(**tracker_step_options(experiment, tags))
-    splits = create_splits(config=base)
+    typed_base = validate(base)  # the steps take the typed config; ZenML validates it against their annotation
+    splits = create_splits(config=typed_base)
     if needs_pretraining(base):  # one encoder for the whole table, before any method trains
-        after = [*after, pretrain_encoder(splits, base, tags)]
+        after = [*after, pretrain_encoder(splits, typed_base, tags)]
     models, evaluations = {}, []
     for variant in variants:
-        config, variant_tags = variant_config(base, variant), {**tags, **variant.tags}
+        config, variant_tags = validate(variant_config(base, variant)), {**tags, **variant.tags}
         key = slug(variant.name)
-        models[variant.name] = trainer(splits, config, variant.name, variant_tags, id=f"train_{key}", after=list(after) or None)
+        # Each variant is a ZenML Model whose versions are its trainings (checkpoint + MLflow run as metadata).
+        model = Model(name=f"{experiment}-{key}", description=f"{variant.name} of {table.name} ({experiment})")
+        models[variant.name] = trainer.with_options(model=model)(splits, config, variant.name, variant_tags, id=f"train_{key}",
+                                                                 after=list(after) or None)  # fmt: skip
         evaluations.append(evaluator(models[variant.name], splits, config, variant_tags, id=f"evaluate_{key}"))
     build_report(evaluations, store_uri(), experiment, table.layout, f"outputs/{experiment}", tags, table.rows, table.cols)
     return models

@@ -1,7 +1,7 @@
 """Stage commands of the DVC pipeline (``dvc.yaml``): the Table 5 benchmark without ZenML.
 
-Each stage runs the same step function as the ZenML pipeline (its plain ``entrypoint``, outside any
-ZenML run), configured from ``params.yaml``, and hands its artifact to the next stage as a JSON file
+Each stage runs the same library job as the ZenML pipeline's step (:mod:`unimatch.jobs`; no ZenML
+involved), configured from ``params.yaml``, and hands its record to the next stage as a JSON file
 that DVC tracks. ``params.yaml`` sections mirror the config: every non-null key there becomes a
 config override (``dvc exp run -S train.epochs=2``); null keeps the config file's value, so DVC
 trains with the same budget as ``make run``.
@@ -20,17 +20,17 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel
 
-from steps import build_report, create_splits, evaluate_model, pretrain_encoder, train_foundation_encoder, train_model
-from steps.artifacts import Evaluation, SplitSet, TrainedModel
-from unimatch.config import ConfigError, ExperimentConfig, flatten
+from unimatch import jobs
+from unimatch.config import ConfigError, ExperimentConfig, flatten, validate
 from unimatch.errors import run_guarded
 from unimatch.foundation import load_foundation_config
 from unimatch.io_atomic import write_text_atomic
+from unimatch.jobs import Evaluation, SplitSet, TrainedModel
 
 from .common import Table, Variant, needs_pretraining, resolve_base, run_tags, split_column, variant_config
 
 PARAMS_FILE = Path("params.yaml")
-ArtifactT = TypeVar("ArtifactT", bound=BaseModel)
+RecordT = TypeVar("RecordT", bound=BaseModel)
 TABLE = "table5"
 
 
@@ -70,8 +70,8 @@ class Stage:
         return config
 
 
-def _write(path: Path, artifact: BaseModel) -> None:
-    write_text_atomic(path, artifact.model_dump_json(indent=2) + "\n")
+def _write(path: Path, record: BaseModel) -> None:
+    write_text_atomic(path, record.model_dump_json(indent=2) + "\n")
 
 
 def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
@@ -79,47 +79,47 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
 
 
-def _read(model: type[ArtifactT], path: Path) -> ArtifactT:
+def _read(model: type[RecordT], path: Path) -> RecordT:
     return model.model_validate_json(path.read_text(encoding="utf-8"))
 
 
 def foundation(params: dict[str, Any]) -> None:
     """Rebuild the shipped foundation encoder (its outputs are committed to git: ``cache: false``)."""
-    train_foundation_encoder.entrypoint(load_foundation_config(params["foundation_config"]))
+    jobs.train_foundation_encoder(load_foundation_config(params["foundation_config"]))
 
 
 def splits(stage: Stage) -> None:
-    _write(stage.splits_file, create_splits.entrypoint(config=stage.base))
+    _write(stage.splits_file, jobs.create_splits(validate(stage.base)))
 
 
 def pretrain(stage: Stage) -> None:
     """Pre-train the shared encoder; ``encoder.json`` names it (null when the config needs none)."""
     encoder = None
     if needs_pretraining(stage.base):
-        encoder = pretrain_encoder.entrypoint(_read(SplitSet, stage.splits_file), stage.base, stage.tags).model_dump()
+        encoder = jobs.pretrain(_read(SplitSet, stage.splits_file), validate(stage.base), stage.tags).model_dump()
     write_text_atomic(Path(stage.base["pretrain"]["dir"]) / "encoder.json", json.dumps(encoder, indent=2) + "\n")
 
 
 def train(stage: Stage, method: str) -> None:
-    config = stage.config(method, stage.run_dir(method))
-    model = train_model.entrypoint(_read(SplitSet, stage.splits_file), config, method, stage.tags)
+    config = validate(stage.config(method, stage.run_dir(method)))
+    model = jobs.train_variant(_read(SplitSet, stage.splits_file), config, method, stage.tags)
     _write(stage.model_file(method), model)
     _write_metrics(stage.outputs / "train" / f"{method}.json", model.metrics)
 
 
 def evaluate(stage: Stage, method: str) -> None:
     # Its figures go beside its metrics, not into the training stage's outputs.
-    config = stage.config(method, str(stage.eval_dir(method)))
+    config = validate(stage.config(method, str(stage.eval_dir(method))))
     model = _read(TrainedModel, stage.model_file(method))
-    evaluation = evaluate_model.entrypoint(model, _read(SplitSet, stage.splits_file), config, stage.tags)
+    evaluation = jobs.evaluate_trained(model, _read(SplitSet, stage.splits_file), config, stage.tags)
     _write(stage.eval_dir(method).with_suffix(".evaluation.json"), evaluation)
     _write_metrics(stage.eval_dir(method).with_suffix(".json"), {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou})
 
 
 def report(stage: Stage) -> None:
     evaluations = [_read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json")) for m in stage.methods]
-    build_report.entrypoint(evaluations, None, stage.experiment, stage.table.layout, str(stage.outputs / "report"),
-                            stage.tags, stage.table.rows, stage.table.cols)
+    jobs.build_report(evaluations, None, stage.experiment, stage.table.layout, str(stage.outputs / "report"),
+                      stage.tags, stage.table.rows, stage.table.cols)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from zenml import pipeline
 
 from steps import export_predictions
+from unimatch.config import validate
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
@@ -42,7 +43,8 @@ def semi_supervised_benchmark(
     dataset = base["dataset"]
     if predict_method in models and dataset["name"] in FOLDER_LAYOUTS:
         output_dir = f"outputs/{base['tracking']['experiment']}/predictions/{predict_method}"
-        export_predictions(models[predict_method], base, f"{dataset['root']}/images/val", output_dir, predict_limit)
+        export_predictions(models[predict_method], validate(base), f"{dataset['root']}/images/val", output_dir, predict_limit,
+                           f"{dataset['root']}/masks/val")
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from zenml import step
 
-from unimatch.data import generate_embedded
+from unimatch import jobs
 
 
 @step(enable_cache=False)
@@ -17,5 +16,4 @@ def make_unlabeled_pool(root: str, seed: int, images: int) -> Annotated[str, "po
 
     Never cached: its product is a folder on disk, which a cached step would not recreate.
     """
-    generate_embedded(root, seed=seed, n_train=images, n_val=1)
-    return (Path(root) / "images" / "train").as_posix()
+    return jobs.unlabeled_pool(root, seed, images)

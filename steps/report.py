@@ -9,29 +9,9 @@ import pandas as pd
 from zenml import step
 from zenml.types import HTMLString
 
-from unimatch.report import report
-from unimatch.tracking import resolve_tracking_uri
+from unimatch import jobs
 
 from .artifacts import Evaluation, ReportFiles
-
-
-def check_runs_exist(uri: str, evaluations: list[Evaluation]) -> None:
-    """Cached training steps point at runs logged earlier; a deleted tracking store would otherwise
-    produce an empty table without a word."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=uri)
-    for evaluation in evaluations:
-        if evaluation.train_run_id is None:
-            continue
-        try:
-            client.get_run(evaluation.train_run_id)
-        except MlflowException as error:
-            raise RuntimeError(
-                f"training run {evaluation.train_run_id} ({evaluation.name}) is not in the tracking store {uri}; "
-                "re-run the pipeline with --no-cache"
-            ) from error
 
 
 @step(enable_cache=False)
@@ -52,10 +32,6 @@ def build_report(
     step would not restore. ``evaluations`` orders it after the evaluations and names the runs that
     must exist.
     """
-    uri = resolve_tracking_uri(uri)
-    check_runs_exist(uri, evaluations)
-    paths = report(uri, experiment, layout, out_dir, filter_tags=filter_tags,
-                   expected_rows=expected_rows, expected_cols=expected_cols)
-    table = pd.read_csv(paths["csv"], index_col=0, dtype=str, keep_default_na=False)
-    files = ReportFiles(markdown=str(paths["md"]), csv=str(paths["csv"]), html=str(paths["html"]))
-    return table, HTMLString(Path(paths["html"]).read_text(encoding="utf-8")), files
+    files = jobs.build_report(evaluations, uri, experiment, layout, out_dir, filter_tags, expected_rows, expected_cols)
+    table = pd.read_csv(files.csv, index_col=0, dtype=str, keep_default_na=False)
+    return table, HTMLString(Path(files.html).read_text(encoding="utf-8")), files

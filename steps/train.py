@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from zenml import step
+from zenml import get_step_context, log_metadata, step
 
-from unimatch.config import apply_overrides, validate
-from unimatch.engine import resumable_run_id, train
-from unimatch.engine.launch import launch_torchrun
-from unimatch.tracking import tracker_from_config
+from unimatch import jobs
+from unimatch.config import ExperimentConfig
 
-from .artifacts import SplitSet, TrainedModel, TrainedModelMaterializer, sha256_file
+from .artifacts import SplitSet, TrainedModel, TrainedModelMaterializer
 from .cache import LIBRARY_CACHE_POLICY
 from .tracking import store_uri
 
@@ -20,26 +18,23 @@ MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER)
-def train_model(splits: SplitSet, config: dict[str, Any], name: str, tags: dict[str, str]) -> Annotated[TrainedModel, "model"]:
+def train_model(splits: SplitSet, config: ExperimentConfig, name: str, tags: dict[str, str]) -> Annotated[TrainedModel, "model"]:
     """Train ``config`` (fully resolved: method, budget, output_dir) on ``splits``.
 
     ``tags`` (table, sweep values...) are added to the standard run tags. The GPU request, when any,
     is attached by the pipeline as ``ResourceSettings``. With ``train.gpus`` > 1 the training runs in
     that many processes under ``torchrun`` (rank 0 logs into this step's MLflow run). Training resumes
     from the run directory's ``checkpoints/latest.pth`` if a previous attempt was interrupted.
+
+    When the pipeline configures a ZenML Model, this step's run is one of its versions: the stored
+    checkpoint is linked to it as its model artifact, with the MLflow run and registered model as metadata.
     """
-    cfg = validate(apply_overrides(config, splits.overrides()))
-    with tracker_from_config(cfg, tags=tags, resume_run_id=resumable_run_id(cfg)) as tracker:
-        if cfg.train.gpus > 1:
-            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=store_uri(), progress=True)
-        else:
-            result = train(cfg, tracker, progress=True)
-    return TrainedModel(
-        name=name,
-        method=cfg.method.name,
-        run_dir=str(result.output_dir),
-        checkpoint=str(result.best_checkpoint),
-        sha256=sha256_file(result.best_checkpoint),
-        metrics=result.metrics,
-        mlflow_run_id=result.run_id,
-    )
+    trained = jobs.train_variant(splits, config, name, tags, tracking_uri=store_uri())
+    if get_step_context().model_version is not None:
+        log_metadata(metadata=model_version_metadata(trained), infer_model=True)
+    return trained
+
+
+def model_version_metadata(trained: TrainedModel) -> dict[str, str | float]:
+    links = {"mlflow_run_id": trained.mlflow_run_id, "mlflow_model": trained.mlflow_model}
+    return {"method": trained.method, "variant": trained.name, **{k: v for k, v in links.items() if v}, **trained.metrics}

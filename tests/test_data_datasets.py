@@ -1,15 +1,30 @@
-"""Torch datasets: evaluation samples at the original size, and bad files surfacing as DataError."""
+"""Torch datasets: evaluation samples at the original size, bad files surfacing as DataError, the
+albumentations pipelines being what the training datasets run, and their seeding across worker processes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import albumentations as A
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 
-from unimatch.data import DataError, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, list_dataset
+from unimatch.data import (
+    DataError,
+    EvalDataset,
+    LabeledDataset,
+    Sample,
+    UnlabeledDataset,
+    list_dataset,
+    normalize,
+    read_image,
+    read_mask,
+)
+from unimatch.engine.setup import make_loader
+from unimatch.engine.stream import SampleStream, StreamPositions
 
 
 def test_eval_dataset_keeps_the_original_size(folder_dataset: Path) -> None:
@@ -46,3 +61,45 @@ def test_bad_files_surface_as_data_errors(folder_dataset: Path) -> None:
     missing = Sample(folder_dataset / "gone.png", None, "gone.png")
     with pytest.raises(DataError, match=r"gone.png: file not found"):
         UnlabeledDataset([missing], 56)[0]
+
+
+def test_training_datasets_run_their_albumentations_pipelines(folder_dataset: Path) -> None:
+    samples = [s for s in list_dataset("folder", folder_dataset, "train") if s.mask is not None]
+    labeled, unlabeled = LabeledDataset(samples, 3, 28), UnlabeledDataset(samples, 28)
+    for pipeline in (labeled.weak, unlabeled.weak, unlabeled.strong):
+        assert isinstance(pipeline, A.Compose)
+    # Swap in deterministic pipelines: the outputs must be exactly what they compute.
+    corner = A.Compose([A.Crop(0, 0, 28, 28), A.HorizontalFlip(p=1.0)])
+    labeled.weak = unlabeled.weak = corner
+    unlabeled.strong = A.Compose([A.InvertImg(p=1.0)])
+    image, mask = read_image(samples[0].image)[:28, :28, :][:, ::-1], read_mask(samples[0].mask, 3)[:28, :28][:, ::-1]
+    out_image, out_mask = labeled[0]
+    assert torch.equal(out_image, normalize(image)) and torch.equal(out_mask, torch.from_numpy(mask.astype(np.int64)))
+    weak, strong1, strong2, ignore, _, _ = unlabeled[0]
+    assert torch.equal(weak, normalize(image)) and not ignore.any()  # no padding: the crop is inside the image
+    assert torch.equal(strong1, normalize(255 - image)) and torch.equal(strong2, normalize(255 - image))
+
+
+def batches_equal(first: list, second: list) -> bool:
+    return all(torch.equal(a, b) for x, y in zip(first, second, strict=True) for a, b in zip(x, y, strict=True))
+
+
+def test_a_seed_gives_the_same_samples_in_the_main_process_and_in_workers(folder_dataset: Path) -> None:
+    dataset = UnlabeledDataset(list_dataset("folder", folder_dataset, "train"), 56)
+    stream = SampleStream(dataset, 12, 1, seed=3, stream=1)
+
+    def load(workers: int) -> list:
+        return list(make_loader(stream, StreamPositions(0, 3, 4), 4, workers, torch.device("cpu"), seed=0))
+
+    assert batches_equal(load(0), load(2))
+
+
+def test_dataloader_worker_seeds_drive_the_augmentations(folder_dataset: Path) -> None:
+    dataset = UnlabeledDataset(list_dataset("folder", folder_dataset, "train"), 56)
+
+    def first_batch(seed: int) -> list:
+        loader = DataLoader(dataset, batch_size=4, num_workers=1, generator=torch.Generator().manual_seed(seed))
+        return [next(iter(loader))]
+
+    assert batches_equal(first_batch(0), first_batch(0))
+    assert not batches_equal(first_batch(0), first_batch(1))

@@ -123,5 +123,18 @@ def test_params_sections_become_config_overrides() -> None:
     params["method"]["threshold"] = 0.8
     changed = Stage(params).base
     assert (changed["train"]["epochs"], changed["method"]["threshold"]) == (2, 0.8)
-    assert changed["train"]["batch_size"] == default["train"]["batch_size"]  # null: the config's own value
+    assert changed["train"]["batch_size"] == default["train"]["batch_size"]
     assert default["tracking"]["experiment"] == "embedded-table5-dvc"
+    params["train"]["batch_size"] = None  # null: the config's own value
+    assert Stage(params).base["train"]["batch_size"] == load_config(params["config"]).train.batch_size
+
+
+def test_params_are_the_hyper_parameters_of_make_run() -> None:
+    """params.yaml holds the real values, equal to what its config resolves to: `dvc repro` and
+    `make run` train the same budget, and `dvc params diff` shows real numbers."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    resolved = load_config(PROJECT / params["config"]).to_dict()
+    for section in ("split", "train", "pretrain", "method"):
+        for key, value in params[section].items():
+            assert value == resolved[section][key], f"params.yaml {section}.{key}: {value!r}, config: {resolved[section][key]!r}"
+    assert sum(value is not None for section in ("split", "train", "pretrain", "method") for value in params[section].values()) >= 12

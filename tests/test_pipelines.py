@@ -120,6 +120,25 @@ def test_zenml_cli_sees_the_project_store_without_any_exported_variable(project:
     assert str(PROJECT / ".zen" / "global") in installed.read_text(encoding="utf-8")
 
 
+MODEL_VERSIONS = """
+import json
+from zenml.client import Client
+versions = Client().list_model_versions(model_name_or_id="embedded-table5-quick-unimatch_v2", size=10).items
+print(json.dumps([{"metadata": {k: v for k, v in version.run_metadata.items()},
+                   "artifacts": sorted(version.model_artifact_ids)} for version in versions], default=str))
+"""
+
+
+def test_trainings_are_zenml_model_versions_linked_to_their_mlflow_runs(project: Path, benchmark_runs: list) -> None:
+    versions = json.loads(_python(project, "-c", MODEL_VERSIONS).stdout.strip().splitlines()[-1])
+    assert versions, "no ZenML model version for the UniMatch V2 training"
+    (train_run,) = [run for run in _runs(project, "embedded-table5-quick")
+                    if run.data.tags.get("kind") == "train" and run.data.tags["method"] == "unimatch_v2"]  # fmt: skip
+    first = versions[0]
+    assert first["metadata"]["mlflow_run_id"] == train_run.info.run_id and first["artifacts"]
+    assert first["metadata"]["mlflow_model"].startswith("models:/embedded-table5-quick/")
+
+
 def test_second_identical_run_is_served_from_the_step_cache(project: Path, benchmark_runs: list) -> None:
     statuses = json.loads(_python(project, "-c", STEP_STATUSES).stdout.strip().splitlines()[-1])
     assert len(statuses) == 2

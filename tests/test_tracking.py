@@ -28,6 +28,7 @@ from unimatch.tracking import (
     resolve_tracking_uri,
     sanitize_key,
     tracker_from_config,
+    write_curves,
 )
 
 
@@ -180,6 +181,15 @@ def test_disabled_tracking_is_a_no_op() -> None:
 )
 def test_sanitize_key(key: str, expected: str) -> None:
     assert sanitize_key(key) == expected
+
+
+def test_curves_are_csv_tables_by_iteration_and_by_epoch(tmp_path: Path) -> None:
+    history = {"train/loss": [(10, 1.5), (20, 1.25)], "train/lr": [(10, 1e-4), (20, 5e-5)],
+               "val/miou_ema": [(1, 55.0), (2, 60.0)], "val/miou_student": [(1, 50.0), (2, 58.0)],
+               "pseudo/precision": [(2, 90.0)]}  # fmt: skip
+    training, validation = write_curves(history, tmp_path / "curves")
+    assert training.read_text().splitlines() == ["iteration,loss,lr", "10,1.5,0.0001", "20,1.25,5e-05"]
+    assert validation.read_text().splitlines() == ["epoch,miou_ema,miou_student,precision", "1,55.0,50.0,", "2,60.0,58.0,90.0"]
 
 
 def test_plot_confusion_matrix_handles_empty_rows(tmp_path: Path) -> None:

@@ -156,7 +156,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     cfg = _load(args)
     device = resolve_device(cfg.train.device)
     model = load_model_source(cfg, args.checkpoint, args.weights)[0].to(device)
-    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress)
+    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress, masks_dir=args.masks)
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
@@ -229,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--weights", default="ema", choices=("ema", "model"))
     predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
     predict.add_argument("--output", required=True, help="output folder")
+    predict.add_argument("--masks", help="ground-truth folder (<masks>/<relative image path>.png): shown beside each prediction")
     predict.add_argument("--limit", type=_positive_int, help="at most this many images (the first, sorted by path)")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)

@@ -67,6 +67,7 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 MODEL_ARTIFACT = "model"
 MODEL_TAG = "unimatch.model"  # set once a run's model is logged: its runs:/ URI
+REGISTERED_TAG = "unimatch.registered_model"  # models:/NAME/VERSION of the run's registered model
 SCORE_TAG, GROUP_TAG = "best_miou_ema", "method"  # on registered model versions
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under its parent
 
@@ -203,6 +204,10 @@ class Tracker:
 
     def register_model(self, name: str, score: float, group: str) -> str | None:
         """Register the logged model as a version of ``name``; the version (None when not tracking)."""
+        return None
+
+    def registered_model_uri(self) -> str | None:
+        """``models:/NAME/VERSION`` of the model this run registered earlier (None: none)."""
         return None
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -417,8 +422,11 @@ class MlflowTracker(Tracker):
             if scored:
                 top = max(scored, key=lambda v: (float(v.tags[SCORE_TAG]), int(v.version)))
                 self._client.set_registered_model_alias(name, alias, top.version)
-        self.set_tags({"unimatch.model_version": f"{name}/{version}"})
+        self.set_tags({REGISTERED_TAG: f"models:/{name}/{version}"})
         return version
+
+    def registered_model_uri(self) -> str | None:
+        return self._client.get_run(self._run_id).data.tags.get(REGISTERED_TAG)
 
     def _send(self, kind: str, items: list[Any], limit: int) -> None:
         """One ``log_batch`` call per ``limit`` items (MLflow caps batch sizes per kind)."""
@@ -531,6 +539,23 @@ def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: s
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
     return save_figure(fig, path)
+
+
+def write_curves(history: Mapping[str, list[tuple[int, float]]], folder: str | Path) -> list[Path]:
+    """The history as two CSV tables (atomically): ``training.csv`` (one row per logged iteration: loss,
+    mask ratio, lr) and ``validation.csv`` (one row per evaluated epoch: mIoU, pseudo-label quality).
+    Column names are the metric names after the slash."""
+    import pandas as pd
+
+    folder = Path(folder)
+    written = []
+    for name, index, prefixes in (("training", "iteration", ("train/",)), ("validation", "epoch", ("val/miou", "pseudo/"))):
+        series = {key.split("/", 1)[1]: pd.Series(dict(points)) for key, points in history.items()
+                  if key.startswith(prefixes) and points}  # fmt: skip
+        if series:
+            table = pd.DataFrame(series).rename_axis(index).sort_index()
+            written.append(atomic_write(folder / f"{name}.csv", lambda file, t=table: file.write(t.to_csv().encode())))
+    return written
 
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:

@@ -16,11 +16,14 @@ from .transforms import (
     IMAGENET_STD,
     LABELED_PAD,
     UNLABELED_PAD,
+    augment,
     check_crop_size,
     cutmix_box,
     normalize,
     strong,
+    strong_pipeline,
     weak,
+    weak_pipeline,
 )
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "Sample",
     "SplitFiles",
     "UnlabeledDataset",
+    "augment",
     "check_crop_size",
     "check_samples",
     "check_training_data",
@@ -58,6 +62,8 @@ __all__ = [
     "read_pair",
     "read_split",
     "strong",
+    "strong_pipeline",
     "weak",
+    "weak_pipeline",
     "write_split",
 ]

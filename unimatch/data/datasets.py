@@ -1,7 +1,9 @@
 """Torch datasets for labeled, unlabeled and evaluation samples (SPEC §2).
 
 Labeled lists are not tiled here: the engine repeats the sample list to the unlabeled length.
-Augmentations draw from the global :mod:`random` (see :mod:`unimatch.data.transforms`).
+Each dataset holds its albumentations pipelines (``weak``, ``strong``), built once; every call seeds them
+from the global :mod:`random` (see :mod:`unimatch.data.transforms`). Images stay uint8 numpy arrays from
+decoding to normalisation.
 """
 
 from __future__ import annotations
@@ -11,13 +13,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from .errors import DataError
 from .io import IGNORE_INDEX, read_image, read_pair
 from .splits import Sample
-from .transforms import LABELED_PAD, UNLABELED_PAD, check_crop_size, cutmix_box, mask_tensor, normalize, strong, weak
+from .transforms import (
+    LABELED_PAD,
+    UNLABELED_PAD,
+    augment,
+    check_crop_size,
+    cutmix_box,
+    mask_tensor,
+    normalize,
+    strong_pipeline,
+    weak_pipeline,
+)
 
 
 def _with_masks(samples: Sequence[Sample], role: str) -> list[tuple[Path, Path, str]]:
@@ -37,6 +48,7 @@ class LabeledDataset(Dataset):
         self.items = _with_masks(samples, "labeled")
         self.nclass = nclass
         self.crop_size = check_crop_size(crop_size)
+        self.weak = weak_pipeline(self.crop_size, LABELED_PAD)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -44,8 +56,8 @@ class LabeledDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path, _ = self.items[index]
         image, mask = read_pair(image_path, mask_path, self.nclass)
-        crop, crop_mask = weak(Image.fromarray(image), Image.fromarray(mask), self.crop_size, LABELED_PAD)
-        return normalize(crop), mask_tensor(crop_mask)
+        view = augment(self.weak, image=image, mask=mask)
+        return normalize(view["image"]), mask_tensor(view["mask"])
 
 
 class UnlabeledDataset(Dataset):
@@ -60,17 +72,20 @@ class UnlabeledDataset(Dataset):
             raise DataError("no unlabeled samples")
         self.samples = list(samples)
         self.crop_size = check_crop_size(crop_size)
+        self.weak = weak_pipeline(self.crop_size, UNLABELED_PAD)
+        self.strong = strong_pipeline()
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
-        image = Image.fromarray(read_image(self.samples[index].image))
-        padding = Image.new("L", image.size, 0)
-        image, padding = weak(image, padding, self.crop_size, UNLABELED_PAD)
-        strong1, box1 = strong(image.copy()), cutmix_box(self.crop_size)
-        strong2, box2 = strong(image.copy()), cutmix_box(self.crop_size)
-        ignore_mask = torch.from_numpy(np.where(np.asarray(padding) == UNLABELED_PAD, IGNORE_INDEX, 0).astype(np.int64))
+        image = read_image(self.samples[index].image)
+        # An all-zero mask rides along the weak view only to mark where padding went.
+        view = augment(self.weak, image=image, mask=np.zeros(image.shape[:2], dtype=np.uint8))
+        image, padding = view["image"], view["mask"]
+        strong1, box1 = augment(self.strong, image=image)["image"], cutmix_box(self.crop_size)
+        strong2, box2 = augment(self.strong, image=image)["image"], cutmix_box(self.crop_size)
+        ignore_mask = torch.from_numpy(np.where(padding == UNLABELED_PAD, IGNORE_INDEX, 0).astype(np.int64))
         return normalize(image), normalize(strong1), normalize(strong2), ignore_mask, box1, box2
 
 
@@ -87,4 +102,4 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
         image_path, mask_path, name = self.items[index]
         image, mask = read_pair(image_path, mask_path, self.nclass)
-        return normalize(Image.fromarray(image)), mask_tensor(mask), name
+        return normalize(image), mask_tensor(mask), name

@@ -31,7 +31,8 @@ def read_result(path: str | Path) -> TrainResult:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     history = {name: [tuple(point) for point in points] for name, points in data["history"].items()}
     paths = {key: Path(data[key]) for key in ("output_dir", "best_checkpoint", "last_checkpoint")}
-    return TrainResult(**paths, metrics=data["metrics"], run_id=data["run_id"], history=history)
+    return TrainResult(**paths, metrics=data["metrics"], run_id=data["run_id"], history=history,
+                       registered_model=data.get("registered_model"))
 
 
 def torchrun_command(config_file: Path, processes: int, result_file: Path, run_id: str | None, progress: bool) -> list[str]:

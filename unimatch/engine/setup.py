@@ -90,6 +90,13 @@ def compile_blocks(model: Segmentor) -> None:
         block.compile()
 
 
+def _one_thread(worker_id: int) -> None:
+    """OpenCV (the augmentations) would start a thread per core in every worker: N workers x cores."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def make_loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, device: torch.device, seed: int) -> DataLoader:
     """Pinned memory on CUDA, persistent prefetching workers; its own generator so that creating the
     loader draws nothing from the global RNG (resume must replay the same model randomness)."""
@@ -103,6 +110,7 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, de
         persistent_workers=workers > 0,
         prefetch_factor=4 if workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_one_thread if workers > 0 else None,
     )
 
 

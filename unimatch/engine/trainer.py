@@ -23,7 +23,7 @@ from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_
 from ..io_atomic import check_output_dir, remove_stale_temps
 from ..methods import METHODS, LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..pretrain import pretrained_encoder
-from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves
+from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
 from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
@@ -53,6 +53,7 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str | None
     history: dict[str, list[tuple[int, float]]] = field(repr=False, default_factory=dict)
+    registered_model: str | None = None  # models:/NAME/VERSION of the best EMA model, when registered
 
 
 def _lookup(tree: dict[str, Any], dotted: str) -> Any:
@@ -436,18 +437,20 @@ class Trainer:
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
         metrics = {"best_miou_ema": self.best["miou_ema"], "best_miou_student": self.best["miou_student"], "final_miou_ema": final}
         self.tracker.log_metrics(metrics, step=self.iteration)
+        registered = None
         if self.dist.is_main:
             self._write_figures()
-            self._publish_model()
+            registered = self._publish_model()
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
-        return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history)
+        return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history, registered)
 
-    def _publish_model(self) -> None:
-        """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``)."""
+    def _publish_model(self) -> str | None:
+        """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``); the
+        registered version's URI, None when nothing was registered (now)."""
         cfg = self.cfg
         if not cfg.tracking.log_model or self.tracker.run_id is None:
-            return
+            return None
         crop = cfg.dataset.crop_size
         metadata = {
             "class_names": self.class_names, "nclass": cfg.dataset.nclass, "dataset": cfg.dataset.name,
@@ -456,16 +459,20 @@ class Trainer:
             "input": "float32 (B, 3, H, W) RGB normalised with the ImageNet mean and std; output: (B, nclass, H, W) logits",
         }  # fmt: skip
         model = checkpoint_model(cfg, self.best_path, "ema").eval()
-        if self.tracker.log_model(model, np.zeros((1, 3, crop, crop), dtype=np.float32), metadata):
-            name = cfg.tracking.registered_model or cfg.tracking.experiment
-            version = self.tracker.register_model(name, self.best["miou_ema"], cfg.method.name)
-            log.info("model logged and registered as %s version %s", name, version)
+        if not self.tracker.log_model(model, np.zeros((1, 3, crop, crop), dtype=np.float32), metadata):
+            return self.tracker.registered_model_uri()  # logged by an earlier, finished attempt
+        name = cfg.tracking.registered_model or cfg.tracking.experiment
+        version = self.tracker.register_model(name, self.best["miou_ema"], cfg.method.name)
+        log.info("model logged and registered as %s version %s", name, version)
+        return f"models:/{name}/{version}"
 
     def _write_figures(self) -> None:
         figures = self.output_dir / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         plot_training_curves(self.history, figures / "training_curves.png")
         self.tracker.log_artifact(figures / "training_curves.png", "figures")
+        for path in write_curves(self.history, self.output_dir / "curves"):  # what `dvc plots diff` overlays
+            self.tracker.log_artifact(path, "curves")
         confusion = getattr(self, "best_confusion", None)
         if confusion is not None:
             plot_confusion_matrix(confusion, self.class_names, figures / "confusion_matrix.png")

@@ -1,0 +1,256 @@
+"""The units of work of the table pipelines, shared by the ZenML steps and the DVC stage commands.
+
+Each job takes a validated config and the records of the jobs before it, does one thing through the
+library, and returns a record (a pydantic model) that names its files by content. The ZenML steps in
+``steps/`` are typed adapters over these functions; ``pipelines/dvc_stages.py`` calls them directly
+and stores the records as JSON files that DVC tracks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .config import ExperimentConfig, apply_overrides, validate
+from .data import generate_embedded, prepare_splits, read_split
+from .errors import UnimatchError
+from .foundation import FoundationConfig
+from .models.weights import sha256_file
+
+
+class StaleArtifactError(UnimatchError):
+    """A record points at files that changed or vanished since it was written."""
+
+
+# ----------------------------------------------------------------- records
+class SplitFile(BaseModel):
+    """One split list file: where it is (relative to the working directory) and what it holds."""
+
+    path: str
+    sha256: str
+    samples: int
+
+    @classmethod
+    def of(cls, path: str | Path) -> SplitFile:
+        lines = Path(path).read_bytes().decode("utf-8-sig").splitlines()
+        return cls(path=Path(path).as_posix(), sha256=sha256_file(path), samples=sum(1 for line in lines if line.strip()))
+
+    def verify(self) -> None:
+        """Training must read the very lists the cache key was computed from."""
+        if not Path(self.path).is_file() or sha256_file(self.path) != self.sha256:
+            raise StaleArtifactError(f"split file {self.path} is missing or changed since the splits job described it; "
+                                     "re-run the pipeline (or `dvc repro`)")  # fmt: skip
+
+
+class SplitSet(BaseModel):
+    """The labeled / unlabeled / val split files of one experiment, plus a fingerprint of the images
+    they list, so that regenerated data invalidates the cache even when the lists are unchanged."""
+
+    labeled: SplitFile
+    unlabeled: SplitFile
+    val: SplitFile
+    data_fingerprint: str
+
+    def applied_to(self, cfg: ExperimentConfig, *overrides: str) -> ExperimentConfig:
+        """``cfg`` reading exactly these (verified) files, plus ``overrides``."""
+        for split in (self.labeled, self.unlabeled, self.val):
+            split.verify()
+        files = [f"dataset.labeled_split={self.labeled.path}", f"dataset.unlabeled_split={self.unlabeled.path}",
+                 f"dataset.val_split={self.val.path}"]  # fmt: skip
+        return derive(cfg, *files, *overrides)
+
+
+class PretrainedEncoder(BaseModel):
+    path: str  # <pretrain.dir>/<dataset>-<encoder>-<method>-<digest>/encoder.pth
+    sha256: str
+
+
+class FoundationEncoder(BaseModel):
+    path: str  # the weights file (configs/foundation/*.yaml: output), loaded through model.weights
+    sha256: str
+    route: str
+    final_loss: float
+    held_out_miou: float | None  # supervised route: corpus images never trained on
+
+
+class TrainedModel(BaseModel):
+    """A finished training run: the best checkpoint (EMA and student weights) and its summary metrics."""
+
+    name: str  # the table variant, e.g. 'fixmatch' or 'tau=0.9'
+    method: str
+    run_dir: str
+    checkpoint: str  # best.pth: under run_dir when produced, inside the artifact store once loaded
+    sha256: str
+    metrics: dict[str, float]
+    mlflow_run_id: str | None = None
+    mlflow_model: str | None = None  # models:/NAME/VERSION when the model was registered
+
+
+class Evaluation(BaseModel):
+    name: str
+    method: str
+    miou: float
+    per_class_iou: dict[str, float]
+    mlflow_run_id: str | None = None  # the evaluation's own run
+    train_run_id: str | None = None  # the training run the report reads
+
+
+class ReportFiles(BaseModel):
+    markdown: str
+    csv: str
+    html: str
+
+
+class Predictions(BaseModel):
+    name: str
+    output_dir: str
+    images: int
+
+
+def derive(cfg: ExperimentConfig, *overrides: str) -> ExperimentConfig:
+    """``cfg`` with ``key=value`` overrides, validated again."""
+    return validate(apply_overrides(cfg.to_dict(), list(overrides)), "derived config", list(overrides)) if overrides else cfg
+
+
+# ----------------------------------------------------------------- jobs
+def data_fingerprint(root: str, files: Mapping[str, str]) -> str:
+    """SHA-256 over the name and byte size of every image and mask the splits list: a stat per file,
+    cheap even for COCO, and any regeneration of the data changes some size."""
+    digest = hashlib.sha256()
+    for role, path in sorted(files.items()):
+        for sample in read_split(path, root, require_masks=role != "unlabeled", allow_empty=role == "unlabeled"):
+            mask_size = sample.mask.stat().st_size if sample.mask is not None and sample.mask.is_file() else -1
+            digest.update(f"{role} {sample.name} {sample.image.stat().st_size} {mask_size}\n".encode())
+    return digest.hexdigest()
+
+
+def create_splits(cfg: ExperimentConfig) -> SplitSet:
+    """Create (or validate) the split files of ``cfg``; the embedded dataset is generated if absent."""
+    files = prepare_splits(cfg)
+    paths = {"labeled": str(files.labeled), "unlabeled": str(files.unlabeled), "val": str(files.val)}
+    return SplitSet(labeled=SplitFile.of(files.labeled), unlabeled=SplitFile.of(files.unlabeled),
+                    val=SplitFile.of(files.val), data_fingerprint=data_fingerprint(cfg.dataset.root, paths))  # fmt: skip
+
+
+def pretrain(splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True) -> PretrainedEncoder:
+    """The self-supervised encoder of ``cfg.pretrain`` on the training images, as its own MLflow run."""
+    from .pretrain import pretrained_encoder
+    from .tracking import tracker_from_config
+
+    cfg = splits.applied_to(cfg, f"tracking.run_name=pretrain-{cfg.pretrain.method}")
+    with tracker_from_config(cfg, tags={**tags, "kind": "pretrain"}) as tracker:
+        path = pretrained_encoder(cfg, tracker, progress=progress)
+    return PretrainedEncoder(path=path.as_posix(), sha256=sha256_file(path))
+
+
+def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) -> FoundationEncoder:
+    """The embedded world's released encoder, pre-trained on the foundation corpus, as an MLflow run
+    (experiment ``foundation``, tag ``kind=foundation``)."""
+    from .foundation import train_foundation
+    from .tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None)
+    check_tracking_uri(uri)
+    with MlflowTracker(uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}) as tracker:
+        path = train_foundation(settings, tracker, progress=progress)
+    summary = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    return FoundationEncoder(path=Path(path).as_posix(), sha256=sha256_file(path), route=settings.route,
+                             final_loss=summary["final_loss"], held_out_miou=summary.get("held_out_miou"))  # fmt: skip
+
+
+def train_variant(
+    splits: SplitSet, cfg: ExperimentConfig, name: str, tags: Mapping[str, str], tracking_uri: str | None = None,
+    progress: bool = True,
+) -> TrainedModel:
+    """Train ``cfg`` (fully resolved: method, budget, output_dir) on ``splits`` as one MLflow run,
+    resumed (run included) from the run directory's ``latest.pth`` after an interruption; with
+    ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0 logs)."""
+    from .engine import resumable_run_id, train
+    from .engine.launch import launch_torchrun
+    from .tracking import tracker_from_config
+
+    cfg = splits.applied_to(cfg)
+    with tracker_from_config(cfg, tags=tags, resume_run_id=resumable_run_id(cfg)) as tracker:
+        if cfg.train.gpus > 1:
+            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=tracking_uri, progress=progress)
+        else:
+            result = train(cfg, tracker, progress=progress)
+    return TrainedModel(name=name, method=cfg.method.name, run_dir=str(result.output_dir),
+                        checkpoint=str(result.best_checkpoint), sha256=sha256_file(result.best_checkpoint),
+                        metrics=result.metrics, mlflow_run_id=result.run_id, mlflow_model=result.registered_model)  # fmt: skip
+
+
+def evaluate_trained(model: TrainedModel, splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str],
+                     progress: bool = True) -> Evaluation:  # fmt: skip
+    """mIoU of ``model`` (EMA weights) on the val split, as an MLflow run nested under its training run."""
+    import math
+
+    from .engine.evaluate import evaluate_checkpoint
+    from .tracking import tracker_from_config
+
+    cfg = splits.applied_to(cfg, f"tracking.run_name=eval-{model.name}")
+    eval_tags = {**tags, "kind": "eval", "checkpoint_sha256": model.sha256}
+    with tracker_from_config(cfg, tags=eval_tags, parent_run_id=model.mlflow_run_id) as tracker:
+        result = evaluate_checkpoint(cfg, model.checkpoint, splits.val.path, "ema", tracker, progress=progress)
+        run_id = tracker.run_id
+    return Evaluation(name=model.name, method=model.method, miou=result.miou, train_run_id=model.mlflow_run_id,
+                      per_class_iou={name: iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)},
+                      mlflow_run_id=run_id)  # fmt: skip
+
+
+def check_runs_exist(uri: str, evaluations: list[Evaluation]) -> None:
+    """Cached training steps point at runs logged earlier; a deleted tracking store would otherwise
+    produce an empty table without a word."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=uri)
+    for evaluation in evaluations:
+        if evaluation.train_run_id is None:
+            continue
+        try:
+            client.get_run(evaluation.train_run_id)
+        except MlflowException:
+            raise StaleArtifactError(f"training run {evaluation.train_run_id} ({evaluation.name}) is not in the tracking "
+                                     f"store {uri}; re-run the pipeline with --no-cache") from None  # fmt: skip
+
+
+def build_report(
+    evaluations: list[Evaluation], uri: str | None, experiment: str, layout: str, out_dir: str,
+    filter_tags: Mapping[str, str], expected_rows: list[str], expected_cols: list[str],
+) -> ReportFiles:
+    """``<out_dir>/<layout>.{md,csv,html}`` from the runs of ``experiment`` matching ``filter_tags``
+    (``uri`` None: the library's default store), after checking the evaluated runs are there."""
+    from .report import report
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(uri)
+    check_runs_exist(uri, evaluations)
+    paths = report(uri, experiment, layout, out_dir, filter_tags=dict(filter_tags), expected_rows=expected_rows,
+                   expected_cols=expected_cols)  # fmt: skip
+    return ReportFiles(markdown=str(paths["md"]), csv=str(paths["csv"]), html=str(paths["html"]))
+
+
+def export_predictions(model: TrainedModel, cfg: ExperimentConfig, input_dir: str, output_dir: str,
+                       limit: int | None = None, masks_dir: str | None = None, progress: bool = True) -> Predictions:  # fmt: skip
+    """Label maps and overlays of ``model`` (EMA weights) on the images under ``input_dir``; with
+    ``masks_dir``, ground truth beside each prediction."""
+    from .engine import resolve_device
+    from .engine.evaluate import checkpoint_model
+    from .predict import predict_folder
+
+    device = resolve_device(cfg.train.device)
+    net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
+    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=progress, masks_dir=masks_dir)
+    return Predictions(name=model.name, output_dir=output_dir, images=len(written))
+
+
+def unlabeled_pool(root: str, seed: int, images: int) -> str:
+    """An embedded dataset of ``images`` training images at ``root`` (kept when already there); its image
+    folder, an extra unlabeled pool (training never reads its masks)."""
+    generate_embedded(root, seed=seed, n_train=images, n_val=1)
+    return (Path(root) / "images" / "train").as_posix()
