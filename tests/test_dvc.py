@@ -91,6 +91,37 @@ def test_committed_foundation_weights_are_what_dvc_lock_records(repo: Path) -> N
         params_file.write_text(ours, encoding="utf-8")
 
 
+CODE = ("unimatch", "pipelines/", "steps/")  # a code change marks stages until the next `dvc repro`
+FETCHED = {"not in cache", "deleted"}  # outputs a fresh clone gets from a DVC remote (`dvc pull`) or `dvc repro`
+PRODUCED = ("runs/", "outputs/")  # where stage outputs live (some are the next stage's deps)
+
+
+def test_fresh_clone_after_make_data_matches_dvc_lock(repo: Path) -> None:
+    """dvc.lock records the data `make-data` writes and the parameters and configs of the last `dvc repro`:
+    on a fresh clone `dvc status` lists only outputs to fetch (they live in the DVC cache) and code changed
+    since that repro, never the data, a parameter or a config."""
+    params_file = repo / "params.yaml"
+    ours = params_file.read_text(encoding="utf-8")
+    shutil.copy2(PROJECT / "params.yaml", params_file)  # the locked commands name the project's interpreter
+    try:
+        status = json.loads(_run(repo, DVC, "status", "--json"))
+    finally:
+        params_file.write_text(ours, encoding="utf-8")
+    for stage, changes in status.items():
+        for change in changes:
+            if not isinstance(change, dict):  # "changed command" and the like: a plain string
+                raise AssertionError(f"{stage}: {change}")
+            for kind, entries in change.items():
+                if kind == "changed outs":
+                    assert set(entries.values()) <= FETCHED, (stage, entries)
+                elif kind == "changed deps":
+                    stale = {path: what for path, what in entries.items()
+                             if not path.startswith(CODE) and not (path.startswith(PRODUCED) and what in FETCHED)}  # fmt: skip
+                    assert not stale, f"{stage}: dvc.lock disagrees about {stale}"
+                else:
+                    raise AssertionError(f"{stage}: {kind} {entries}")
+
+
 def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
     _run(repo, DVC, "repro", "--single-item", "splits")
     split_set = json.loads((repo / "runs" / "embedded-table5-dvc" / "splits" / "splits.json").read_text(encoding="utf-8"))

@@ -11,8 +11,10 @@ LOOP = """
 import time
 import unimatch.progress as p
 p.LOG_INTERVAL_S = 0.2
-for _ in p.progress_bar(range(40), desc="train", unit="it"):
+bar = p.progress_bar(range(40), desc="train", unit="it")
+for step in bar:
     time.sleep(0.02)
+    bar.set_postfix(loss=f"{1 / (step + 1):.3f}")  # as the trainer does every logging window
 """
 
 
@@ -25,3 +27,4 @@ def test_piped_progress_is_a_few_whole_lines_with_rate_and_eta() -> None:
     assert 2 <= len(lines) <= 10, lines
     assert all(line.startswith("train: ") for line in lines)
     assert "40/40" in lines[-1] and "it/s" in lines[-1] and "<" in lines[1]  # the ETA appears once running
+    assert "loss=" in lines[-1]

@@ -40,9 +40,17 @@ def interactive() -> bool:
     return sys.stderr.isatty()
 
 
+class _Bar(tqdm):
+    """tqdm whose ``set_postfix`` redraws only on a terminal: in logs a postfix update every few
+    iterations would otherwise print a line each time, whatever the interval."""
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool | None = None, **kwargs: Any) -> None:
+        super().set_postfix(ordered_dict, refresh=interactive() if refresh is None else refresh, **kwargs)
+
+
 def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
     """``tqdm(iterable, **options)`` for the terminal or for logs (see the module docstring)."""
     if interactive():
-        return tqdm(iterable, dynamic_ncols=True, **options)
-    return tqdm(iterable, file=_LogLines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
+        return _Bar(iterable, dynamic_ncols=True, **options)
+    return _Bar(iterable, file=_LogLines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
                 ascii=True, **options)  # fmt: skip
