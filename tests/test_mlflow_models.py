@@ -20,7 +20,7 @@ from unimatch.config import load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import train
 from unimatch.engine.evaluate import checkpoint_model
-from unimatch.tracking import PARENT_RUN_TAG, tracker_from_config
+from unimatch.tracking import PARENT_RUN_TAG, tracker_from_config, using_store
 
 PROJECT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "models-test"
@@ -46,18 +46,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_logged_model_loads_and_predicts_what_the_checkpoint_predicts(world: dict) -> None:
     cfg, result = world["results"][0]
-    mlflow.set_tracking_uri(world["store"])
-    try:
+    with using_store(world["store"]):
         logged = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model", map_location="cpu")
-    finally:
-        mlflow.set_tracking_uri(None)
+        model_info = mlflow.models.Model.load(f"runs:/{result.run_id}/model")
     reference = checkpoint_model(cfg, result.best_checkpoint, "ema").eval()
     image = torch.randn(1, 3, 70, 84)
     with torch.no_grad():
         assert torch.equal(logged.eval()(image).argmax(1), reference(image).argmax(1))
     run = world["client"].get_run(result.run_id)
-    assert run.data.tags["unimatch.model"] == f"runs:/{result.run_id}/model"
-    model_info = mlflow.models.Model.load(world["client"].download_artifacts(result.run_id, "model"))
+    # An MLflow 3 logged model of the run (the UI's "Logged models"), in the run's experiment.
+    (output,) = run.outputs.model_outputs
+    assert run.data.tags["unimatch.model"] == f"models:/{output.model_id}"
+    logged = world["client"].get_logged_model(output.model_id)
+    assert (logged.name, logged.source_run_id, logged.experiment_id) == ("model", result.run_id, run.info.experiment_id)
     assert model_info.metadata["class_names"][0] == "background" and model_info.signature is not None
 
 

@@ -37,7 +37,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -66,7 +65,7 @@ _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
 
 
 MODEL_ARTIFACT = "model"
-MODEL_TAG = "unimatch.model"  # set once a run's model is logged: its runs:/ URI
+MODEL_TAG = "unimatch.model"  # set once a run's model is logged: its models:/<model id> URI
 REGISTERED_TAG = "unimatch.registered_model"  # models:/NAME/VERSION of the run's registered model
 SCORE_TAG, GROUP_TAG = "best_miou_ema", "method"  # on registered model versions
 PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under its parent
@@ -82,6 +81,15 @@ def _quiet(logger: str) -> Iterator[None]:
         yield
     finally:
         target.setLevel(level)
+
+
+def using_store(uri: str) -> contextlib.AbstractContextManager[None]:
+    """MLflow's global store at ``uri`` for a moment, then exactly as it was (unset included: MLflow's own
+    helper, since ``set_tracking_uri`` cannot restore "unset"). The fluent API (``mlflow.pytorch.log_model``)
+    and parts of MLflow that ignore a client's URI (logged-model lookups) read only the global one."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    return _use_tracking_uri(uri)
 
 
 class TrackingError(UnimatchError, RuntimeError):
@@ -253,7 +261,8 @@ class MlflowTracker(Tracker):
 
         active = mlflow.active_run()
         self._owns_run = active is None
-        self._client = MlflowClient(tracking_uri=uri if self._owns_run else mlflow.get_tracking_uri())
+        self._store = uri if self._owns_run else mlflow.get_tracking_uri()
+        self._client = MlflowClient(tracking_uri=self._store, registry_uri=self._store)  # models next to their runs
         self._uri = uri
         self._logged_params: dict[str, str] | None = None  # fetched lazily, for resume
         self._warned: set[str] = set()
@@ -378,28 +387,33 @@ class MlflowTracker(Tracker):
         self._send("tags", batch, MAX_PARAMS_TAGS_PER_BATCH)
 
     def log_model(self, model: Any, example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
-        """``model`` (a torch module) as the MLflow model ``runs:/<run>/model``, with a signature inferred
-        from ``example`` and ``metadata`` (class names, encoder...). Pickled, not exported: the segmentor
-        takes any image size, which an exported graph would fix. Skipped when the run already holds
-        one (a finished training run again)."""
+        """``model`` (a torch module) logged with ``mlflow.pytorch.log_model`` as this run's model
+        ``model`` (an MLflow 3 logged model: ``runs:/<run>/model`` and ``models:/<model id>`` load it),
+        with a signature inferred from ``example`` and ``metadata`` (class names, encoder...); its
+        ``models:/`` URI. Pickled, not exported: the segmentor takes any image size, which an exported
+        graph would fix. Skipped (None) when the run already holds one (a finished training run again)."""
+        from importlib.metadata import version
+
+        import mlflow
         import mlflow.pytorch
         import torch
         from mlflow.models import infer_signature
 
-        if MODEL_TAG in self._client.get_run(self._run_id).data.tags:
+        run = self._client.get_run(self._run_id)
+        if MODEL_TAG in run.data.tags:
             return None
         with torch.no_grad():
             output = model(torch.from_numpy(example)).float().numpy()
-        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as scratch, _quiet("mlflow.pytorch"):
-            local = Path(scratch) / MODEL_ARTIFACT
-            mlflow.pytorch.save_model(
-                model, local, signature=infer_signature(example, output), input_example=example,
-                serialization_format="pickle", pip_requirements=[f"torch=={torch.__version__}"], metadata=dict(metadata),
+        # Created here so that it belongs to the run's experiment and store, not the fluent API's defaults.
+        logged = self._client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self._run_id)
+        with using_store(self._store), _quiet("mlflow.pytorch"):
+            info = mlflow.pytorch.log_model(
+                model, name=MODEL_ARTIFACT, model_id=logged.model_id, run_id=self._run_id,
+                signature=infer_signature(example, output), input_example=example, serialization_format="pickle",
+                pip_requirements=[f"torch=={version('torch')}"], metadata=dict(metadata),
             )  # fmt: skip
-            self._client.log_artifacts(self._run_id, str(local), MODEL_ARTIFACT)
-        uri = f"runs:/{self._run_id}/{MODEL_ARTIFACT}"
-        self.set_tags({MODEL_TAG: uri})
-        return uri
+        self.set_tags({MODEL_TAG: info.model_uri})
+        return info.model_uri
 
     def register_model(self, name: str, score: float, group: str) -> str | None:
         """A new version of registered model ``name`` from this run's model, tagged with its ``score``
@@ -412,10 +426,11 @@ class MlflowTracker(Tracker):
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        version = self._client.create_model_version(
-            name, f"runs:/{self._run_id}/{MODEL_ARTIFACT}", run_id=self._run_id,
-            tags={SCORE_TAG: str(score), GROUP_TAG: group},
-        ).version  # fmt: skip
+        with using_store(self._store):  # MLflow's registry resolves a models:/ source in the global store
+            version = self._client.create_model_version(
+                name, self._client.get_run(self._run_id).data.tags[MODEL_TAG], run_id=self._run_id,
+                tags={SCORE_TAG: str(score), GROUP_TAG: group},
+            ).version  # fmt: skip
         versions = self._client.search_model_versions(f"name='{name}'")
         for alias, members in (("best", versions), (f"best-{group}", [v for v in versions if v.tags.get(GROUP_TAG) == group])):
             scored = [v for v in members if SCORE_TAG in v.tags]

@@ -15,7 +15,7 @@ from ..data import EvalDataset, check_samples, class_names, prepare_splits, read
 from ..evaluation import EvalResult, evaluate
 from ..io_atomic import check_output_dir
 from ..models import CheckpointError, Segmentor, load_segmentor_weights
-from ..tracking import Tracker, plot_confusion_matrix, redact, resolve_tracking_uri
+from ..tracking import Tracker, plot_confusion_matrix, redact, resolve_tracking_uri, using_store
 from .checkpoint import checkpoint_run_id
 from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
 
@@ -68,9 +68,9 @@ def mlflow_model(cfg: ExperimentConfig, uri: str) -> tuple[Segmentor, str | None
 
     store = resolve_tracking_uri(cfg.tracking.uri)
     try:
-        source, run_id = _resolve_model_uri(mlflow.MlflowClient(tracking_uri=store, registry_uri=store), uri)
-        local = mlflow.artifacts.download_artifacts(artifact_uri=source, tracking_uri=store)
-        model = mlflow.pytorch.load_model(local, map_location="cpu")
+        with using_store(store):
+            source, run_id = _resolve_model_uri(mlflow.MlflowClient(tracking_uri=store, registry_uri=store), uri)
+            model = mlflow.pytorch.load_model(source, map_location="cpu")
     except MlflowException as error:
         raise CheckpointError(f"--model {uri}: {error.message} (tracking URI {redact(store, store)})") from None
     nclass = model.head.classifier.out_channels
