@@ -17,13 +17,6 @@ MODEL_HELP = ("checkpoint file (.pth: ours or the authors' released UniMatch V2)
               "tracking store: models:/NAME@best, models:/NAME/VERSION, runs:/RUN_ID/model")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
-    return value
-
-
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=fixmatch train.epochs=2")
@@ -230,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
     predict.add_argument("--output", required=True, help="output folder")
     predict.add_argument("--masks", help="ground-truth folder (<masks>/<relative image path>.png): shown beside each prediction")
-    predict.add_argument("--limit", type=_positive_int, help="at most this many images (the first, sorted by path)")
+    predict.add_argument("--limit", type=int, help="at most this many images (the first, sorted by path)")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
 

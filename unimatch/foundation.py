@@ -37,8 +37,8 @@ from .models import build_segmentor
 from .models.encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
 from .models.weights import publish_digest
 from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, warmup_cosine
-from .tracking import Tracker
 from .progress import progress_bar
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 

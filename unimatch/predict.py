@@ -178,7 +178,7 @@ def predict_folder(
     Every file's header is checked before anything is written; an image that still fails to decode is
     skipped with a warning, and a DataError after the others are written says which."""
     if limit is not None and limit < 1:
-        raise ConfigError(f"--limit: must be a positive number of images, got {limit}")
+        raise ConfigError(f"--limit: must be a positive number, got {limit}")
     nclass, window = cfg.dataset.nclass, cfg.eval.window or cfg.dataset.crop_size
     names = dataset_class_names(cfg) if class_names is None else list(class_names)
     if len(names) != nclass:

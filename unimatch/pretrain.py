@@ -30,13 +30,13 @@ from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ExperimentConfig, PretrainConfig
+from .config import ExperimentConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image, read_split
 from .data.splits import Sample
 from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from .models.encoder import PATCH_SIZE, DINOv2Encoder, interpolate_pos_embed
-from .tracking import Tracker
 from .progress import progress_bar
+from .tracking import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_
 from ..io_atomic import check_output_dir, remove_stale_temps
 from ..methods import METHODS, LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..pretrain import pretrained_encoder
+from ..progress import progress_bar
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
 from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
@@ -32,7 +33,6 @@ from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
 from .stream import SampleStream, StreamPositions
-from ..progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -161,9 +161,9 @@ class Trainer:
         three splits, found before the first step rather than one at a time mid-epoch."""
         level, nclass = self.cfg.dataset.preflight, self.cfg.dataset.nclass
         started = time.perf_counter()
-        found = check_training_data(labeled, unlabeled, val, nclass, level, self.progress)
-        found.merge(check_samples(pseudo, nclass, True, level))  # masks read every epoch for the pseudo/* metrics
-        found.problems = list(dict.fromkeys(found.problems))
+        scored = set(pseudo)  # their masks are read every epoch for the pseudo/* metrics: checked with them
+        found = check_training_data(labeled, [s for s in unlabeled if s not in scored], val, nclass, level, self.progress)
+        found.merge(check_samples(pseudo, nclass, True, level))
         found.raise_if_bad(f" (`unimatch check-data` lists every one; dataset.preflight={level})")
         if level != "off":
             log.info("preflight (%s): %d files fine in %.1f s", level, found.files, time.perf_counter() - started)
@@ -173,9 +173,9 @@ class Trainer:
         split lists masks), at most ``eval.pseudo_label_images`` of them, a fixed seeded choice: the
         teacher's pseudo labels are scored on them every epoch. The masks are never used for training."""
         limit = self.cfg.eval.pseudo_label_images
-        with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
         if not limit:
             return []
+        with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
         if len(with_truth) > limit:
             picks = np.random.default_rng(self.cfg.split.seed).choice(len(with_truth), limit, replace=False)
             with_truth = [with_truth[i] for i in sorted(picks)]
