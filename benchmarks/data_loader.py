@@ -224,7 +224,7 @@ def samples_per_second(dataset, args: argparse.Namespace, device: torch.device) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=8, help="loader worker processes (default 8; 0 = main process)")
-    parser.add_argument("--crop", type=int, default=518, help="crop size, a multiple of 14 (default 518)")
+    parser.add_argument("--crop", type=int, default=518, help="crop size, a multiple of the encoder's size divisor (default 518)")
     parser.add_argument("--batch", type=int, default=8, help="samples per batch (default 8)")
     parser.add_argument("--batches", type=int, default=None,
                         help="timed batches per stream (default 25 per worker, so that the workers' start-up burst averages out)")

@@ -19,6 +19,7 @@ from common import describe_device, seconds_per_call
 from unimatch.config import ModelConfig
 from unimatch.engine import build_model, resolve_device
 from unimatch.engine.setup import autocast_dtype, optimize_for_device
+from unimatch.models import ENCODERS
 from unimatch.evaluation import evaluate
 
 PASCAL_CLASSES, CITYSCAPES_CLASSES = 21, 19
@@ -37,7 +38,7 @@ def random_images(count: int, width: int, height: int, nclass: int, alternate: b
 
 def images_per_second(args: argparse.Namespace, encoder: str, mode: str, device: torch.device) -> float:
     nclass = PASCAL_CLASSES if mode == "original" else CITYSCAPES_CLASSES
-    model = optimize_for_device(build_model(ModelConfig(encoder=encoder), nclass, quiet=True), device)
+    model = optimize_for_device(build_model(ModelConfig(encoder=encoder), nclass, args.window, quiet=True), device)
     size, count = (args.original_size, args.images) if mode == "original" else (args.sliding_size, args.sliding_images)
     batches = random_images(count, *size, nclass, alternate=mode == "original")
     dtype = autocast_dtype(args.amp, device)
@@ -51,12 +52,12 @@ def images_per_second(args: argparse.Namespace, encoder: str, mode: str, device:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", nargs="+", default=["small", "base"], choices=("tiny", "small", "base", "large", "giant"))
+    parser.add_argument("--encoder", nargs="+", default=["small", "base"], choices=sorted(ENCODERS))
     parser.add_argument("--images", type=int, default=100, help="images timed in original mode (default 100)")
     parser.add_argument("--sliding-images", type=int, default=20, help="images timed in sliding mode (default 20)")
     parser.add_argument("--original-size", type=int, nargs=2, default=(500, 375), metavar=("W", "H"))
     parser.add_argument("--sliding-size", type=int, nargs=2, default=(2048, 1024), metavar=("W", "H"))
-    parser.add_argument("--window", type=int, default=798, help="sliding window, a multiple of 14 (default 798)")
+    parser.add_argument("--window", type=int, default=798, help="sliding window, a multiple of the encoder's size divisor (default 798)")
     parser.add_argument("--window-batch", type=int, default=8, help="windows per forward (default 8)")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp32"), help="auto: bf16 on CUDA, fp32 on CPU")
     parser.add_argument("--device", default="auto")

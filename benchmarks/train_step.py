@@ -31,6 +31,7 @@ from unimatch.config import load_config
 from unimatch.data import cutmix_box, generate_embedded
 from unimatch.engine import Trainer
 from unimatch.methods import LabeledBatch, UnlabeledBatch
+from unimatch.models import ENCODERS
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "embedded.yaml"
 TARGETS = {"small": (0.08, 14.0), "base": (0.19, 27.0)}  # s/iter and peak GiB per GPU at crop 518, 8 + 8
@@ -109,7 +110,8 @@ def measure(args: argparse.Namespace, encoder: str, frozen: bool, scratch: Path)
     trainer = build_trainer(args, encoder, frozen, scratch)
     batches = random_batches(trainer, args.batch, args.crop)
     device = trainer.device
-    result = {"device": device, "fused_attention": all(block.attn.fused_attn for block in trainer.model.encoder.blocks)}
+    blocks = getattr(trainer.model.encoder, "blocks", [])
+    result = {"device": device, "fused_attention": all(getattr(block.attn, "fused_attn", True) for block in blocks)}
     if not frozen:
         result["loss"] = (step_loss(trainer, batches, torch.bfloat16), step_loss(trainer, batches, None))
     result["flops"] = step_flops(trainer, batches)
@@ -149,9 +151,9 @@ def loss_line(encoder: str, losses: tuple[float, float]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--encoder", nargs="+", default=["small", "base"], choices=("tiny", "small", "base", "large", "giant"))
+    parser.add_argument("--encoder", nargs="+", default=["small", "base"], choices=sorted(ENCODERS))
     parser.add_argument("--modes", nargs="+", default=["fine-tune", "frozen"], choices=("fine-tune", "frozen"))
-    parser.add_argument("--crop", type=int, default=518, help="crop size, a multiple of 14 (default 518)")
+    parser.add_argument("--crop", type=int, default=518, help="crop size, a multiple of the encoder's size divisor (default 518)")
     parser.add_argument("--batch", type=int, default=8, help="labeled and unlabeled images per step and GPU (default 8)")
     parser.add_argument("--iters", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5; more with --compile)")

@@ -73,8 +73,8 @@ def reference_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------- weak view
 
 
-@pytest.mark.parametrize("crop", [0, 13, 100, 113])
-def test_crop_must_be_a_multiple_of_14(crop: int, folder_dataset: Path) -> None:
+@pytest.mark.parametrize("crop", [0, -14])
+def test_crop_must_be_positive(crop: int, folder_dataset: Path) -> None:
     with pytest.raises(DataError, match=r"dataset.crop_size"):
         check_crop_size(crop)
     with pytest.raises(DataError, match=r"dataset.crop_size"):

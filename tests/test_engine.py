@@ -148,7 +148,7 @@ def test_cli_reports_bad_config_keys(capsys):
     assert cli_main(["train", "train.bogus=1"]) == 2
     assert "train.bogus" in capsys.readouterr().err
     assert cli_main(["train", "dataset.crop_size=100"]) == 2
-    assert "not a multiple of the patch size" in capsys.readouterr().err
+    assert "dataset.crop_size: 100 is not a multiple of 14, the size divisor of encoder 'tiny'" in capsys.readouterr().err
 
 
 def test_all_labels_need_an_extra_pool_for_semi_supervised_methods(dataset, tmp_path):

@@ -9,7 +9,7 @@ from unimatch import pretrain as pretraining
 from unimatch.config import load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import build_model, train
-from unimatch.models.encoder import DINOv2Encoder
+from unimatch.models.encoders import build_encoder
 from unimatch.pretrain import MaskedAutoencoder, patchify, pretrained_encoder, reconstruction_loss, training_images
 from unimatch.tracking import Tracker
 
@@ -56,7 +56,7 @@ def test_loss_counts_hidden_patches_only():
 
 def test_the_encoder_sees_only_the_kept_patches():
     torch.manual_seed(0)
-    model = MaskedAutoencoder(DINOv2Encoder("tiny"), grid=2, decoder_dim=16, decoder_depth=1).eval()
+    model = MaskedAutoencoder(build_encoder("tiny"), grid=2, decoder_dim=16, decoder_depth=1).eval()
     images, keep = torch.randn(1, 3, 28, 28), torch.tensor([[1, 2]])
     changed = images.clone()
     changed[..., :14, :14] += 3.0  # patch 0, hidden
@@ -77,7 +77,7 @@ def test_pretraining_uses_training_images_only_and_is_cached(dataset, tmp_path):
     summary = json.loads((path.parent / "pretrain.json").read_text())
     assert summary["images"] == 16 and len(summary["losses"]) == 6
     assert [step for step, _ in tracker.metrics["pretrain/loss"]] == [2, 4, 6]
-    DINOv2Encoder("tiny").load_state_dict(torch.load(path, weights_only=True), strict=True)
+    build_encoder("tiny").load_state_dict(torch.load(path, weights_only=True), strict=True)
     stamp = path.stat().st_mtime_ns
     assert pretrained_encoder(config(dataset, tmp_path, "split.labeled=8"), progress=False) == path  # same images
     assert path.stat().st_mtime_ns == stamp
@@ -113,15 +113,15 @@ def test_training_starts_from_the_pretrained_encoder(dataset, tmp_path):
     encoder = tracker.params["pretrain.encoder"]
     assert encoder.endswith("encoder.pth") and str(tmp_path / "pretrain") in encoder
     state = torch.load(encoder, weights_only=True)
-    model = build_model(cfg.model.model_copy(update={"weights": encoder}), cfg.dataset.nclass)
+    model = build_model(cfg.model.model_copy(update={"weights": encoder}), cfg.dataset.nclass, cfg.dataset.crop_size)
     assert torch.equal(model.encoder.pos_embed, state["pos_embed"])
-    untouched = build_model(cfg.model, cfg.dataset.nclass, quiet=True)
+    untouched = build_model(cfg.model, cfg.dataset.nclass, cfg.dataset.crop_size, quiet=True)
     assert not torch.equal(untouched.encoder.pos_embed, state["pos_embed"])
 
 
 def test_explicit_weights_win_over_pretraining(dataset, tmp_path):
     weights = tmp_path / "given.pth"
-    torch.save(DINOv2Encoder("tiny").state_dict(), weights)
+    torch.save(build_encoder("tiny").state_dict(), weights)
     cfg = config(dataset, tmp_path, "method.name=labeled_only", "train.max_iters=1", "train.batch_size=2",
                  "train.num_workers=0", f"model.weights={weights}")
     tracker = RecordingTracker()

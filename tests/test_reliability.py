@@ -271,7 +271,7 @@ def test_zero_byte_training_image_fails_naming_it_and_writes_no_checkpoint(datas
 
 
 def test_unknown_encoder_names_the_key_and_the_override_it_came_from(dataset, tmp_path):
-    with pytest.raises(ConfigError, match=r"^command-line override 'model\.encoder=huge': model\.encoder: Input should be 'tiny'"):
+    with pytest.raises(ConfigError, match=r"^command-line override 'model\.encoder=huge': model\.encoder: Value error, unknown encoder 'huge'; choose one of"):
         small_config(dataset, tmp_path, "model.encoder=huge")
 
 

@@ -63,7 +63,7 @@ def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Pa
     assert run.info.status == "FINISHED"
     assert run.info.run_name == "unimatch_v2-tiny-embedded-24"
     assert run.data.params["method.name"] == "unimatch_v2"
-    assert run.data.params["train.lr"] == "5e-06"
+    assert run.data.params["train.lr"] == "0.0001"  # the tiny encoder's default, filled in by the config
     assert run.data.params["split.labeled"] == run.data.tags["split"] == "24"  # one spelling, not 24.0
     assert run.data.params["method.streams"] == "complementary" and run.data.params["train.deterministic"] == "false"
     expected_tags = {"kind": "train", "dataset": "embedded", "split": "24", "method": "unimatch_v2",

@@ -162,6 +162,17 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"{kind:5s} {path}")
 
 
+def cmd_encoders(args: argparse.Namespace) -> None:
+    from .models.encoders import ENCODERS, parameter_counts
+
+    print(f"{'encoder':12s} {'divisor':>7s} {'lr':>7s} {'x dec':>5s} {'teacher':>7s} {'params M (enc / dec)':>21s}  description")
+    for name, entry in sorted(ENCODERS.items(), key=lambda item: (not item[1].cpu_sized, item[0])):
+        counts = "/".join(f"{c / 1e6:.1f}" for c in parameter_counts(name)) if args.params else "-"
+        print(f"{name:12s} {entry.size_divisor:7d} {entry.lr:7.0e} {entry.lr_multiplier:5g} {entry.teacher:>7s} {counts:>21s}  "
+              f"{entry.summary}{'; inputs exactly crop x crop' if entry.fixed_input else ''}"
+              f"{'; weights: ' + entry.weights_hint if entry.weights_hint else ''}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimatch", description="UniMatch V2 semi-supervised semantic segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -227,9 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
 
+    encoders = sub.add_parser("encoders", help="list the registered encoders (model.encoder=NAME) and their defaults")
+    encoders.add_argument("--params", action="store_true", help="also count encoder / decoder parameters (21 classes)")
+    encoders.set_defaults(func=cmd_encoders)
+
     report = sub.add_parser("report", help="rebuild a paper table from MLflow runs (Markdown, CSV, HTML)")
     report.add_argument("--experiment", required=True, help="MLflow experiment name")
-    report.add_argument("--table", default="methods", help="layout: methods, streams, frozen, real_world, sweep")
+    report.add_argument("--table", default="methods", help="layout: methods, streams, frozen, encoders, real_world, sweep")
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
     report.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UnimatchError
 
-PATCH_SIZE = 14
 METHODS = ("labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2")
 
 
@@ -44,13 +43,6 @@ class DatasetConfig(Section):
     # Checked before training: file headers and sizes (cheap), full decodes and label values, or nothing.
     preflight: Literal["headers", "decode", "off"] = "headers"
 
-    @field_validator("crop_size")
-    @classmethod
-    def _multiple_of_patch(cls, value: int) -> int:
-        if value % PATCH_SIZE:
-            raise ValueError(f"crop_size {value} is not a multiple of the patch size {PATCH_SIZE}")
-        return value
-
 
 class SplitConfig(Section):
     labeled: float = Field(24, gt=0, description="labeled images: a count (>= 1) or a fraction (< 1)")
@@ -58,15 +50,28 @@ class SplitConfig(Section):
     dir: str | None = None  # where created split files go; default <output_dir>/splits
 
 
+def encoder_entry(name: str):
+    """The registry entry of encoder ``name`` (imported here: the registry pulls in timm)."""
+    from .models.encoders import encoder_entry as lookup
+
+    return lookup(name)
+
+
 class ModelConfig(Section):
-    encoder: Literal["tiny", "small", "base", "large", "giant"] = "tiny"
-    weights: str | None = None  # DINOv2 .pth (official or timm layout)
+    encoder: str = "tiny"  # a registered encoder: `unimatch encoders` lists them
+    weights: str | None = None  # the encoder's released weights file (e.g. dinov2_vitb14_pretrain.pth)
     init_checkpoint: str | None = None  # a whole segmentor (ours or the authors' released UniMatch V2)
     hub_download: bool = False  # online only: fetch DINOv2 weights from torch.hub when weights is null
     frozen: bool = False
     use_bn: bool = False
     drop_position: Literal["encoder-decoder", "decoder-classifier"] = "encoder-decoder"
     undropped_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("encoder")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        encoder_entry(value)  # ValueError naming the registered encoders
+        return value
 
 
 class MethodConfig(Section):
@@ -75,7 +80,7 @@ class MethodConfig(Section):
     unlabeled_weight: float = Field(1.0, ge=0.0)
     # UniMatch V2 stream variants (Table 6): complementary (ours), single (a), image_only (b), random (c)
     streams: Literal["complementary", "single", "image_only", "random"] = "complementary"
-    teacher: Literal["ema", "student"] = "ema"
+    teacher: Literal["ema", "student"] | None = None  # null: the encoder's default (BEiT: student)
     ema_decay: float = Field(0.996, ge=0.0, lt=1.0)
 
 
@@ -83,8 +88,8 @@ class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
     max_iters: int | None = Field(None, ge=1)  # cap on total iterations (quick runs, tests)
     batch_size: int = Field(4, ge=1)  # per step and process: this many labeled and this many unlabeled images
-    lr: float = Field(5e-6, gt=0)  # encoder learning rate
-    lr_multiplier: float = Field(40.0, gt=0)  # decoder lr = lr * lr_multiplier
+    lr: float | None = Field(None, gt=0)  # encoder learning rate; null: the encoder's default (DINOv2 5e-6)
+    lr_multiplier: float | None = Field(None, gt=0)  # decoder lr = lr * lr_multiplier; null: the encoder's (DINOv2 40)
     weight_decay: float = Field(0.01, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     poly_power: float = Field(0.9, ge=0)
@@ -138,13 +143,6 @@ class EvalConfig(Section):
     # (default ~ 1800x1800 px) an image is predicted in sliding windows instead.
     max_tokens: int = Field(16384, ge=1)
 
-    @field_validator("window")
-    @classmethod
-    def _window_multiple_of_patch(cls, value: int | None) -> int | None:
-        if value is not None and value % PATCH_SIZE:
-            raise ValueError(f"window {value} is not a multiple of the patch size {PATCH_SIZE}")
-        return value
-
 
 class TrackingConfig(Section):
     uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
@@ -159,6 +157,10 @@ class TrackingConfig(Section):
     registered_model: str | None = None
 
 
+# Settings that default to the encoder's declaration (registry field) when a config leaves them null.
+ENCODER_DEFAULTS = {"train.lr": "lr", "train.lr_multiplier": "lr_multiplier", "method.teacher": "teacher"}
+
+
 class ExperimentConfig(Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -169,6 +171,20 @@ class ExperimentConfig(Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs/default"
+
+    @model_validator(mode="after")
+    def _fit_the_encoder(self) -> "ExperimentConfig":
+        """Fill the settings left null from the encoder's declaration; sizes must suit its divisor."""
+        entry = encoder_entry(self.model.encoder)
+        for dotted, field in ENCODER_DEFAULTS.items():
+            section, key = dotted.split(".")
+            if getattr(getattr(self, section), key) is None:
+                getattr(self, section).__dict__[key] = getattr(entry, field)  # no re-validation: the registry's own value
+        for key, value in (("dataset.crop_size", self.dataset.crop_size), ("eval.window", self.eval.window)):
+            if value is not None and value % entry.size_divisor:
+                raise ValueError(f"{key}: {value} is not a multiple of {entry.size_divisor}, the size divisor of "
+                                 f"encoder '{entry.name}'")  # fmt: skip
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -279,8 +295,12 @@ def validate_as(schema: type[SchemaT], data: dict[str, Any], source: str = "conf
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            key = ".".join(str(part) for part in item["loc"]) or "<root>"
-            problems.append(f"{_origin(key, source, overrides or [])}: {key}: {item['msg']}")
+            if item["loc"]:
+                key, message = ".".join(str(part) for part in item["loc"]), f"{item['msg']}"
+            else:  # a check across sections: its message starts with the key it is about
+                message = item["msg"].removeprefix("Value error, ")
+                key, message = message.split(": ", 1)
+            problems.append(f"{_origin(key, source, overrides or [])}: {key}: {message}")
         raise ConfigError("; ".join(problems)) from None
 
 

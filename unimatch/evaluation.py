@@ -1,4 +1,5 @@
-"""Evaluation: "original" (resize to a multiple of 14) and "sliding window" inference, dataset-wide mIoU."""
+"""Evaluation: "original" (resize to a multiple of the encoder's size divisor) and "sliding window" inference,
+dataset-wide mIoU."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
-from .models import PATCH_SIZE
 from .progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -25,28 +25,35 @@ class EvalResult:
     confusion: np.ndarray = field(repr=False)
 
 
-def nearest_multiple(size: int, multiple: int = PATCH_SIZE) -> int:
+def nearest_multiple(size: int, multiple: int) -> int:
     return max(multiple, int(size / multiple + 0.5) * multiple)
 
 
+def size_divisor(model: nn.Module) -> int:
+    """What the model's input sides must be multiples of (its encoder's declaration; 1 for other models)."""
+    return getattr(model, "size_divisor", 1)
+
+
 def predict_original(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
-    """Resize (bilinear, align_corners) to the nearest multiples of 14, predict, resize logits back."""
+    """Resize (bilinear, align_corners) to the nearest multiples of the size divisor, predict, resize logits back."""
     height, width = image.shape[-2:]
-    resized = F.interpolate(image, (nearest_multiple(height), nearest_multiple(width)), mode="bilinear", align_corners=True)
+    divisor = size_divisor(model)
+    resized = F.interpolate(image, (nearest_multiple(height, divisor), nearest_multiple(width, divisor)), mode="bilinear", align_corners=True)
     logits = model(resized)
     return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=True)
 
 
-def original_tokens(height: int, width: int) -> int:
-    """Patch tokens of one "original"-mode forward pass over an image of this size."""
-    return (nearest_multiple(height) // PATCH_SIZE) * (nearest_multiple(width) // PATCH_SIZE)
+def original_tokens(model: nn.Module, height: int, width: int) -> int:
+    """Positions at the size-divisor stride (a ViT's patch tokens) of one "original"-mode forward pass."""
+    divisor = size_divisor(model)
+    return (nearest_multiple(height, divisor) // divisor) * (nearest_multiple(width, divisor) // divisor)
 
 
-def exceeds_token_budget(mode: str, height: int, width: int, max_tokens: int | None) -> bool:
-    """Whether "original" inference of this image would run one attention pass over more than
-    ``max_tokens`` tokens (quadratic time: an 8000x8000 image is ~326k tokens); such images are
+def exceeds_token_budget(model: nn.Module, mode: str, height: int, width: int, max_tokens: int | None) -> bool:
+    """Whether "original" inference of this image would run one pass over more than ``max_tokens``
+    tokens (quadratic attention: an 8000x8000 image is ~326k tokens at patch 14); such images are
     predicted in sliding windows instead."""
-    return mode == "original" and max_tokens is not None and original_tokens(height, width) > max_tokens
+    return mode == "original" and max_tokens is not None and original_tokens(model, height, width) > max_tokens
 
 
 def predict_image(
@@ -54,8 +61,12 @@ def predict_image(
     window_batch: int = 8, max_tokens: int | None = None, progress: bool = False,
 ) -> torch.Tensor:
     """Logits (or summed window probabilities) of ``image`` in ``mode``, switching to sliding windows
-    above the token budget."""
-    if mode == "sliding" or exceeds_token_budget(mode, *image.shape[-2:], max_tokens):
+    above the token budget. An encoder built for one input size (``fixed_input_size``) always sees
+    windows of that size."""
+    fixed = getattr(model, "fixed_input_size", None)
+    if fixed:
+        return predict_sliding(model, image, fixed, stride_ratio, window_batch, progress)
+    if mode == "sliding" or exceeds_token_budget(model, mode, *image.shape[-2:], max_tokens):
         return predict_sliding(model, image, window, stride_ratio, window_batch, progress)
     return predict_original(model, image)
 
@@ -121,7 +132,7 @@ def evaluate(
     switched = 0
     for image, mask, _ in progress_bar(batches, desc="evaluate", unit="img", disable=not progress, leave=False):
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        switched += exceeds_token_budget(mode, *image.shape[-2:], max_tokens)
+        switched += exceeds_token_budget(model, mode, *image.shape[-2:], max_tokens)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = predict_image(model, image, mode, window, stride_ratio, window_batch, max_tokens)
         confusion.update(logits.argmax(dim=1), mask)
@@ -196,7 +207,7 @@ def pseudo_label_quality(
     for image, mask, _ in batches:
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = predict_original(teacher, image)
+            logits = predict_image(teacher, image, "original", None)
         counts.update(logits.float().softmax(dim=1), mask, threshold)
     teacher.train(was_training)
     if distributed:

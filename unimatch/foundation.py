@@ -34,9 +34,10 @@ from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, Founda
 from .io_atomic import atomic_write, check_output_dir, write_bytes_atomic, write_text_atomic
 from .metrics import ConfusionMatrix, mean_iou
 from .models import build_segmentor
-from .models.encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
+from .models.encoders import encoder_entry
+from .models.encoders.dinov2 import PATCH_SIZE
 from .models.weights import publish_digest
-from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, warmup_cosine
+from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, vit_encoder, warmup_cosine
 from .progress import progress_bar
 from .tracking import Tracker
 
@@ -78,7 +79,7 @@ class FoundationConfig(BaseModel):
     @field_validator("encoder")
     @classmethod
     def _known_encoder(cls, value: str) -> str:
-        encoder_spec(value)  # ValueError naming the known encoders
+        encoder_entry(value)  # ValueError naming the registered encoders
         return value
 
 
@@ -92,7 +93,7 @@ class SupervisedRoute(nn.Module):
 
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
-        self.segmentor = build_segmentor(cfg.encoder, len(FOUNDATION_CLASSES))
+        self.segmentor = build_segmentor(cfg.encoder, len(FOUNDATION_CLASSES), input_size=grid * PATCH_SIZE)
         self.encoder = self.segmentor.encoder
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -105,7 +106,7 @@ class MaeRoute(nn.Module):
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
         self.grid, self.mask_ratio = grid, cfg.mask_ratio
-        self.autoencoder = MaskedAutoencoder(DINOv2Encoder(cfg.encoder), grid, decoder_dim=64, decoder_depth=2)
+        self.autoencoder = MaskedAutoencoder(vit_encoder(cfg.encoder, grid * PATCH_SIZE), grid, decoder_dim=64, decoder_depth=2)
         self.encoder = self.autoencoder.encoder
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

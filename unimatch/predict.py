@@ -196,7 +196,7 @@ def predict_folder(
             log.warning("skipped: %s", error)
             skipped.append(sample.name)
             continue
-        if exceeds_token_budget(cfg.eval.mode, *image.shape[:2], cfg.eval.max_tokens):
+        if exceeds_token_budget(model, cfg.eval.mode, *image.shape[:2], cfg.eval.max_tokens):
             log.warning("%s: %dx%d px is above eval.max_tokens=%d in original mode; predicting it in sliding "
                         "windows of %d px", sample.image, image.shape[1], image.shape[0], cfg.eval.max_tokens, window)
         batch = normalize(Image.fromarray(image)).unsqueeze(0).to(device)

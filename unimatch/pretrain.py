@@ -30,11 +30,12 @@ from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ExperimentConfig
+from .config import ConfigError, ExperimentConfig
 from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image, read_split
 from .data.splits import Sample
 from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
-from .models.encoder import PATCH_SIZE, DINOv2Encoder, interpolate_pos_embed
+from .models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
+from .models.encoders.dinov2 import PATCH_SIZE
 from .progress import progress_bar
 from .tracking import Tracker
 
@@ -45,6 +46,15 @@ CHECKPOINT_FILE = "latest.pth"
 CHECKPOINT_ENTRIES = ("model", "optimizer", "iteration", "generator", "losses")
 SUMMARY_FILE = "pretrain.json"
 FIGURE_FILE = "reconstructions.png"
+
+
+def vit_encoder(name: str, input_size: int) -> DINOv2Encoder:
+    """The registered encoder ``name``, which must be a DINOv2-layout ViT: MAE hides patch tokens."""
+    encoder = build_encoder(name, input_size)
+    if not isinstance(encoder, DINOv2Encoder):
+        raise ConfigError(f"model.encoder: masked-autoencoder pre-training needs a DINOv2-layout ViT (patch tokens); "
+                          f"'{name}' is not one")  # fmt: skip
+    return encoder
 
 
 class MaskedAutoencoder(nn.Module):
@@ -215,7 +225,7 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     keep_count = max(1, round(grid * grid * (1 - settings.mask_ratio)))
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = MaskedAutoencoder(DINOv2Encoder(cfg.model.encoder), grid, settings.decoder_dim, settings.decoder_depth).to(device)
+    model = MaskedAutoencoder(vit_encoder(cfg.model.encoder, crop), grid, settings.decoder_dim, settings.decoder_depth).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
     checkpoint, start, losses = out / CHECKPOINT_FILE, 0, []
     remove_stale_temps(checkpoint)

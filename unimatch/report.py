@@ -42,6 +42,8 @@ class TableLayout(NamedTuple):
     col_order: tuple[str, ...] = ()  # like row_order; empty: columns sorted numerically
     where: Mapping[str, str | None] = {}  # the table's fixed tags; None: the tag must be absent
     context: tuple[str, ...] = ("dataset", "encoder")  # tags that must be single-valued in a table
+    # (label, metric, format): per-row columns before the grid, the metric's mean over the row's runs
+    row_columns: tuple[tuple[str, str, str], ...] = ()
 
 
 STREAM_LABELS = {
@@ -72,6 +74,13 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
         "dataset", "setting", "best_miou_ema", (),
         "Table 13: real-world setting, mIoU (%)",
         col_order=("labeled only", "+ extra unlabeled"), where=_NO_SWEEP, context=("encoder",),
+    ),
+    "encoders": TableLayout(
+        "encoder", "split", "best_miou_ema", (),
+        "Table 9: UniMatch V2 across encoders, mIoU (%) by number of labeled images",
+        where={"streams": "complementary", "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
+        row_columns=(("#params encoder / decoder (M)", "params_encoder_m", "{:.1f}"), ("", "params_decoder_m", "{:.1f}"),
+                     ("s / training step", "mean_step_seconds", "{:.3f}")),
     ),
     "sweep": TableLayout(
         "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
@@ -161,6 +170,7 @@ def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
         "end_time": pd.to_numeric(_column(runs, "end_time"), errors="coerce"),
         "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
         **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
+        **{metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce") for _, metric, _ in spec.row_columns},
     })
     return placed[keep].dropna(subset=["row", "col"])
 
@@ -236,11 +246,28 @@ def build_table(
     table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
     for (row, col), (mean, count) in stats.iterrows():
         table.at[row, col] = _cell(mean, int(count))
+    table = _with_row_columns(table, kept, spec.row_columns)
     table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
     table.columns.name = spec.col_tag
     duplicates = len(finished) - len(kept)
     table.attrs = {"footnote": _footnote(spec.metric, stats["count"], unfinished, duplicates), "context": context}
     return table
+
+
+def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tuple[str, str, str], ...]) -> pd.DataFrame:
+    """Per-row facts (e.g. parameter counts, step time) in front of the grid; a label left empty joins
+    the previous column's cell with " / " (encoder / decoder parameters in one column)."""
+    front: dict[str, list[str]] = {}
+    last = None
+    for label, metric, fmt in columns:
+        means = kept.groupby("row")[metric].mean()
+        values = [fmt.format(means[row]) if row in means and pd.notna(means[row]) else "" for row in table.index]
+        if label or last is None:
+            front[label] = values
+            last = label
+        else:
+            front[last] = [f"{a} / {b}" if a and b else a or b for a, b in zip(front[last], values)]
+    return pd.concat([pd.DataFrame(front, index=table.index, dtype=object), table], axis=1) if front else table
 
 
 def _footnote(metric: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:

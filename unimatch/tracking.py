@@ -5,12 +5,14 @@ Run naming conventions (the engine, the evaluation entry point and :mod:`unimatc
 Metrics (mIoU values are PERCENTAGES, 0-100):
 
 * per logged iteration (step = global iteration): ``train/loss``, ``train/loss_labeled``,
-  ``train/loss_unlabeled``, ``train/mask_ratio``, ``train/lr``
+  ``train/loss_unlabeled``, ``train/mask_ratio``, ``train/lr``, ``train/step_seconds`` (mean compute time
+  of the steps since the last point, data loading excluded)
 * per evaluation (step = global iteration, with ``epoch`` alongside): ``val/miou_ema``,
   ``val/miou_student``, ``val/iou_ema/<class name>``; where unlabeled images have ground truth, the
   teacher's pseudo-label quality on them (percent): ``pseudo/precision``, ``pseudo/foreground_coverage``,
   ``pseudo/foreground_recall``, ``pseudo/mask_ratio`` (:func:`unimatch.evaluation.pseudo_label_quality`)
-* once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``
+* once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``,
+  ``params_encoder_m``, ``params_decoder_m`` (millions), ``mean_step_seconds`` (Table 9's columns)
 * standalone evaluation runs: ``eval/miou``, ``eval/iou/<class name>``
 
 Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes ``{"kind": "eval"}``),
@@ -54,7 +56,7 @@ from unimatch.io_atomic import atomic_write
 log = logging.getLogger(__name__)
 
 # The metric names the engine logs (see the module docstring).
-TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr")
+TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr", "train/step_seconds")
 VAL_METRICS = ("val/miou_ema", "val/miou_student")
 PSEUDO_METRICS = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
 SUMMARY_METRICS = ("best_miou_ema", "best_miou_student", "final_miou_ema")

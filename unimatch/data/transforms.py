@@ -37,7 +37,6 @@ from PIL import Image, ImageEnhance
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
-from ..config import PATCH_SIZE  # noqa: E402
 from .errors import DataError  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
@@ -59,8 +58,9 @@ class Rng(Protocol):
 
 
 def check_crop_size(crop_size: int) -> int:
-    if crop_size <= 0 or crop_size % PATCH_SIZE:
-        raise DataError(f"dataset.crop_size: {crop_size} is not a positive multiple of the patch size {PATCH_SIZE}")
+    """Crops must be positive; the encoder's size divisor is checked with the config (``unimatch.config``)."""
+    if crop_size <= 0:
+        raise DataError(f"dataset.crop_size: {crop_size} is not a positive size")
     return crop_size
 
 

@@ -9,11 +9,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig
-from ..models import Segmentor, build_segmentor, load_encoder_weights, load_segmentor_weights
+from ..models import Segmentor, build_segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
 
 log = logging.getLogger(__name__)
-
-HUB_NAMES = {"small": "dinov2_vits14", "base": "dinov2_vitb14", "large": "dinov2_vitl14", "giant": "dinov2_vitg14"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,33 +39,35 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build_model(cfg: ModelConfig, nclass: int, quiet: bool = False) -> Segmentor:
-    """The segmentor with its initial weights: a whole checkpoint, DINOv2 weights, or (loudly) random.
-    ``quiet`` skips the random-initialisation warning when the caller loads a checkpoint next."""
+def build_model(model_cfg: ModelConfig, nclass: int, input_size: int, quiet: bool = False) -> Segmentor:
+    """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
+    released encoder weights, or (loudly) random. ``quiet`` skips the random-initialisation warning when
+    the caller loads a checkpoint next."""
     model = build_segmentor(
-        cfg.encoder,
+        model_cfg.encoder,
         nclass,
-        use_bn=cfg.use_bn,
-        undropped_fraction=cfg.undropped_fraction,
-        drop_position=cfg.drop_position,
+        use_bn=model_cfg.use_bn,
+        undropped_fraction=model_cfg.undropped_fraction,
+        drop_position=model_cfg.drop_position,
+        input_size=input_size,
     )
-    if cfg.init_checkpoint:
-        load_segmentor_weights(model, cfg.init_checkpoint)
-    elif cfg.weights:
-        load_encoder_weights(model, cfg.weights)
-    elif cfg.hub_download and cfg.encoder in HUB_NAMES:
-        hub_model = torch.hub.load("facebookresearch/dinov2", HUB_NAMES[cfg.encoder])
-        model.encoder.load_state_dict(
-            {k.replace("mlp.w12.", "mlp.fc1.").replace("mlp.w3.", "mlp.fc2."): v for k, v in hub_model.state_dict().items() if k != "mask_token"}
-        )
+    hub = encoder_entry(model_cfg.encoder).hub
+    if model_cfg.init_checkpoint:
+        load_segmentor_weights(model, model_cfg.init_checkpoint)
+    elif model_cfg.weights:
+        load_encoder_weights(model, model_cfg.weights)
+    elif model_cfg.hub_download and hub:
+        hub_model = torch.hub.load(*hub)
+        model.encoder.load_state_dict(model.encoder.convert_checkpoint(hub_model.state_dict()))
     elif not quiet:
+        hint = encoder_entry(model_cfg.encoder).weights_hint
         warnings.warn(
-            f"model.weights is not set: the '{cfg.encoder}' encoder is RANDOMLY INITIALISED. "
-            "Point model.weights at a DINOv2 checkpoint (e.g. dinov2_vitb14_pretrain.pth) for real results, "
+            f"model.weights is not set: the '{model_cfg.encoder}' encoder is RANDOMLY INITIALISED. "
+            f"Point model.weights at its released weights ({hint or 'a checkpoint of this encoder'}) for real results, "
             "or pre-train one without labels with pretrain.method=mae.",
             stacklevel=2,
         )
-    if cfg.frozen:
+    if model_cfg.frozen:
         model.freeze_encoder()
     return model
 
@@ -83,11 +83,11 @@ def optimize_for_device(model: Segmentor, device: torch.device) -> Segmentor:
 
 
 def compile_blocks(model: Segmentor) -> None:
-    """``torch.compile`` the ViT blocks in place: parameters and state-dict keys are unchanged, and the
-    methods' ``features()`` calls run them compiled. The DPT fusion blocks stay eager: each has its own
-    sizes and skip input, which would exhaust dynamo's recompile limit for little gain on cuDNN convs."""
-    for block in model.encoder.blocks:
-        block.compile()
+    """``torch.compile`` the encoder's expensive parts in place (a ViT's blocks): parameters and state-dict
+    keys are unchanged, and the methods' ``features()`` calls run them compiled. The DPT fusion blocks stay
+    eager: each has its own sizes and skip input, which would exhaust dynamo's recompile limit for little
+    gain on cuDNN convs."""
+    model.encoder.compile_blocks()
 
 
 def _one_thread(worker_id: int) -> None:

@@ -94,7 +94,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self._build_data()
         model_cfg = self._with_pretrained_encoder(cfg.model)
-        self.model = sync_batch_norm(optimize_for_device(build_model(model_cfg, cfg.dataset.nclass), self.device), self.dist)
+        self.model = sync_batch_norm(optimize_for_device(build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size), self.device), self.dist)
         labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
         self.method = build_method(cfg.method, labeled_loss)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
@@ -110,6 +110,7 @@ class Trainer:
         self.bad_steps = 0
         self.best = {"miou_ema": -1.0, "miou_student": -1.0}
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self.step_seconds: list[float] = []  # compute time of each step of this process's run
         self._resume_if_possible()
         if self.dist.enabled:
             self._check_replicas()  # every rank resumed from the same checkpoint, or none did
@@ -344,7 +345,9 @@ class Trainer:
         metrics["train/lr"] = lr
         for name, value in metrics.items():
             self._record(name, self.iteration, value)
-        self.tracker.log_metrics(metrics, step=self.iteration)
+        # Compute time of a step, data loading excluded; MLflow only (timings would make the DVC curves differ).
+        timing = {"train/step_seconds": float(np.mean(self.step_seconds[-len(window):]))} if self.step_seconds else {}
+        self.tracker.log_metrics({**metrics, **timing}, step=self.iteration)
         return metrics
 
     def evaluate_models(self) -> dict[str, EvalResult]:
@@ -411,7 +414,9 @@ class Trainer:
         bar = progress_bar(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress)
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
+            step_started = time.perf_counter()
             losses, lr = self.train_step(labeled, unlabeled)
+            self.step_seconds.append(time.perf_counter() - step_started)
             self.iteration += 1
             bar.update(1)
             if losses is not None:
@@ -435,7 +440,8 @@ class Trainer:
         if self.dist.from_main(not self.best_path.exists()):  # resumed after the last evaluation, or never evaluated
             self._end_epoch(math.ceil(self.iteration / self.iters_per_epoch), {}, time.time())
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
-        metrics = {"best_miou_ema": self.best["miou_ema"], "best_miou_student": self.best["miou_student"], "final_miou_ema": final}
+        metrics = {"best_miou_ema": self.best["miou_ema"], "best_miou_student": self.best["miou_student"], "final_miou_ema": final,
+                   **self._size_and_speed()}  # fmt: skip
         self.tracker.log_metrics(metrics, step=self.iteration)
         registered = None
         if self.dist.is_main:
@@ -444,6 +450,15 @@ class Trainer:
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
         return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history, registered)
+
+    def _size_and_speed(self) -> dict[str, float]:
+        """Parameter counts (millions) and the mean compute time of a training step (Table 9's columns)."""
+        model = self.model
+        sizes = {"params_encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
+                 "params_decoder_m": sum(p.numel() for p in model.head.parameters()) / 1e6}  # fmt: skip
+        # Without the first steps, which include warm-up (allocator, cuDNN autotuning, compilation).
+        steps = self.step_seconds[min(len(self.step_seconds) // 10, 20):]
+        return {**sizes, "mean_step_seconds": float(np.mean(steps))} if steps else sizes
 
     def _publish_model(self) -> str | None:
         """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``); the

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..config import MethodConfig
 from ..models import Segmentor
-from ..models.segmentor import FeatureDrop, token_grid
+from ..models.segmentor import FeatureDrop
 
 PADDING = 255  # value of the unlabeled ignore mask on padded pixels
 
@@ -94,10 +94,10 @@ def joint_forward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One encoder pass over labeled images and unlabeled views (the encoder is per-sample, so this
     equals separate passes at a better batch size); labeled decoded plainly, views with ``drop``."""
-    tokens = student.features(torch.cat((labeled, *views)))
-    count, grid = labeled.shape[0], token_grid(labeled)
-    pred_labeled = student.decode([t[:count] for t in tokens], grid)
-    pred_views = student.decode([t[count:] for t in tokens], grid, drop)
+    maps = student.features(torch.cat((labeled, *views)))
+    count, size = labeled.shape[0], labeled.shape[-2:]
+    pred_labeled = student.decode([m[:count] for m in maps], size)
+    pred_views = student.decode([m[count:] for m in maps], size, drop)
     return pred_labeled, pred_views
 
 

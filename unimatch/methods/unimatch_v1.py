@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models.segmentor import random_channel_masks, token_grid
+from ..models.segmentor import random_channel_masks
 from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label
 
 
@@ -14,17 +14,13 @@ class UniMatchV1(Method):
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
         strong1 = cutmix_images(unlabeled.strong1, unlabeled.box1)
         strong2 = cutmix_images(unlabeled.strong2, unlabeled.box2)
-        n_l, n_u, grid = labeled.image.shape[0], unlabeled.weak.shape[0], token_grid(labeled.image)
-        tokens = student.features(torch.cat((labeled.image, unlabeled.weak, strong1, strong2)))
-        labeled_tokens = [t[:n_l] for t in tokens]
+        n_l, n_u, size = labeled.image.shape[0], unlabeled.weak.shape[0], labeled.image.shape[-2:]
+        maps = student.features(torch.cat((labeled.image, unlabeled.weak, strong1, strong2)))
         # Dropout2d(0.5) on each feature level independently, as the reference feature perturbation.
-        weak_tokens = [
-            t[n_l : n_l + n_u] * random_channel_masks(n_u, t.shape[-1], t.device).unsqueeze(1).to(t.dtype) for t in tokens
-        ]
-        strong_tokens = [t[n_l + n_u :] for t in tokens]
-        pred_x = student.decode(labeled_tokens, grid)
-        pred_fp = student.decode(weak_tokens, grid)
-        pred_s1, pred_s2 = student.decode(strong_tokens, grid).chunk(2)
+        weak_maps = [m[n_l : n_l + n_u] * random_channel_masks(n_u, m.shape[1], m.device)[:, :, None, None].to(m.dtype) for m in maps]
+        pred_x = student.decode([m[:n_l] for m in maps], size)
+        pred_fp = student.decode(weak_maps, size)
+        pred_s1, pred_s2 = student.decode([m[n_l + n_u :] for m in maps], size).chunk(2)
         threshold = self.cfg.threshold
         loss_u = (
             0.5 * pixel_loss(pred_fp, pseudo, threshold)

@@ -1,4 +1,4 @@
-"""DPT decoder: reassemble four ViT token maps into a pyramid and fuse it coarse-to-fine (RefineNet style)."""
+"""DPT decoder: reassemble four encoder feature maps into a pyramid and fuse it coarse-to-fine (RefineNet style)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .encoders import FeatureLevel
 
 
 class ResidualConvUnit(nn.Module):
@@ -63,26 +65,44 @@ class Scratch(nn.Module):
         )
 
 
+def resize_layer(channels: int, factor: float) -> nn.Module:
+    """Bring one level to its pyramid stride: x4 / x2 transposed convolutions, identity, or a stride-2 conv."""
+    if factor == 4:
+        return nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=4)
+    if factor == 2:
+        return nn.ConvTranspose2d(channels, channels, kernel_size=2, stride=2)
+    if factor == 1:
+        return nn.Identity()
+    if factor == 0.5:
+        return nn.Conv2d(channels, channels, kernel_size=3, stride=2, padding=1)
+    raise ValueError(f"DPT cannot resize a feature level by {factor}; levels must be within 4x of the pyramid")
+
+
+def pyramid_factors(levels: Sequence[FeatureLevel]) -> list[float]:
+    """Upsampling factor of each level towards strides (S/4, S/2, S, 2S), S = the third level's stride.
+
+    A plain ViT (every level at its patch stride) gets DPT's x4, x2, 1, 1/2; a hierarchical encoder
+    (strides 4, 8, 16, 32) is a pyramid already and keeps its maps as they are."""
+    anchor = levels[2].stride
+    targets = (anchor / 4, anchor / 2, anchor, anchor * 2)
+    return [level.stride / target for level, target in zip(levels, targets)]
+
+
 class DPTHead(nn.Module):
-    def __init__(self, nclass: int, in_channels: int, features: int, out_channels: Sequence[int], use_bn: bool = False):
+    def __init__(self, nclass: int, levels: Sequence[FeatureLevel], features: int, out_channels: Sequence[int], use_bn: bool = False):
         super().__init__()
-        self.projects = nn.ModuleList(nn.Conv2d(in_channels, channels, 1) for channels in out_channels)
-        self.resize_layers = nn.ModuleList([
-            nn.ConvTranspose2d(out_channels[0], out_channels[0], kernel_size=4, stride=4),
-            nn.ConvTranspose2d(out_channels[1], out_channels[1], kernel_size=2, stride=2),
-            nn.Identity(),
-            nn.Conv2d(out_channels[3], out_channels[3], kernel_size=3, stride=2, padding=1),
-        ])
+        if len(levels) != 4:
+            raise ValueError(f"DPT fuses four feature levels, the encoder declares {len(levels)}")
+        self.projects = nn.ModuleList(nn.Conv2d(level.channels, channels, 1) for level, channels in zip(levels, out_channels))
+        self.resize_layers = nn.ModuleList(
+            resize_layer(channels, factor) for channels, factor in zip(out_channels, pyramid_factors(levels))
+        )
         self.scratch = Scratch(out_channels, features, use_bn)
         self.classifier = nn.Conv2d(features, nclass, 1)
 
-    def fuse(self, token_maps: Sequence[torch.Tensor], grid_h: int, grid_w: int) -> torch.Tensor:
-        """Token maps (B, N, D) -> fused decoder features (B, features, 8*grid_h, 8*grid_w)."""
-        pyramid = []
-        for tokens, project, resize in zip(token_maps, self.projects, self.resize_layers):
-            # A view of the (B, N, D) tokens with channels-last strides: the convolutions run channels-last.
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[-1], grid_h, grid_w)
-            pyramid.append(resize(project(x)))
+    def fuse(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Four (B, C_i, h_i, w_i) encoder maps -> fused decoder features at twice the finest pyramid level."""
+        pyramid = [resize(project(x)) for x, project, resize in zip(maps, self.projects, self.resize_layers)]
         scratch = self.scratch
         layer1, layer2, layer3, layer4 = (
             conv(x) for conv, x in zip((scratch.layer1_rn, scratch.layer2_rn, scratch.layer3_rn, scratch.layer4_rn), pyramid)
@@ -93,5 +113,5 @@ class DPTHead(nn.Module):
         path = scratch.refinenet1(path, layer1)
         return scratch.output_conv(path)
 
-    def forward(self, token_maps: Sequence[torch.Tensor], grid_h: int, grid_w: int) -> torch.Tensor:
-        return self.classifier(self.fuse(token_maps, grid_h, grid_w))
+    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.classifier(self.fuse(maps))

@@ -1,4 +1,4 @@
-"""DINOv2 encoder + DPT decoder, with UniMatch V2's complementary channel dropout."""
+"""A registered encoder + DPT decoder, with UniMatch V2's complementary channel dropout."""
 
 from __future__ import annotations
 
@@ -10,15 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dpt import DPTHead
-from .encoder import PATCH_SIZE, DINOv2Encoder, encoder_spec
-
-DECODER_WIDTHS: dict[str, tuple[int, tuple[int, int, int, int]]] = {
-    "tiny": (32, (24, 48, 96, 96)),
-    "small": (64, (48, 96, 192, 384)),
-    "base": (128, (96, 192, 384, 768)),
-    "large": (256, (256, 512, 1024, 1024)),
-    "giant": (384, (1536, 1536, 1536, 1536)),
-}
+from .encoders import encoder_entry
 
 DropPosition = Literal["encoder-decoder", "decoder-classifier"]
 FeatureDrop = Literal["complementary", "random"] | None
@@ -49,10 +41,6 @@ def complementary_masks(batch: int, channels: int, undropped_fraction: float, de
     return torch.cat((first, second))
 
 
-def token_grid(x: torch.Tensor) -> tuple[int, int]:
-    return x.shape[-2] // PATCH_SIZE, x.shape[-1] // PATCH_SIZE
-
-
 class Segmentor(nn.Module):
     def __init__(
         self,
@@ -62,20 +50,23 @@ class Segmentor(nn.Module):
         undropped_fraction: float = 0.5,
         drop_position: DropPosition = "encoder-decoder",
         frozen_encoder: bool = False,
+        input_size: int = 518,
     ):
+        """``input_size``: the training crop; encoders whose position tables are tied to one grid are built for it."""
         super().__init__()
         if nclass < 2:
             raise ValueError(f"nclass must be at least 2, got {nclass}")
         if drop_position not in ("encoder-decoder", "decoder-classifier"):
             raise ValueError(f"drop_position must be 'encoder-decoder' or 'decoder-classifier', got '{drop_position}'")
-        encoder_spec(encoder)
-        features, out_channels = DECODER_WIDTHS[encoder]
+        entry = encoder_entry(encoder)
         self.nclass = nclass
         self.encoder_name = encoder
+        self.size_divisor = entry.size_divisor
+        self.fixed_input_size = input_size if entry.fixed_input else None
         self.undropped_fraction = undropped_fraction
         self.drop_position = drop_position
-        self.encoder = DINOv2Encoder(encoder)
-        self.head = DPTHead(nclass, self.encoder.embed_dim, features, out_channels, use_bn)
+        self.encoder = entry.build(input_size)
+        self.head = DPTHead(nclass, self.encoder.feature_info, entry.decoder_features, entry.decoder_channels, use_bn)
         self.frozen_encoder = False
         if frozen_encoder:
             self.freeze_encoder()
@@ -99,10 +90,14 @@ class Segmentor(nn.Module):
         return [p for p in self.head.parameters() if p.requires_grad]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's (B, C_i, h_i, w_i) feature maps."""
+        height, width = x.shape[-2:]
+        if height % self.size_divisor or width % self.size_divisor:
+            raise ValueError(f"input size {height}x{width} is not a multiple of the size divisor {self.size_divisor} of encoder '{self.encoder_name}'")
         if self.frozen_encoder:
             with torch.no_grad():
-                return self.encoder.get_intermediate_layers(x)
-        return self.encoder.get_intermediate_layers(x)
+                return self.encoder(x)
+        return self.encoder(x)
 
     def drop_masks(self, drop: FeatureDrop, batch: int, channels: int, device: torch.device) -> torch.Tensor:
         if drop == "complementary":
@@ -111,28 +106,31 @@ class Segmentor(nn.Module):
             return random_channel_masks(batch, channels, device)
         raise ValueError(f"unknown feature dropout '{drop}'")
 
-    def decode(self, token_maps: Sequence[torch.Tensor], grid: tuple[int, int], drop: FeatureDrop = None) -> torch.Tensor:
-        """Decoder logits at the input resolution; ``drop`` applies channel dropout at ``drop_position``.
+    def decode(self, maps: Sequence[torch.Tensor], size: tuple[int, int], drop: FeatureDrop = None) -> torch.Tensor:
+        """Decoder logits at ``size`` (the input's height and width); ``drop`` applies channel dropout at
+        ``drop_position``.
 
-        The same channel mask multiplies all four token maps (encoder-decoder position) or the fused
-        decoder features before the classifier (decoder-classifier position, Table 12).
+        The same channel mask multiplies all four feature maps (encoder-decoder position; a level narrower
+        than the widest takes the mask's first channels, so a pair's views stay complementary and the same
+        pairs stay undropped on every level) or the fused decoder features before the classifier
+        (decoder-classifier position, Table 12).
         """
-        grid_h, grid_w = grid
         if drop and self.drop_position == "encoder-decoder":
-            masks = self.drop_masks(drop, token_maps[0].shape[0], token_maps[0].shape[-1], token_maps[0].device)
-            token_maps = [tokens * masks.unsqueeze(1).to(tokens.dtype) for tokens in token_maps]
-        fused = self.head.fuse(token_maps, grid_h, grid_w)
+            masks = self.drop_masks(drop, maps[0].shape[0], max(f.shape[1] for f in maps), maps[0].device)
+            maps = [feature * masks[:, : feature.shape[1], None, None].to(feature.dtype) for feature in maps]
+        fused = self.head.fuse(maps)
         if drop and self.drop_position == "decoder-classifier":
             masks = self.drop_masks(drop, fused.shape[0], fused.shape[1], fused.device)
             fused = fused * masks[:, :, None, None].to(fused.dtype)
         logits = self.head.classifier(fused)
-        return F.interpolate(logits, (grid_h * PATCH_SIZE, grid_w * PATCH_SIZE), mode="bilinear", align_corners=True)
+        return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
 
     def forward(self, x: torch.Tensor, comp_drop: bool = False) -> torch.Tensor:
         """Logits (B, nclass, H, W); ``comp_drop`` treats the two batch halves as complementary views."""
-        return self.decode(self.features(x), token_grid(x), "complementary" if comp_drop else None)
+        return self.decode(self.features(x), x.shape[-2:], "complementary" if comp_drop else None)
 
 
 def build_segmentor(encoder: str, nclass: int, **options) -> Segmentor:
-    """Build the DINOv2-DPT segmentor. Options: use_bn, undropped_fraction, drop_position, frozen_encoder."""
+    """Build the segmentor of a registered encoder. Options: use_bn, undropped_fraction, drop_position,
+    frozen_encoder, input_size."""
     return Segmentor(encoder, nclass, **options)

@@ -1,4 +1,5 @@
-"""Strict loading of DINOv2 encoder checkpoints and of segmentor checkpoints (ours and the authors')."""
+"""Strict loading of released encoder checkpoints (each family converts its own layout) and of segmentor
+checkpoints (ours and the authors')."""
 
 from __future__ import annotations
 
@@ -12,15 +13,10 @@ import torch
 from torch import nn
 
 from ..errors import UnimatchError
+from .encoders import Encoder
 
 log = logging.getLogger(__name__)
 
-# DINOv2's masked-image-modelling token: pre-training only, segmentation never reads it.
-PRETRAIN_ONLY_KEYS = frozenset({"mask_token"})
-OFFICIAL_TO_TIMM = (
-    (re.compile(r"^(blocks\.\d+\.mlp)\.w12\."), r"\1.fc1."),  # SwiGLU (giant) fused input projection
-    (re.compile(r"^(blocks\.\d+\.mlp)\.w3\."), r"\1.fc2."),
-)
 RELEASED_HEAD_TO_OURS = ((re.compile(r"^head\.scratch\.output_conv\.2\."), "head.classifier."),)
 CLASSIFIER_WEIGHT = "head.classifier.weight"  # (nclass, features, 1, 1)
 
@@ -123,23 +119,26 @@ def _load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: s
     module.load_state_dict(state, strict=True)
 
 
-def encoder_state_from(raw: Mapping) -> dict[str, torch.Tensor]:
-    """Normalise an official DINOv2 or timm-layout encoder state dict to this project's key names."""
-    state = raw.get("model", raw) if isinstance(raw, Mapping) else raw
+def encoder_state_from(raw: Mapping, encoder: Encoder) -> dict[str, torch.Tensor]:
+    """A released encoder file (bare, or under 'model' / 'state_dict', with 'module.' or 'backbone.' prefixes)
+    in ``encoder``'s key names, by its family's conversion."""
+    state = raw
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state.get(wrapper), Mapping):
+            state = state[wrapper]
     state = _strip_prefix(_strip_prefix(state, "module."), "backbone.")
-    state = {key: value for key, value in state.items() if key not in PRETRAIN_ONLY_KEYS}
-    return _rename(state, OFFICIAL_TO_TIMM)
+    return encoder.convert_checkpoint(state)
 
 
 def load_encoder_weights(model: nn.Module, path: str | Path) -> None:
-    """Load DINOv2 weights (official ``dinov2_vit*14_pretrain.pth`` or timm layout) into ``model.encoder``."""
+    """Load released encoder weights (e.g. ``dinov2_vitb14_pretrain.pth``, ``mit_b5.pth``) into ``model.encoder``."""
     encoder = model.encoder if hasattr(model, "encoder") else model
     verify_published(path)
-    _load_strict(encoder, encoder_state_from(read_checkpoint(path)), f"encoder checkpoint {path}")
+    _load_strict(encoder, encoder_state_from(read_checkpoint(path), encoder), f"encoder checkpoint {path}")
     log.info("loaded encoder weights from %s", path)
 
 
-def segmentor_state_from(raw: Mapping) -> dict[str, torch.Tensor]:
+def segmentor_state_from(raw: Mapping, model: nn.Module) -> dict[str, torch.Tensor]:
     """Our checkpoints ({'model': ...} or a bare state dict) and the authors' released UniMatch V2 ones."""
     state = raw["model"] if isinstance(raw.get("model"), Mapping) else raw
     state = _strip_prefix(state, "module.")
@@ -148,7 +147,7 @@ def segmentor_state_from(raw: Mapping) -> dict[str, torch.Tensor]:
         key.split(".", 1)[1]: value for key, value in state.items() if key.startswith(encoder_prefixes)
     }
     rest = {key: value for key, value in state.items() if not key.startswith(encoder_prefixes)}
-    encoder = {"encoder." + key: value for key, value in encoder_state_from(encoder).items()}
+    encoder = {"encoder." + key: value for key, value in model.encoder.convert_checkpoint(encoder).items()}
     return {**encoder, **_rename(rest, RELEASED_HEAD_TO_OURS)}
 
 
@@ -167,7 +166,7 @@ def load_segmentor_weights(model: nn.Module, path: str | Path, key: str = "model
     raw = read_checkpoint(path)
     if key != "model" and key in raw:
         raw = {"model": raw[key]}
-    state, source = segmentor_state_from(raw), f"segmentor checkpoint {path}"
+    state, source = segmentor_state_from(raw, model), f"segmentor checkpoint {path}"
     _check_class_count(model, state, source)
     _load_strict(model, state, source)
     log.info("loaded segmentor weights from %s", path)
