@@ -162,3 +162,14 @@ def test_all_labels_need_an_extra_pool_for_semi_supervised_methods(dataset, tmp_
     extra = [f"dataset.extra_unlabeled=['{pool / 'images' / 'train'}']"]
     trainer = Trainer(small_config(dataset, tmp_path / "v2", "method.name=unimatch_v2", *everything, *extra), progress=False)
     assert trainer.sizes == {"labeled": 24, "unlabeled": 6, "val": 4}
+
+
+def test_cpu_sized_cnn_trains_with_its_own_defaults_and_reports_its_size(dataset, tmp_path):
+    tracker = RecordingTracker()
+    cfg = small_config(dataset, tmp_path, "model.encoder=resnet-tiny", "model.weights=null", "dataset.crop_size=64",
+                       "train.lr=null", "train.lr_multiplier=null")  # fmt: skip
+    assert (cfg.train.lr, cfg.train.lr_multiplier) == (1e-3, 1.0)  # the CNN's declared from-scratch rates
+    result = train(cfg, tracker, progress=False)
+    assert all(math.isfinite(v) for _, v in tracker.metrics["train/loss"])
+    assert round(result.metrics["params_encoder_m"], 2) == 0.70 and round(result.metrics["params_decoder_m"], 2) == 0.35
+    assert result.metrics["mean_step_seconds"] > 0 and len(tracker.metrics["train/step_seconds"]) == 4

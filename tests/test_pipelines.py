@@ -184,6 +184,37 @@ def test_scheduled_sweep_runs_once_on_the_local_orchestrator(project: Path, tmp_
     assert any(row.startswith("| τ (confidence threshold) ") for row in rows)
 
 
+def test_encoder_comparison_writes_table9_with_sizes_and_step_time(project: Path) -> None:
+    _python(project, "-m", "pipelines.encoder_comparison", "--quick", *TINY, "pretrain.method=none")
+    runs = {run.data.tags["encoder"]: run for run in _runs(project, "embedded-table9-quick") if run.data.tags.get("kind") == "train"}
+    assert sorted(runs) == ["resnet-tiny", "tiny"]
+    cnn, vit = runs["resnet-tiny"], runs["tiny"]
+    assert (cnn.data.params["train.lr"], cnn.data.params["dataset.crop_size"]) == ("0.001", "32")  # its defaults, its divisor
+    assert (vit.data.params["train.lr"], vit.data.params["dataset.crop_size"]) == ("0.0001", "42")
+    assert cnn.data.metrics["params_encoder_m"] == pytest.approx(0.70, abs=0.01) and cnn.data.metrics["mean_step_seconds"] > 0
+    rows = (project / "outputs" / "embedded-table9-quick" / "encoders.md").read_text(encoding="utf-8").splitlines()
+    assert "#params encoder / decoder (M)" in rows[2] and "s / training step" in rows[2]
+    assert any(re.match(r"\| resnet-tiny +\| +0\.7 / 0\.4 \| +\d+\.\d{3} \| +\d+\.\d \|", row) for row in rows), rows
+
+
+def test_encoder_variants_take_each_encoders_defaults_unless_set() -> None:
+    from pipelines.common import resolve_base, variant_config
+    from pipelines.encoder_comparison import encoder_variants
+
+    def configs(config: str, overrides: list[str], encoders: list[str]) -> list[dict]:
+        base = resolve_base(config, overrides, False, None, "table9")
+        return [variant_config(base, variant) for variant in encoder_variants(config, overrides, base, encoders, {})]
+
+    embedded = str(PROJECT / "configs" / "embedded.yaml")
+    tiny, cnn = configs(embedded, [], ["tiny", "resnet-tiny"])
+    assert tiny["model"]["weights"] == "weights/foundation/embedded-tiny.pth" and cnn["model"]["weights"] is None
+    assert (tiny["train"]["lr"], cnn["train"]["lr"], cnn["train"]["lr_multiplier"]) == (1e-4, 1e-3, 1.0)
+    (chosen,) = configs(embedded, ["train.lr=3e-4"], ["resnet-tiny"])
+    assert chosen["train"]["lr"] == 3e-4  # set by the user: kept for every encoder
+    beit, sam = configs(str(PROJECT / "configs" / "experiments" / "pascal_unimatch_v2_base_92.yaml"), [], ["beit-b", "sam-b"])
+    assert (beit["dataset"]["crop_size"], beit["method"]["teacher"], sam["method"]["teacher"]) == (512, "student", "ema")
+
+
 def test_variant_run_directories_are_keyed_by_config() -> None:
     from pipelines.common import Variant, resolve_base, variant_config
 
