@@ -292,3 +292,18 @@ def test_encoder_defaults_fill_what_the_config_leaves_open():
 def test_config_checks_sizes_against_the_encoder(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("configs/embedded.yaml", [override])
+
+
+@pytest.mark.parametrize("name", ["resnet152", "mit-b5", "beit-b", "beit-l", "sam-b", "sam-l", "small", "base", "large", "giant"])
+def test_encoder_configs_layer_onto_a_dataset(name):
+    from unimatch.config import deep_merge, read_layers, validate
+
+    cfg = validate(deep_merge(read_layers("configs/datasets/pascal.yaml"), read_layers(f"configs/encoders/{name}.yaml")))
+    entry = ENCODERS[name]
+    assert cfg.model.encoder == name and cfg.dataset.crop_size % entry.size_divisor == 0
+    assert (cfg.train.lr, cfg.method.teacher) == (entry.lr, entry.teacher)
+
+
+def test_table9_example_experiment():
+    cfg = load_config("configs/experiments/pascal_unimatch_v2_beit-b_183.yaml")
+    assert (cfg.model.encoder, cfg.dataset.crop_size, cfg.method.teacher, cfg.train.lr) == ("beit-b", 512, "student", 1e-5)

@@ -42,8 +42,9 @@ class TableLayout(NamedTuple):
     col_order: tuple[str, ...] = ()  # like row_order; empty: columns sorted numerically
     where: Mapping[str, str | None] = {}  # the table's fixed tags; None: the tag must be absent
     context: tuple[str, ...] = ("dataset", "encoder")  # tags that must be single-valued in a table
-    # (label, metric, format): per-row columns before the grid, the metric's mean over the row's runs
-    row_columns: tuple[tuple[str, str, str], ...] = ()
+    # (label, metrics, format): per-row columns before the grid, each metric's mean over the row's runs,
+    # several metrics joined by " / " in one cell
+    row_columns: tuple[tuple[str, tuple[str, ...], str], ...] = ()
 
 
 STREAM_LABELS = {
@@ -79,8 +80,8 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
         "encoder", "split", "best_miou_ema", (),
         "Table 9: UniMatch V2 across encoders, mIoU (%) by number of labeled images",
         where={"streams": "complementary", "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
-        row_columns=(("#params encoder / decoder (M)", "params_encoder_m", "{:.1f}"), ("", "params_decoder_m", "{:.1f}"),
-                     ("s / training step", "mean_step_seconds", "{:.3f}")),
+        row_columns=(("#params encoder / decoder (M)", ("params_encoder_m", "params_decoder_m"), "{:.1f}"),
+                     ("s / training step", ("mean_step_seconds",), "{:.3f}")),
     ),
     "sweep": TableLayout(
         "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
@@ -170,7 +171,8 @@ def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
         "end_time": pd.to_numeric(_column(runs, "end_time"), errors="coerce"),
         "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
         **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
-        **{metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce") for _, metric, _ in spec.row_columns},
+        **{metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
+           for _, metrics, _ in spec.row_columns for metric in metrics},
     })
     return placed[keep].dropna(subset=["row", "col"])
 
@@ -254,20 +256,18 @@ def build_table(
     return table
 
 
-def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tuple[str, str, str], ...]) -> pd.DataFrame:
-    """Per-row facts (e.g. parameter counts, step time) in front of the grid; a label left empty joins
-    the previous column's cell with " / " (encoder / decoder parameters in one column)."""
-    front: dict[str, list[str]] = {}
-    last = None
-    for label, metric, fmt in columns:
-        means = kept.groupby("row")[metric].mean()
-        values = [fmt.format(means[row]) if row in means and pd.notna(means[row]) else "" for row in table.index]
-        if label or last is None:
-            front[label] = values
-            last = label
-        else:
-            front[last] = [f"{a} / {b}" if a and b else a or b for a, b in zip(front[last], values)]
-    return pd.concat([pd.DataFrame(front, index=table.index, dtype=object), table], axis=1) if front else table
+def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tuple[str, tuple[str, ...], str], ...]) -> pd.DataFrame:
+    """Per-row facts (e.g. parameter counts, step time) in front of the grid; blank where no run has them."""
+    if not columns:
+        return table
+    means = kept.groupby("row")[[metric for _, metrics, _ in columns for metric in metrics]].mean()
+
+    def cell(row: str, metrics: tuple[str, ...], fmt: str) -> str:
+        values = [means.at[row, metric] for metric in metrics] if row in means.index else []
+        return " / ".join(fmt.format(value) for value in values) if values and all(pd.notna(values)) else ""
+
+    front = {label: [cell(row, metrics, fmt) for row in table.index] for label, metrics, fmt in columns}
+    return pd.concat([pd.DataFrame(front, index=table.index, dtype=object), table], axis=1)
 
 
 def _footnote(metric: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:

@@ -51,16 +51,16 @@ def build_model(model_cfg: ModelConfig, nclass: int, input_size: int, quiet: boo
         drop_position=model_cfg.drop_position,
         input_size=input_size,
     )
-    hub = encoder_entry(model_cfg.encoder).hub
+    entry = encoder_entry(model_cfg.encoder)
     if model_cfg.init_checkpoint:
         load_segmentor_weights(model, model_cfg.init_checkpoint)
     elif model_cfg.weights:
         load_encoder_weights(model, model_cfg.weights)
-    elif model_cfg.hub_download and hub:
-        hub_model = torch.hub.load(*hub)
+    elif model_cfg.hub_download and entry.hub:
+        hub_model = torch.hub.load(*entry.hub)
         model.encoder.load_state_dict(model.encoder.convert_checkpoint(hub_model.state_dict()))
     elif not quiet:
-        hint = encoder_entry(model_cfg.encoder).weights_hint
+        hint = entry.weights_hint
         warnings.warn(
             f"model.weights is not set: the '{model_cfg.encoder}' encoder is RANDOMLY INITIALISED. "
             f"Point model.weights at its released weights ({hint or 'a checkpoint of this encoder'}) for real results, "

@@ -39,7 +39,9 @@ class Encoder(nn.Module):
         return dict(state)
 
     def drop_unused(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {key: value for key, value in state.items() if not key.startswith(self.unused_keys) or key in self.state_dict()}
+        """``state`` without the keys of ``unused_keys`` that this module does not have."""
+        own = self.state_dict().keys()
+        return {key: value for key, value in state.items() if not key.startswith(self.unused_keys) or key in own}
 
     def compile_blocks(self) -> None:
         self.compile()
