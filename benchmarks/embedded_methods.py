@@ -19,13 +19,14 @@ import math
 import statistics
 import time
 
-from unimatch.config import METHOD_LABELS, METHODS, load_config
+from unimatch.config import load_config
 from unimatch.data import list_dataset
 from unimatch.engine import TrainResult, train
+from unimatch.methods import method_labels
 from unimatch.tracking import tracker_from_config
 
 FULLY_SUPERVISED = "fully_supervised"
-LABELS = {**METHOD_LABELS, FULLY_SUPERVISED: "fully supervised"}
+LABELS = {**method_labels(), FULLY_SUPERVISED: "fully supervised"}
 QUALITY = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
 
 
@@ -111,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--labeled", type=int, default=24, help="labeled images (default 24)")
-    rows = [*METHODS, FULLY_SUPERVISED]
+    rows = [*method_labels(), FULLY_SUPERVISED]
     parser.add_argument("--methods", nargs="+", default=rows, choices=rows, help="rows (default: all)")
     parser.add_argument("--name", default="default", help="variant name: its own run directories (default: default)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")

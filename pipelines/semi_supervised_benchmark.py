@@ -14,6 +14,7 @@ from zenml import pipeline
 
 from steps import export_predictions
 from unimatch.config import validate
+from unimatch.methods import METHODS
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
@@ -48,7 +49,8 @@ def semi_supervised_benchmark(
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
-    parser.add_argument("--methods", nargs="+", help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+                        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
     return ("methods",)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from unimatch.config import MethodConfig
+from unimatch.methods import method_class
 from unimatch.engine.ema import ema_decay, update_ema
 from unimatch.engine.losses import OhemCrossEntropy
 from unimatch.methods import LabeledBatch, UnlabeledBatch, build_method
@@ -91,7 +91,7 @@ def threshold_for(teacher, weak) -> float:
 
 
 def run(name, student, teacher, labeled, unlabeled, **options):
-    method = build_method(MethodConfig(name=name, **options), nn.CrossEntropyLoss(ignore_index=255))
+    method = build_method(method_class(name).Settings(**options), nn.CrossEntropyLoss(ignore_index=255))
     with torch.no_grad():
         return method.step(student, teacher, labeled, unlabeled)
 
@@ -160,7 +160,7 @@ def test_v2_variants_train_with_finite_gradients(streams):
     student = build_segmentor("tiny", NCLASS)
     teacher = copy.deepcopy(student)
     labeled, unlabeled = _random_batches()
-    method = build_method(MethodConfig(name="unimatch_v2", streams=streams, threshold=0.0), nn.CrossEntropyLoss(ignore_index=255))
+    method = build_method(method_class("unimatch_v2").Settings(streams=streams, threshold=0.0), nn.CrossEntropyLoss(ignore_index=255))
     out = method.step(student.train(), teacher, labeled, unlabeled)
     out.loss.backward()
     assert torch.isfinite(out.loss)

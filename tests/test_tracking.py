@@ -82,13 +82,13 @@ def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Pa
 
 
 def test_labeled_only_run_logs_only_the_settings_it_reads(store: str) -> None:
-    cfg = _config(store)
-    cfg.method.name = "labeled_only"
+    cfg = ExperimentConfig(tracking=TrackingConfig(uri=store, experiment="unit"), method={"name": "labeled_only"})
     with tracker_from_config(cfg) as tracker:
         run_id = tracker.run_id
-    params = MlflowClient(store).get_run(run_id).data.params
-    assert {key for key in params if key.startswith("method.")} == {"method.name"}  # no τ, λ, streams, EMA
-    assert "train.lr" in params and "model.encoder" in params
+    run = MlflowClient(store).get_run(run_id)
+    assert {key for key in run.data.params if key.startswith("method.")} == {"method.name", "method.schedule"}  # no τ, λ, EMA
+    assert "train.lr" in run.data.params and "model.encoder" in run.data.params
+    assert not {"streams", "threshold", "unlabeled_weight"} & set(run.data.tags)
 
 
 def test_long_params_are_truncated_and_resume_skips_logged_params(store: str) -> None:

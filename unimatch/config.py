@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from .errors import UnimatchError
 
-METHODS = ("labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2")
 
 
 class ConfigError(UnimatchError, ValueError):
@@ -40,6 +39,9 @@ class DatasetConfig(Section):
     val_split: str | None = None
     # Real-world setting: extra unlabeled pools (split files or image folders) added to the unlabeled set.
     extra_unlabeled: list[str] = Field(default_factory=list)
+    # Labeled-only's reference schedule (the authors' supervised.py): labeled samples per epoch, the labeled
+    # list tiled to this many (Pascal and Cityscapes 3000, ADE20K 6000, COCO 30000); null: none declared.
+    labeled_epoch_samples: int | None = Field(None, ge=1)
     # Checked before training: file headers and sizes (cheap), full decodes and label values, or nothing.
     preflight: Literal["headers", "decode", "off"] = "headers"
 
@@ -74,14 +76,42 @@ class ModelConfig(Section):
         return value
 
 
-class MethodConfig(Section):
-    name: Literal["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2"] = "unimatch_v2"
+def method_class(name: str):
+    """The registered method ``name`` (imported here: the registry pulls in torch)."""
+    from .methods import method_class as lookup
+
+    return lookup(name)
+
+
+class MethodSettings(Section):
+    """A method's config section: its ``name`` and the fields its registered class declares (its
+    ``Settings``), so a key exists only where it means something."""
+
+    name: str
+
+
+class PseudoLabelSettings(MethodSettings):
+    """What every method that learns from a teacher's pseudo labels reads."""
+
     threshold: float = Field(0.95, ge=0.0, le=1.0)
     unlabeled_weight: float = Field(1.0, ge=0.0)
-    # UniMatch V2 stream variants (Table 6): complementary (ours), single (a), image_only (b), random (c)
-    streams: Literal["complementary", "single", "image_only", "random"] = "complementary"
     teacher: Literal["ema", "student"] | None = None  # null: the encoder's default (BEiT: student)
     ema_decay: float = Field(0.996, ge=0.0, lt=1.0)
+
+
+DEFAULT_METHOD = "unimatch_v2"
+
+
+def follow_method_name(section: dict[str, Any], name: Any) -> dict[str, Any]:
+    """A method section renamed to another method keeps what the new method accepts and drops the rest
+    (τ and λ survive a switch from UniMatch V2 to FixMatch; ``streams`` does not)."""
+    if section.get("name", DEFAULT_METHOD) == name:
+        return section
+    try:
+        fields = method_class(name).Settings.model_fields
+    except ValueError:  # an unknown name: validation reports it with the choices
+        return {**section, "name": name}
+    return {**{key: value for key, value in section.items() if key in fields}, "name": name}
 
 
 class TrainConfig(Section):
@@ -165,12 +195,20 @@ class ExperimentConfig(Section):
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    method: MethodConfig = Field(default_factory=MethodConfig)
+    method: SerializeAsAny[MethodSettings] = Field(default_factory=lambda: method_class(DEFAULT_METHOD).Settings())
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     output_dir: str = "runs/default"
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _registered_method(cls, value: Any) -> Any:
+        """The section validated as its method's own ``Settings`` (unknown name: the choices)."""
+        if isinstance(value, MethodSettings) or not isinstance(value, dict):
+            return value
+        return method_class(value.get("name", DEFAULT_METHOD)).Settings.model_validate(value)
 
     @model_validator(mode="after")
     def _fit_the_encoder(self) -> "ExperimentConfig":
@@ -178,7 +216,7 @@ class ExperimentConfig(Section):
         entry = encoder_entry(self.model.encoder)
         for dotted, field in ENCODER_DEFAULTS.items():
             section, key = dotted.split(".")
-            if getattr(getattr(self, section), key) is None:
+            if key in type(getattr(self, section)).model_fields and getattr(getattr(self, section), key) is None:
                 getattr(self, section).__dict__[key] = getattr(entry, field)  # no re-validation: the registry's own value
         for key, value in (("dataset.crop_size", self.dataset.crop_size), ("eval.window", self.eval.window)):
             if value is not None and value % entry.size_divisor:
@@ -244,8 +282,16 @@ def read_layers(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
         parents = [parents]
     merged: dict[str, Any] = {}
     for parent in parents:
-        merged = deep_merge(merged, read_layers(path.parent / parent, (*_seen, path)))
-    return deep_merge(merged, data)
+        merged = _with_method_of(merged, read_layers(path.parent / parent, (*_seen, path)))
+    return _with_method_of(merged, data)
+
+
+def _with_method_of(base: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """``layer`` merged over ``base``; a layer naming another method first renames ``base``'s section."""
+    name = (layer.get("method") or {}).get("name") if isinstance(layer.get("method"), dict) else None
+    if name is not None and isinstance(base.get("method"), dict):
+        base = {**base, "method": follow_method_name(base["method"], name)}
+    return deep_merge(base, layer)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -261,6 +307,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     data = copy.deepcopy(data)
     for text in overrides:
         path, value = parse_override(text)
+        if path == ["method", "name"] and isinstance(data.get("method"), dict):
+            data["method"] = follow_method_name(data["method"], value)
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -309,11 +357,3 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = read_layers(path) if path else {}
     data = apply_overrides(data, overrides or [])
     return validate(data, str(path) if path else "config", overrides)
-
-
-METHOD_LABELS = {
-    "labeled_only": "labeled-only",
-    "fixmatch": "FixMatch",
-    "unimatch_v1": "UniMatch V1",
-    "unimatch_v2": "UniMatch V2",
-}

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from unimatch.config import METHOD_LABELS
+from unimatch.methods import method_labels
 from unimatch.errors import UnimatchError
 from unimatch.io_atomic import write_text_atomic
 from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, save_figure
@@ -40,7 +40,8 @@ class TableLayout(NamedTuple):
     title: str
     row_labels: Mapping[str, str] = {}  # tag value -> display label
     col_order: tuple[str, ...] = ()  # like row_order; empty: columns sorted numerically
-    where: Mapping[str, str | None] = {}  # the table's fixed tags; None: the tag must be absent
+    # the table's fixed tags: a value, None (the tag must be absent) or a tuple of those (any of them)
+    where: Mapping[str, str | None | tuple[str | None, ...]] = {}
     context: tuple[str, ...] = ("dataset", "encoder")  # tags that must be single-valued in a table
     # (label, metrics, format): per-row columns before the grid, each metric's mean over the row's runs,
     # several metrics joined by " / " in one cell
@@ -54,12 +55,14 @@ STREAM_LABELS = {
     "complementary": "complementary dropout (ours)",
 }
 _NO_SWEEP = {"sweep_param": None}  # sweep runs change τ or λ and belong only to the sweep table
+_OUR_STREAMS = {"streams": ("complementary", None)}  # UniMatch V2's own design, or a method without streams
+METHOD_LABELS = method_labels()
 
 TABLE_LAYOUTS: dict[str, TableLayout] = {
     "methods": TableLayout(
         "method", "split", "best_miou_ema", tuple(METHOD_LABELS),
         "Table 5: semi-supervised methods, mIoU (%) by number of labeled images", METHOD_LABELS,
-        where={"streams": "complementary", "frozen": "false", **_NO_SWEEP},
+        where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP},
     ),
     "streams": TableLayout(
         "streams", "split", "best_miou_ema", tuple(STREAM_LABELS),
@@ -79,7 +82,7 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
     "encoders": TableLayout(
         "encoder", "split", "best_miou_ema", (),
         "Table 9: UniMatch V2 across encoders, mIoU (%) by number of labeled images",
-        where={"streams": "complementary", "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
+        where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
         row_columns=(("#params encoder / decoder (M)", ("params_encoder_m", "params_decoder_m"), "{:.1f}"),
                      ("s / training step", ("mean_step_seconds",), "{:.3f}")),
     ),
@@ -159,9 +162,11 @@ def _layout(name: str) -> TableLayout:
 def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
     """The runs that belong in the table (any status), as columns row, col, value, status, context."""
     keep = pd.Series(True, index=runs.index)
-    for tag, value in spec.where.items():
+    for tag, wanted in spec.where.items():
         column = _column(runs, f"tags.{tag}")
-        keep &= (column.isna() | (column == "")) if value is None else (column == value)
+        absent = column.isna() | (column == "")
+        choices = wanted if isinstance(wanted, tuple) else (wanted,)
+        keep &= pd.concat([absent if value is None else column == value for value in choices], axis=1).any(axis=1)
     placed = pd.DataFrame({
         "row": _column(runs, f"tags.{spec.row_tag}"),
         "col": _column(runs, f"tags.{spec.col_tag}"),
@@ -188,7 +193,11 @@ def _latest_per_digest(finished: pd.DataFrame) -> pd.DataFrame:
 
 def _looked_for(spec: TableLayout, layout: str, runs: pd.DataFrame) -> str:
     """What a table takes, for the error that says nothing matched it."""
-    fixed = [f"{tag} absent" if value is None else f"{tag}={value}" for tag, value in spec.where.items()]
+    def wanted(tag: str, value: str | None) -> str:
+        return f"{tag} absent" if value is None else f"{tag}={value}"
+
+    fixed = [" or ".join(wanted(tag, v) for v in (value if isinstance(value, tuple) else (value,)))
+             for tag, value in spec.where.items()]  # fmt: skip
     scope = sorted(_column(runs, "experiment").dropna().unique())
     return (f"table '{layout}' needs FINISHED runs with metric {spec.metric} and tags {spec.row_tag} and "
             f"{spec.col_tag}{', ' + ', '.join(fixed) if fixed else ''}; none among the {len(runs)} run(s)"

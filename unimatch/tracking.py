@@ -17,7 +17,8 @@ Metrics (mIoU values are PERCENTAGES, 0-100):
 
 Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes ``{"kind": "eval"}``),
 ``dataset``, ``split`` (labeled count or fraction as written, e.g. ``24`` or ``0.0625``), ``method``,
-``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight``, ``seed``,
+``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight`` (where the
+method has them: a labeled-only run has none of the three), ``seed``,
 ``config_digest`` (:func:`unimatch.config.config_digest`: equal for runs of the same experiment),
 then ``tracking.tags`` from the config and the caller's tags, which win. The report tables also read
 ``setting`` (Table 13: ``labeled only`` / ``+ extra unlabeled``) and ``sweep_param`` / ``sweep_value``
@@ -27,8 +28,8 @@ A run that fails gets the tag ``unimatch.error`` (the one-line error); a trainin
 its run id, and resuming the training reopens that run.
 
 Params are the flattened config (``train.lr``, ``method.threshold``, ...), numbers written as in
-tags (``24``, not ``24.0``), the ``method`` section cut to the fields the method reads (its class's
-``settings``); the resolved config is stored as the artifact ``config.yaml``.
+tags (``24``, not ``24.0``), the ``method`` section holding only the fields of the method's ``Settings``;
+the resolved config is stored as the artifact ``config.yaml``.
 """
 
 from __future__ import annotations
@@ -464,6 +465,9 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.method.name}-{cfg.model.encoder}-{cfg.dataset.name}-{format_number(cfg.split.labeled)}"
 
 
+METHOD_TAGS = ("streams", "threshold", "unlabeled_weight")
+
+
 def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
     """The standard tags of a training run (see the module docstring)."""
     return {
@@ -473,20 +477,17 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
         "method": cfg.method.name,
         "encoder": cfg.model.encoder,
         "frozen": format_number(cfg.model.frozen),
-        "streams": cfg.method.streams,
-        "threshold": format_number(cfg.method.threshold),
-        "unlabeled_weight": format_number(cfg.method.unlabeled_weight),
+        # the method's settings that tables select on, where the method has them
+        **{key: format_number(getattr(cfg.method, key)) for key in METHOD_TAGS if hasattr(cfg.method, key)},
         "seed": format_number(cfg.train.seed),
         "config_digest": config_digest(cfg),
     }
 
 
 def run_params(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config as MLflow params, with the method section cut to what the method reads (no τ or λ
-    on a labeled-only run)."""
-    from unimatch.methods import method_settings  # the method registry (torch): only when a run starts
-
-    return {**cfg.to_dict(), "method": method_settings(cfg.method)}
+    """The config as MLflow params; the method section holds only what the method reads (no τ or λ on a
+    labeled-only run)."""
+    return cfg.to_dict()
 
 
 def _run_exists(uri: str, run_id: str) -> bool:

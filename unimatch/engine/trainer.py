@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..config import ConfigError, ExperimentConfig, ModelConfig, config_digest
+from ..config import ConfigError, ExperimentConfig, ModelConfig, PseudoLabelSettings, config_digest
 from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
-from ..methods import METHODS, LabeledBatch, StepLosses, UnlabeledBatch, build_method
+from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
+from ..methods.base import Pools
 from ..pretrain import pretrained_encoder
 from ..progress import progress_bar
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
@@ -92,14 +93,14 @@ class Trainer:
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
+        labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
+        self.method = build_method(cfg.method, labeled_loss)
         self._build_data()
         model_cfg = self._with_pretrained_encoder(cfg.model)
         self.model = sync_batch_norm(optimize_for_device(build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size), self.device), self.dist)
-        labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
-        self.method = build_method(cfg.method, labeled_loss)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
         self.teacher = self.model
-        if cfg.method.teacher == "ema" and self.uses_unlabeled:
+        if getattr(cfg.method, "teacher", None) == "ema" and self.uses_unlabeled:
             self.teacher = copy.deepcopy(self.model).requires_grad_(False)
         if cfg.train.compile:  # after the deep copy: a copied compiled block would still call the student's
             compile_blocks(self.model)
@@ -126,8 +127,7 @@ class Trainer:
         labeled, val = read_split(splits.labeled, root), read_split(splits.val, root)
         self.class_names = class_names(cfg.dataset.name, root, nclass)
         self.val_set = EvalDataset(val, nclass)
-        # One epoch = one pass over the unlabeled set; labeled-only reads the list too, so that it trains
-        # for the same number of iterations as the semi-supervised methods it is compared with.
+        # Labeled-only reads the unlabeled list too: its "unlabeled" schedule matches the semi-supervised runs.
         unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
         pseudo_samples = self._pseudo_label_samples(unlabeled)
         self.pseudo_set = EvalDataset(pseudo_samples, nclass) if pseudo_samples else None
@@ -137,16 +137,15 @@ class Trainer:
                             "dataset.extra_unlabeled names no pool")
         # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
         batch, world = cfg.train.batch_size, self.dist.world
-        pool = len(unlabeled) if unlabeled or self.uses_unlabeled else len(labeled)  # fully labeled baseline
-        self.iters_per_epoch = pool // (batch * world)
+        pools = Pools(len(labeled), len(unlabeled), str(splits.labeled), str(splits.unlabeled), cfg.dataset.labeled_epoch_samples)
+        schedule = self.method.schedule(pools, batch, world)  # what an epoch is: the method declares it
+        self.iters_per_epoch, labeled_batch = schedule.iterations_per_epoch, schedule.labeled_batch
         if self.iters_per_epoch == 0:
             ranks = f" x {world} processes" if world > 1 else ""
-            images = f"unlabeled images of {splits.unlabeled}" if unlabeled or self.uses_unlabeled else f"labeled images of {splits.labeled}"
-            raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {pool} {images}")
+            raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {schedule.pool} {schedule.pool_name}")
         self.total_iters = self.iters_per_epoch * cfg.train.epochs
         if cfg.train.max_iters:
             self.total_iters = min(self.total_iters, cfg.train.max_iters)
-        labeled_batch = batch if self.uses_unlabeled else 2 * batch  # the reference doubles it
         self.streams = {
             "labeled": (SampleStream(LabeledDataset(labeled, nclass, crop), self.iters_per_epoch * labeled_batch * world, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
         }
@@ -195,7 +194,7 @@ class Trainer:
 
     @property
     def uses_unlabeled(self) -> bool:
-        return METHODS[self.cfg.method.name].uses_unlabeled
+        return self.method.uses_unlabeled
 
     def _iterators(self) -> dict[str, Any]:
         workers, rank, world = self.cfg.train.num_workers, self.dist.rank, self.dist.world
@@ -374,7 +373,9 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world
         shard = Subset(self.pseudo_set, range(rank, len(self.pseudo_set), world)) if world > 1 else self.pseudo_set
         loader = DataLoader(shard, batch_size=1, num_workers=min(self.cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
-        return pseudo_label_quality(self.teacher, loader, self.cfg.method.threshold, self.device, self.amp_dtype, self.dist.enabled)
+        # A method without pseudo labels (labeled-only) is scored at the default confidence threshold.
+        threshold = getattr(self.cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
+        return pseudo_label_quality(self.teacher, loader, threshold, self.device, self.amp_dtype, self.dist.enabled)
 
     def _end_epoch(self, epoch: int, window_metrics: dict[str, float], started: float) -> str:
         results = self.evaluate_models()

@@ -1,46 +1,48 @@
-"""Semi-supervised methods on one shared engine: each defines the losses of one training step."""
+"""Semi-supervised methods on one shared engine: each defines the losses of one training step and
+registers itself (``register_method``); importing this package registers them all."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 
-from ..config import MethodConfig
-from .base import LabeledBatch, Method, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, pixel_loss, pseudo_label
-from .fixmatch import FixMatch
-from .labeled_only import LabeledOnly
-from .unimatch_v1 import UniMatchV1
-from .unimatch_v2 import UniMatchV2
-
-METHODS: dict[str, type[Method]] = {
-    "labeled_only": LabeledOnly,
-    "fixmatch": FixMatch,
-    "unimatch_v1": UniMatchV1,
-    "unimatch_v2": UniMatchV2,
-}
+from ..config import MethodSettings
+from .base import (
+    METHODS, LabeledBatch, Method, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, method_class,
+    pixel_loss, pseudo_label, register_method,
+)  # fmt: skip
+# Registration order is the report's row order.
+from .labeled_only import LabeledOnly  # isort: skip
+from .fixmatch import FixMatch  # isort: skip
+from .unimatch_v1 import UniMatchV1  # isort: skip
+from .unimatch_v2 import UniMatchV2  # isort: skip
 
 
-def build_method(cfg: MethodConfig, labeled_loss: nn.Module) -> Method:
-    return METHODS[cfg.name](cfg, labeled_loss)
+def build_method(settings: MethodSettings, labeled_loss: nn.Module) -> Method:
+    return method_class(settings.name)(settings, labeled_loss)
 
 
-def method_settings(cfg: MethodConfig) -> dict[str, Any]:
-    """The method section as the method sees it: its name and the fields its class reads."""
-    return {name: getattr(cfg, name) for name in ("name", *METHODS[cfg.name].settings)}
+def method_labels() -> dict[str, str]:
+    """Report row labels, in registration order (labeled-only first)."""
+    return {name: cls.label for name, cls in METHODS.items()}
 
 
 __all__ = [
     "METHODS",
+    "FixMatch",
     "LabeledBatch",
+    "LabeledOnly",
     "Method",
     "PseudoLabels",
     "StepLosses",
+    "UniMatchV1",
+    "UniMatchV2",
     "UnlabeledBatch",
     "build_method",
-    "method_settings",
     "cutmix_images",
     "cutmix_pseudo",
+    "method_class",
+    "method_labels",
     "pixel_loss",
     "pseudo_label",
+    "register_method",
 ]

@@ -1,18 +1,24 @@
-"""What every method shares: pseudo labels from the teacher, CutMix mixing, the masked pixel loss.
+"""What every method shares: the method registry, pseudo labels from the teacher, CutMix mixing, the
+masked pixel loss.
 
-A method is a small class that turns one labeled and one unlabeled batch into losses; the engine
-(``unimatch.engine``) owns everything else (data, optimiser, EMA, AMP, logging, checkpoints).
+A method is a small class that turns one labeled and one unlabeled batch into losses, registered with
+:func:`register_method`; its ``Settings`` is its config section (validated, nothing it does not read).
+The engine (``unimatch.engine``) owns everything else (data, optimiser, EMA, AMP, logging, checkpoints)
+and reads only the declarations: ``uses_unlabeled`` and, where the settings have one, ``teacher``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import create_model
 from torch import nn
 
-from ..config import MethodConfig
+from ..config import MethodSettings, PseudoLabelSettings
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
 
@@ -101,17 +107,46 @@ def joint_forward(
     return pred_labeled, pred_views
 
 
+@dataclass(frozen=True)
+class Pools:
+    """The training images a schedule is made from."""
+
+    labeled: int
+    unlabeled: int  # the unlabeled split plus any extra pools
+    labeled_split: str
+    unlabeled_split: str
+    labeled_epoch_samples: int | None  # dataset.labeled_epoch_samples (the reference's n_upsampled)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """What one epoch is: its iterations, the labeled images per step and process, and the pool it
+    passes over (named in the error when not one step fits)."""
+
+    iterations_per_epoch: int
+    labeled_batch: int
+    pool: int
+    pool_name: str  # e.g. "unlabeled images of <split>"
+
+
 class Method:
-    """Base class: ``step`` returns the losses of one iteration. ``uses_unlabeled`` tells the engine
-    whether to load unlabeled batches (and keep a teacher) at all; ``settings`` names the fields of the
-    method config section it reads, the ones logged as its parameters."""
+    """Base class: ``step`` returns the losses of one iteration. Declarations the engine reads:
+    ``uses_unlabeled`` (load unlabeled batches at all) and ``Settings`` (the config section; a ``teacher``
+    field there says which model makes the pseudo labels). ``name`` and ``label`` (report rows) come from
+    :func:`register_method`."""
 
+    name: str
+    label: str
     uses_unlabeled = True
-    settings: tuple[str, ...] = ("threshold", "unlabeled_weight", "teacher", "ema_decay")
+    Settings: type[MethodSettings] = PseudoLabelSettings
 
-    def __init__(self, cfg: MethodConfig, labeled_loss: nn.Module):
-        self.cfg = cfg
+    def __init__(self, settings: MethodSettings, labeled_loss: nn.Module):
+        self.cfg = settings
         self.labeled_loss = labeled_loss
+
+    def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
+        """One epoch = one pass over the unlabeled pool, ``batch`` labeled and unlabeled images per step."""
+        return Schedule(pools.unlabeled // (batch * world), batch, pools.unlabeled, f"unlabeled images of {pools.unlabeled_split}")
 
     def step(self, student: Segmentor, teacher: nn.Module, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> StepLosses:
         raise NotImplementedError
@@ -120,3 +155,27 @@ class Method:
         """Total = (L_l + lambda * L_u) / 2, the reference weighting."""
         total = (loss_labeled + self.cfg.unlabeled_weight * loss_unlabeled) / 2.0
         return StepLosses(total, loss_labeled.detach(), loss_unlabeled.detach(), ratio.detach())
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str, label: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a method under ``name`` (the config's ``method.name``) with its report
+    label; its ``Settings`` gets ``name`` as a fixed field."""
+
+    def register(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method '{name}' is registered twice")
+        cls.name, cls.label = name, label
+        cls.Settings = create_model(f"{cls.__name__}Settings", __base__=cls.Settings, name=(Literal[name], name))
+        METHODS[name] = cls
+        return cls
+
+    return register
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]

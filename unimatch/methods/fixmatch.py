@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label
+from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label, register_method
 
 
+@register_method("fixmatch", "FixMatch")
 class FixMatch(Method):
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)

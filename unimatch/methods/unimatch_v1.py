@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 
 from ..models.segmentor import random_channel_masks
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label
+from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label, register_method
 
 
+@register_method("unimatch_v1", "UniMatch V1")
 class UniMatchV1(Method):
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)

@@ -7,13 +7,22 @@ with random channel dropout), ``image_only`` (b: two strong views, no feature dr
 
 from __future__ import annotations
 
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label
+from typing import Literal
+
+from ..config import PseudoLabelSettings
+from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label, register_method
 
 STREAM_DROPOUT = {"complementary": "complementary", "single": "random", "image_only": None, "random": "random"}
 
 
+class UniMatchV2Settings(PseudoLabelSettings):
+    # Table 6's stream designs: complementary (ours), single (a), image_only (b), random (c)
+    streams: Literal["complementary", "single", "image_only", "random"] = "complementary"
+
+
+@register_method("unimatch_v2", "UniMatch V2")
 class UniMatchV2(Method):
-    settings = (*Method.settings, "streams")
+    Settings = UniMatchV2Settings
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
