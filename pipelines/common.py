@@ -92,7 +92,7 @@ def run_tags(base: dict[str, Any], table: Table) -> dict[str, str]:
     return {"table": table.name, "base_config": digest(base)}
 
 
-def _train_options(experiment: str, tags: dict[str, str], gpu_count: int) -> dict[str, Any]:
+def train_options(experiment: str, tags: dict[str, str], gpu_count: int) -> dict[str, Any]:
     options = tracker_step_options(experiment, tags)
     if gpu_count:  # honoured by orchestrators that place steps (Kubernetes, Vertex...); the local one warns
         options.setdefault("settings", {})["resources"] = ResourceSettings(gpu_count=gpu_count)
@@ -114,7 +114,7 @@ def table_dag(
     experiment = base["tracking"]["experiment"]
     tags = run_tags(base, table)
     gpus = base["train"]["gpus"]
-    trainer = train_model.with_options(**_train_options(experiment, tags, gpu_count or (gpus if gpus > 1 else 0)))
+    trainer = train_model.with_options(**train_options(experiment, tags, gpu_count or (gpus if gpus > 1 else 0)))
     evaluator = evaluate_model.with_options(**tracker_step_options(experiment, tags))
     typed_base = validate(base)  # the steps take the typed config; ZenML validates it against their annotation
     splits = create_splits(config=typed_base)

@@ -1,4 +1,4 @@
-"""Stage commands of the DVC pipeline (``dvc.yaml``): the Table 5 benchmark without ZenML.
+"""Stage commands of the DVC pipeline (``dvc.yaml``): the Table 5 benchmark, ST and ST++ included, without ZenML.
 
 Each stage runs the same library job as the ZenML pipeline's step (:mod:`unimatch.jobs`; no ZenML
 involved), configured from ``params.yaml``, and hands its record to the next stage as a JSON file
@@ -7,6 +7,11 @@ config override (``dvc exp run -S train.epochs=2``); null keeps the config file'
 trains with the same budget as ``make run``.
 
     python -m pipelines.dvc_stages foundation | splits | pretrain | train METHOD | evaluate METHOD | report
+    python -m pipelines.dvc_stages st_teacher | st_pseudo_teacher | st_stability | st_select | st_train STUDENT
+                                   | st_pseudo_round1 | st_evaluate STUDENT      (STUDENT: st, stpp_round1, stpp)
+
+The ST / ST++ stages mirror ``pipelines/self_training.py``; their teacher is a labeled-only training of its
+own (tagged ``stage=teacher``, keeping 3 snapshots), so the Table 5 row of labeled-only stays ``train@labeled_only``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,21 @@ from unimatch.config import ConfigError, ExperimentConfig, flatten, validate
 from unimatch.errors import run_guarded
 from unimatch.foundation import load_foundation_config
 from unimatch.io_atomic import write_text_atomic
-from unimatch.jobs import Evaluation, SplitSet, TrainedModel
+from unimatch.jobs import Evaluation, PseudoLabelSet, SplitSet, StabilityRanking, TrainedModel
 
 from .common import Table, Variant, needs_pretraining, resolve_base, run_tags, split_column, variant_config
 
 PARAMS_FILE = Path("params.yaml")
 RecordT = TypeVar("RecordT", bound=BaseModel)
 TABLE = "table5"
+# ST / ST++ students: (method, pseudo-label stages they learn from, extra tags); stpp_round1 stays out of the table.
+STUDENTS = {
+    "st": ("st", ("st_pseudo_teacher",), {}),
+    "stpp_round1": ("st++", ("st_pseudo_reliable",), {"stage": "round 1"}),
+    "stpp": ("st++", ("st_pseudo_reliable", "st_pseudo_round1"), {}),
+}
+REPORTED_STUDENTS = ("st", "stpp")
+SNAPSHOTS = 3  # ST++'s K
 
 
 class Stage:
@@ -45,7 +58,8 @@ class Stage:
         overrides.append(f"pretrain.dir=runs/{params['experiment']}/pretrain")
         self.base = resolve_base(params["config"], overrides, False, params["experiment"], TABLE)
         self.experiment: str = self.base["tracking"]["experiment"]
-        self.table = Table(TABLE, "methods", self.methods, split_column(self.base))
+        rows = [*self.methods, *(STUDENTS[s][0] for s in REPORTED_STUDENTS)]
+        self.table = Table(TABLE, "methods", rows, split_column(self.base))
         self.tags = run_tags(self.base, self.table)
         self.outputs = Path("outputs") / self.experiment
 
@@ -62,12 +76,24 @@ class Stage:
     def eval_dir(self, method: str) -> Path:
         return self.outputs / "eval" / method
 
-    def config(self, method: str, output_dir: str) -> dict[str, Any]:
+    def config(self, method: str, output_dir: str, *settings: str) -> dict[str, Any]:
         """The method's config, in a fixed directory: DVC clears a stage's outputs before re-running it,
         so no stale checkpoint can be resumed (the ZenML pipeline keys its directories instead)."""
-        config = variant_config(self.base, Variant(method, [f"method.name={method}"]))
+        config = variant_config(self.base, Variant(method, [f"method.name={method}", *settings]))
         config["output_dir"] = output_dir
         return config
+
+    def st_dir(self, name: str) -> Path:
+        """Where an ST / ST++ stage writes (runs/<experiment>/st/<stage>)."""
+        return Path("runs") / self.experiment / "st" / name
+
+    @property
+    def teacher_config(self) -> ExperimentConfig:
+        return validate(self.config("labeled_only", str(self.st_dir("teacher")), f"train.snapshots={SNAPSHOTS}"))
+
+    def record(self, name: str) -> Path:
+        """The JSON record an ST / ST++ stage hands on (inside its output directory)."""
+        return self.st_dir(name) / "record.json"
 
 
 def _write(path: Path, record: BaseModel) -> None:
@@ -117,15 +143,74 @@ def evaluate(stage: Stage, method: str) -> None:
 
 
 def report(stage: Stage) -> None:
-    evaluations = [_read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json")) for m in stage.methods]
+    evaluations = [_read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json")) for m in (*stage.methods, *REPORTED_STUDENTS)]
     jobs.build_report(evaluations, None, stage.experiment, stage.table.layout, str(stage.outputs / "report"),
                       stage.tags, stage.table.rows, stage.table.cols)
 
 
+def st_teacher(stage: Stage) -> None:
+    model = jobs.train_variant(_read(SplitSet, stage.splits_file), stage.teacher_config, "teacher", {**stage.tags, "stage": "teacher"})
+    _write(stage.record("teacher"), model)
+
+
+def st_pseudo_teacher(stage: Stage) -> None:
+    splits = _read(SplitSet, stage.splits_file)
+    pseudo = jobs.pseudo_label(_read(TrainedModel, stage.record("teacher")), splits.unlabeled, stage.teacher_config, "teacher",
+                               str(stage.st_dir("st_pseudo_teacher")))  # fmt: skip
+    _write(stage.record("st_pseudo_teacher"), pseudo)
+    _write_metrics(stage.outputs / "pseudo_labels" / "teacher.json", {"miou": pseudo.miou})
+
+
+def st_stability(stage: Stage) -> None:
+    ranking = jobs.rank_stability(_read(TrainedModel, stage.record("teacher")), _read(SplitSet, stage.splits_file).unlabeled,
+                                  stage.teacher_config, str(stage.outputs / "stability"))  # fmt: skip
+    _write(stage.outputs / "stability" / "stability.json", ranking)
+
+
+def st_select(stage: Stage) -> None:
+    ranking = _read(StabilityRanking, stage.outputs / "stability" / "stability.json")
+    pseudo = jobs.select_pseudo_labels(_read(PseudoLabelSet, stage.record("st_pseudo_teacher")), ranking.reliable,
+                                       stage.teacher_config, "reliable", str(stage.st_dir("st_pseudo_reliable")))  # fmt: skip
+    _write(stage.record("st_pseudo_reliable"), pseudo)
+
+
+def st_student_config(stage: Stage, student: str) -> ExperimentConfig:
+    return validate(stage.config(STUDENTS[student][0], str(stage.st_dir(student))))
+
+
+def st_train(stage: Stage, student: str) -> None:
+    method, sources, tags = STUDENTS[student]
+    pseudo = [_read(PseudoLabelSet, stage.record(source)) for source in sources]
+    model = jobs.train_student(_read(SplitSet, stage.splits_file), pseudo, st_student_config(stage, student), method,
+                               {**stage.tags, **tags}, keyed_dir=False)  # fmt: skip
+    _write(stage.record(student), model)
+    _write_metrics(stage.outputs / "train" / f"{student}.json", model.metrics)
+
+
+def st_pseudo_round1(stage: Stage) -> None:
+    ranking = _read(StabilityRanking, stage.outputs / "stability" / "stability.json")
+    pseudo = jobs.pseudo_label(_read(TrainedModel, stage.record("stpp_round1")), ranking.unreliable,
+                               st_student_config(stage, "stpp_round1"), "round 1", str(stage.st_dir("st_pseudo_round1")))  # fmt: skip
+    _write(stage.record("st_pseudo_round1"), pseudo)
+    _write_metrics(stage.outputs / "pseudo_labels" / "round1.json", {"miou": pseudo.miou})
+
+
+def st_evaluate(stage: Stage, student: str) -> None:
+    config = validate(stage.config(STUDENTS[student][0], str(stage.eval_dir(student))))
+    evaluation = jobs.evaluate_trained(_read(TrainedModel, stage.record(student)), _read(SplitSet, stage.splits_file), config, stage.tags)
+    _write(stage.eval_dir(student).with_suffix(".evaluation.json"), evaluation)
+    _write_metrics(stage.eval_dir(student).with_suffix(".json"), {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou})
+
+
+ST_STAGES = {"st_teacher": st_teacher, "st_pseudo_teacher": st_pseudo_teacher, "st_stability": st_stability,
+             "st_select": st_select, "st_pseudo_round1": st_pseudo_round1}  # fmt: skip
+ST_STUDENT_STAGES = {"st_train": st_train, "st_evaluate": st_evaluate}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
-    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report"))
-    parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage")
+    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report", *ST_STAGES, *ST_STUDENT_STAGES))
+    parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage; the student of st_train / st_evaluate")
     args = parser.parse_args(argv)
     if not PARAMS_FILE.is_file():
         raise ConfigError(f"{PARAMS_FILE}: not found in {Path.cwd()}; run the stages from the project root (dvc repro)")
@@ -134,7 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         foundation(params)
         return
     stage = Stage(params)
-    if args.stage in ("train", "evaluate"):
+    if args.stage in ST_STAGES:
+        ST_STAGES[args.stage](stage)
+    elif args.stage in ST_STUDENT_STAGES:
+        if args.method not in STUDENTS:
+            parser.error(f"{args.stage} needs one of the students {list(STUDENTS)}")
+        ST_STUDENT_STAGES[args.stage](stage, args.method)
+    elif args.stage in ("train", "evaluate"):
         if args.method not in stage.methods:
             parser.error(f"{args.stage} needs one of the params.yaml methods {stage.methods}")
         (train if args.stage == "train" else evaluate)(stage, args.method)

@@ -6,7 +6,10 @@ from .foundation import train_foundation_encoder
 from .predict import export_predictions
 from .pretrain import pretrain_encoder
 from .report import build_report
+from .self_training import pseudo_label_images, rank_by_stability, select_pseudo_labels, train_student, unlabeled_images
 from .splits import create_splits
 from .train import train_model
 
-__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "pretrain_encoder", "train_foundation_encoder", "train_model"]
+__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "pretrain_encoder",
+           "pseudo_label_images", "rank_by_stability", "select_pseudo_labels", "train_foundation_encoder", "train_model",
+           "train_student", "unlabeled_images"]

@@ -28,14 +28,16 @@ from unimatch.jobs import (
     FoundationEncoder,
     Predictions,
     PretrainedEncoder,
+    PseudoLabelSet,
     ReportFiles,
     SplitFile,
     SplitSet,
+    StabilityRanking,
     TrainedModel,
 )
 
-__all__ = ["Evaluation", "FoundationEncoder", "Predictions", "PretrainedEncoder", "ReportFiles", "SplitFile", "SplitSet",
-           "TrainedModel", "TrainedModelMaterializer"]
+__all__ = ["Evaluation", "FoundationEncoder", "Predictions", "PretrainedEncoder", "PseudoLabelSet", "ReportFiles",
+           "SplitFile", "SplitSet", "StabilityRanking", "TrainedModel", "TrainedModelMaterializer"]
 
 
 class TrainedModelMaterializer(BaseMaterializer):
@@ -47,23 +49,32 @@ class TrainedModelMaterializer(BaseMaterializer):
     METADATA: ClassVar[str] = "model.json"
 
     def save(self, data: TrainedModel) -> None:
-        fileio.copy(data.checkpoint, os.path.join(self.uri, self.CHECKPOINT), overwrite=True)
+        for source, name in ((data.checkpoint, self.CHECKPOINT), *zip(data.snapshots, self._snapshot_names(data))):
+            fileio.copy(source, os.path.join(self.uri, name), overwrite=True)
         with fileio.open(os.path.join(self.uri, self.METADATA), "w") as handle:
             handle.write(data.model_dump_json(indent=2))
 
     def load(self, data_type: type[Any]) -> TrainedModel:
         with fileio.open(os.path.join(self.uri, self.METADATA), "r") as handle:
             model = TrainedModel.model_validate_json(handle.read())
-        stored = os.path.join(self.uri, self.CHECKPOINT)
-        if not isinstance(self.artifact_store, LocalArtifactStore):  # remote store: fetch a local copy
-            local = os.path.join(tempfile.mkdtemp(prefix="unimatch-ckpt-"), self.CHECKPOINT)
-            fileio.copy(stored, local)
-            stored = local
-        return model.model_copy(update={"checkpoint": stored})
+        checkpoint, *snapshots = (self._local(name) for name in (self.CHECKPOINT, *self._snapshot_names(model)))
+        return model.model_copy(update={"checkpoint": checkpoint, "snapshots": snapshots})
+
+    @staticmethod
+    def _snapshot_names(data: TrainedModel) -> list[str]:
+        return [f"snapshot_{k}.pth" for k in range(1, len(data.snapshots) + 1)]  # ST++'s teacher keeps three
+
+    def _local(self, name: str) -> str:
+        stored = os.path.join(self.uri, name)
+        if isinstance(self.artifact_store, LocalArtifactStore):
+            return stored
+        local = os.path.join(tempfile.mkdtemp(prefix="unimatch-ckpt-"), name)  # remote store: fetch a local copy
+        fileio.copy(stored, local)
+        return local
 
     def compute_content_hash(self, data: TrainedModel) -> str:
         # Paths differ between a run directory and the store copy; the weights and metrics do not.
-        payload = data.model_dump(exclude={"checkpoint", "run_dir", "mlflow_run_id", "mlflow_model"})
+        payload = data.model_dump(exclude={"checkpoint", "run_dir", "mlflow_run_id", "mlflow_model", "snapshots"})
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def extract_metadata(self, data: TrainedModel) -> dict[str, MetadataType]:

@@ -68,6 +68,10 @@ def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
     edges = [("data.dvc", "splits"), ("splits", "pretrain"), ("pretrain", "train@unimatch_v2"), ("splits", "train@unimatch_v2"),
              ("foundation", "train@unimatch_v2")]
     edges += [(f"train@{m}", f"evaluate@{m}") for m in methods] + [(f"evaluate@{m}", "report") for m in methods]
+    edges += [("splits", "st_teacher"), ("st_teacher", "st_pseudo_teacher"), ("st_pseudo_teacher", "st_train_st"),
+              ("st_teacher", "st_stability"), ("st_stability", "st_select"), ("st_select", "st_train_stpp_round1"),
+              ("st_train_stpp_round1", "st_pseudo_round1"), ("st_pseudo_round1", "st_train_stpp"),
+              ("st_train_stpp", "st_evaluate@stpp"), ("st_evaluate@st", "report"), ("st_evaluate@stpp", "report")]  # fmt: skip
     for upstream, downstream in edges:
         assert f'"{upstream}" -> "{downstream}";' in dag
     pending = json.loads(_run(repo, DVC, "status", "--json"))

@@ -184,6 +184,34 @@ def test_scheduled_sweep_runs_once_on_the_local_orchestrator(project: Path, tmp_
     assert any(row.startswith("| τ (confidence threshold) ") for row in rows)
 
 
+SELF_TRAINING_STEPS = """
+import json
+from zenml.client import Client
+runs = Client().list_pipeline_runs(pipeline_name="self_training", sort_by="asc:created", size=10).items
+print(json.dumps([{name: step.status.value for name, step in run.steps.items()} for run in runs]))
+"""
+
+
+def test_self_training_runs_its_stages_once_and_reports_st_and_stpp(project: Path) -> None:
+    for _ in range(2):
+        _python(project, "-m", "pipelines.self_training", "--quick", *TINY, "pretrain.method=none")
+    first, second = json.loads(_python(project, "-c", SELF_TRAINING_STEPS).stdout)[-2:]
+    stages = {"train_teacher", "pseudo_label_all", "train_st", "rank_by_stability", "select_pseudo_labels",
+              "train_stpp_round1", "pseudo_label_unreliable", "train_stpp", "build_report"}  # fmt: skip
+    assert stages <= set(first) and all(first[name] == "completed" for name in stages)
+    # Side-effect steps always run (they read the dataset or the tracking store, or write files).
+    assert all(status == "cached" for name, status in second.items() if name not in ("create_splits", "build_report")), second
+    runs = [run for run in _runs(project, "embedded-self-training-quick") if run.data.tags.get("kind") == "train"]
+    assert sorted((run.data.tags["method"], run.data.tags.get("stage", "")) for run in runs) == [
+        ("labeled_only", ""), ("st", ""), ("st++", ""), ("st++", "round 1")]
+    outputs = project / "outputs" / "embedded-self-training-quick"
+    rows = (outputs / "methods.md").read_text(encoding="utf-8").splitlines()
+    assert any(re.match(r"\| ST +\| +\d+\.\d \|", row) for row in rows) and any(re.match(r"\| ST\+\+ +\| +\d+\.\d \|", row) for row in rows)
+    label_next = (outputs / "stability" / "label_next.csv").read_text(encoding="utf-8").splitlines()
+    assert label_next[0] == "rank,image,stability" and len(label_next) == 1 + 8  # every unlabeled image, ranked
+    assert (outputs / "stability" / "label_next.png").is_file()
+
+
 def test_encoder_comparison_writes_table9_with_sizes_and_step_time(project: Path) -> None:
     _python(project, "-m", "pipelines.encoder_comparison", "--quick", *TINY, "pretrain.method=none")
     runs = {run.data.tags["encoder"]: run for run in _runs(project, "embedded-table9-quick") if run.data.tags.get("kind") == "train"}

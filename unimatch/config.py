@@ -133,6 +133,9 @@ class TrainConfig(Section):
     eval_every: int = Field(1, ge=1)  # epochs
     log_every: int = Field(20, ge=1)  # iterations
     checkpoint_every: int = Field(100, ge=1)  # iterations between resumable checkpoints
+    # K > 0: the weights also kept at K evenly spaced iterations, the last at the end of training, as
+    # checkpoints/snapshot_<k>of<K>.pth (ST++'s stability snapshots: K = 3)
+    snapshots: int = Field(0, ge=0)
     resume: bool = True  # continue from <output_dir>/checkpoints/latest.pth when it exists
     max_bad_steps: int = Field(0, ge=0)  # non-finite losses skipped before training stops
     device: str = "auto"
@@ -230,7 +233,7 @@ class ExperimentConfig(Section):
 
 # Keys that decide where a run writes and how it is watched or scheduled, not what it computes.
 NON_RESULT_KEYS = ("output_dir", "tracking", "split.dir", "pretrain.dir", "train.resume", "train.num_workers",
-                   "train.checkpoint_every", "train.log_every", "train.device", "dataset.preflight")  # fmt: skip
+                   "train.checkpoint_every", "train.log_every", "train.device", "train.snapshots", "dataset.preflight")  # fmt: skip
 
 
 def config_digest(cfg: ExperimentConfig) -> str:

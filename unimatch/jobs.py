@@ -88,6 +88,26 @@ class TrainedModel(BaseModel):
     metrics: dict[str, float]
     mlflow_run_id: str | None = None
     mlflow_model: str | None = None  # models:/NAME/VERSION when the model was registered
+    snapshots: list[str] = []  # train.snapshots checkpoints, in training order (the last = the final model)
+
+
+class PseudoLabelSet(BaseModel):
+    """Pseudo labels of a set of unlabeled images: the split file listing (image, pseudo mask) and their
+    quality against ground truth where the images have masks (never used for training)."""
+
+    name: str
+    split: SplitFile
+    miou: float | None
+
+
+class StabilityRanking(BaseModel):
+    """ST++'s ranking of the unlabeled images: the reliable and unreliable halves as split files, and the
+    label-next list (least stable first) as CSV and a contact sheet."""
+
+    reliable: SplitFile
+    unreliable: SplitFile
+    label_next_csv: str
+    label_next_png: str
 
 
 class Evaluation(BaseModel):
@@ -179,9 +199,80 @@ def train_variant(
             result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=tracking_uri, progress=progress)
         else:
             result = train(cfg, tracker, progress=progress)
+    snapshots = sorted(result.output_dir.glob("checkpoints/snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1].split("of")[0]))
     return TrainedModel(name=name, method=cfg.method.name, run_dir=str(result.output_dir),
                         checkpoint=str(result.best_checkpoint), sha256=sha256_file(result.best_checkpoint),
-                        metrics=result.metrics, mlflow_run_id=result.run_id, mlflow_model=result.registered_model)  # fmt: skip
+                        metrics=result.metrics, mlflow_run_id=result.run_id, mlflow_model=result.registered_model,
+                        snapshots=[path.as_posix() for path in snapshots])  # fmt: skip
+
+
+def train_student(
+    splits: SplitSet, pseudo_labels: list[PseudoLabelSet], cfg: ExperimentConfig, name: str, tags: Mapping[str, str],
+    tracking_uri: str | None = None, progress: bool = True, keyed_dir: bool = True,
+) -> TrainedModel:
+    """An ST / ST++ student (``cfg.method``) on the labeled split and ``pseudo_labels``. ``keyed_dir``: its run
+    directory is keyed by their content too, so that other pseudo labels never resume this student (DVC,
+    which clears a stage's outputs before running it, keeps fixed directories)."""
+    for pseudo in pseudo_labels:
+        pseudo.split.verify()
+    files = "[" + ",".join(p.split.path for p in pseudo_labels) + "]"
+    key = hashlib.sha256("".join(p.split.sha256 for p in pseudo_labels).encode()).hexdigest()[:8]
+    cfg = derive(cfg, f"method.pseudo_labels={files}", *([f"output_dir={cfg.output_dir}-{key}"] if keyed_dir else []))
+    return train_variant(splits, cfg, name, tags, tracking_uri, progress)
+
+
+def pseudo_label(model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str,
+                 progress: bool = True) -> PseudoLabelSet:  # fmt: skip
+    """Hard pseudo labels of ``images`` by ``model`` (its best checkpoint) with multi-scale + flip TTA."""
+    from .engine import resolve_device
+    from .engine.evaluate import checkpoint_model
+    from .self_training import write_pseudo_labels
+
+    images.verify()
+    device = resolve_device(cfg.train.device)
+    net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
+    samples = read_split(images.path, cfg.dataset.root, require_masks=False)
+    result = write_pseudo_labels(net, samples, cfg.dataset.root, out_dir, cfg.dataset.nclass, device, progress=progress)
+    return PseudoLabelSet(name=name, split=SplitFile.of(result.split_file), miou=result.miou)
+
+
+def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConfig, out_dir: str,
+                   progress: bool = True) -> StabilityRanking:  # fmt: skip
+    """ST++: score each of ``images`` by how much the teacher's earlier snapshots agree with its final one,
+    split them into the reliable (most stable) half and the rest, and write the label-next list."""
+    from .data import write_split
+    from .engine import resolve_device
+    from .engine.evaluate import checkpoint_model
+    from .self_training import predicted_masks, rank_by_stability, split_reliable, stability_scores, write_label_next
+
+    if len(teacher.snapshots) < 2:
+        raise UnimatchError(f"the teacher {teacher.run_dir} kept {len(teacher.snapshots)} snapshot(s); ST++ compares "
+                            "earlier ones with the final one: train it with train.snapshots=3")  # fmt: skip
+    images.verify()
+    device = resolve_device(cfg.train.device)
+    samples = read_split(images.path, cfg.dataset.root, require_masks=False)
+    masks = [predicted_masks(checkpoint_model(cfg, path, "model").to(device), samples, device) for path in teacher.snapshots]
+    ranking = rank_by_stability(samples, stability_scores(masks[:-1], masks[-1], cfg.dataset.nclass))
+    reliable, unreliable = split_reliable(ranking)
+    by_name = {sample.name: sample for sample in samples}
+    out = Path(out_dir)
+    for file, names in (("reliable.txt", reliable), ("unreliable.txt", unreliable)):
+        write_split(out / file, [by_name[name] for name in names], cfg.dataset.root)
+    csv, sheet = write_label_next(ranking, samples, masks[-1], masks[:-1], cfg.dataset.nclass, out)
+    return StabilityRanking(reliable=SplitFile.of(out / "reliable.txt"), unreliable=SplitFile.of(out / "unreliable.txt"),
+                            label_next_csv=csv.as_posix(), label_next_png=sheet.as_posix())  # fmt: skip
+
+
+def select_pseudo_labels(pseudo: PseudoLabelSet, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str) -> PseudoLabelSet:
+    """The pseudo labels of ``pseudo`` for the images of ``images``, copied to ``out_dir`` (ST++'s reliable
+    half keeps the teacher's labels)."""
+    from .self_training import subset_pseudo_labels
+
+    pseudo.split.verify()
+    images.verify()
+    wanted = {sample.name for sample in read_split(images.path, cfg.dataset.root, require_masks=False)}
+    split = subset_pseudo_labels(pseudo.split.path, cfg.dataset.root, wanted, out_dir)
+    return PseudoLabelSet(name=name, split=SplitFile.of(split), miou=None)
 
 
 def evaluate_trained(model: TrainedModel, splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str],

@@ -62,7 +62,7 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
     "methods": TableLayout(
         "method", "split", "best_miou_ema", tuple(METHOD_LABELS),
         "Table 5: semi-supervised methods, mIoU (%) by number of labeled images", METHOD_LABELS,
-        where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP},
+        where={**_OUR_STREAMS, "frozen": "false", "stage": None, **_NO_SWEEP},  # ST++'s round-1 student: a stage
     ),
     "streams": TableLayout(
         "streams", "split", "best_miou_ema", tuple(STREAM_LABELS),

@@ -420,8 +420,8 @@ class MlflowTracker(Tracker):
 
     def register_model(self, name: str, score: float, group: str) -> str | None:
         """A new version of registered model ``name`` from this run's model, tagged with its ``score``
-        and ``group`` (the method); aliases ``best`` and ``best-<group>`` then point at the highest
-        scoring versions."""
+        and ``group`` (the method); aliases ``best`` and ``best-<group>`` (``+`` spelt ``p``) then point at
+        the highest scoring versions."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -435,7 +435,9 @@ class MlflowTracker(Tracker):
                 tags={SCORE_TAG: str(score), GROUP_TAG: group},
             ).version  # fmt: skip
         versions = self._client.search_model_versions(f"name='{name}'")
-        for alias, members in (("best", versions), (f"best-{group}", [v for v in versions if v.tags.get(GROUP_TAG) == group])):
+        # Aliases allow letters, digits, _ and - only: st++ becomes best-stpp.
+        group_alias = "best-" + re.sub(r"[^A-Za-z0-9_-]", "_", group.replace("+", "p"))
+        for alias, members in (("best", versions), (group_alias, [v for v in versions if v.tags.get(GROUP_TAG) == group])):
             scored = [v for v in members if SCORE_TAG in v.tags]
             if scored:
                 top = max(scored, key=lambda v: (float(v.tags[SCORE_TAG]), int(v.version)))

@@ -3,7 +3,7 @@ embedded default dataset. Every bad input raises :class:`DataError` naming the f
 
 from .check import DataCheck, check_samples, check_training_data
 from .classes import CITYSCAPES_CLASSES, PASCAL_CLASSES, class_names, palette
-from .datasets import EvalDataset, LabeledDataset, UnlabeledDataset
+from .datasets import EvalDataset, LabeledDataset, PseudoLabeledDataset, UnlabeledDataset
 from .embedded import CLASSES as EMBEDDED_CLASSES
 from .embedded import generate_embedded
 from .errors import DataError
@@ -19,6 +19,7 @@ from .transforms import (
     augment,
     check_crop_size,
     cutmix_box,
+    cutout,
     normalize,
     strong,
     strong_pipeline,
@@ -39,6 +40,7 @@ __all__ = [
     "DataError",
     "EvalDataset",
     "LabeledDataset",
+    "PseudoLabeledDataset",
     "Sample",
     "SplitFiles",
     "UnlabeledDataset",
@@ -50,6 +52,7 @@ __all__ = [
     "class_names",
     "create_split",
     "cutmix_box",
+    "cutout",
     "extra_unlabeled_samples",
     "generate_embedded",
     "list_dataset",

@@ -24,6 +24,7 @@ from .transforms import (
     augment,
     check_crop_size,
     cutmix_box,
+    cutout,
     mask_tensor,
     normalize,
     strong_pipeline,
@@ -58,6 +59,22 @@ class LabeledDataset(Dataset):
         image, mask = read_pair(image_path, mask_path, self.nclass)
         view = augment(self.weak, image=image, mask=mask)
         return normalize(view["image"]), mask_tensor(view["mask"])
+
+
+class PseudoLabeledDataset(LabeledDataset):
+    """ST's pseudo-labelled crops: the weak view of (image, pseudo mask), then the strong colour
+    augmentations and CutOut on the image (the mask 255 inside the CutOut box)."""
+
+    def __init__(self, samples: Sequence[Sample], nclass: int, crop_size: int) -> None:
+        super().__init__(samples, nclass, crop_size)
+        self.strong = strong_pipeline()
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path, _ = self.items[index]
+        image, mask = read_pair(image_path, mask_path, self.nclass)
+        view = augment(self.weak, image=image, mask=mask)
+        image, mask = cutout(augment(self.strong, image=view["image"])["image"], view["mask"])
+        return normalize(image), mask_tensor(mask)
 
 
 class UnlabeledDataset(Dataset):

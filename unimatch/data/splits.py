@@ -62,7 +62,8 @@ def _check_exists(path: Path, where: str) -> None:
 
 
 def read_split(
-    path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True, allow_empty: bool = False
+    path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True, allow_empty: bool = False,
+    mask_root: str | Path | None = None,
 ) -> list[Sample]:
     """The samples listed in split file ``path``. With ``require_masks`` False a line may hold an image path
     only (mask None), and a listed mask is kept but not checked to exist: unlabeled images never read it,
@@ -70,8 +71,11 @@ def read_split(
 
     ``check_files=False`` parses without the dataset on disk (paths are still checked to stay under root).
     ``allow_empty``: an empty file is an empty list (the unlabeled split when every image is labeled).
+    ``mask_root``: where mask paths are relative to, when not the dataset root (pseudo labels live beside
+    their split file).
     """
     path, root = Path(path), Path(root).absolute()
+    mask_root = Path(mask_root).absolute() if mask_root is not None else root
     samples: list[Sample] = []
     first_line: dict[str, int] = {}
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -83,7 +87,7 @@ def read_split(
             raise DataError(f"{where}: '{image_rel}' is already listed on line {first_line[image_rel]}")
         first_line[image_rel] = number
         image = _resolve(root, image_rel, where)
-        mask = _resolve(root, mask_rel, where) if mask_rel else None
+        mask = _resolve(mask_root, mask_rel, where) if mask_rel else None
         if check_files:
             for file in (image, mask if require_masks else None):
                 if file is not None:

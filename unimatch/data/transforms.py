@@ -38,6 +38,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 
 from .errors import DataError  # noqa: E402
+from .io import IGNORE_INDEX  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -312,6 +313,18 @@ def cutmix_box(
             box[top : top + height, left : left + width] = 1
             return box
     raise ValueError(f"no cutmix box of area {area} and ratio {ratio} fits a {size}x{size} crop")
+
+
+def cutout(image: np.ndarray, mask: np.ndarray, p: float = 0.5, rng: Rng = random) -> tuple[np.ndarray, np.ndarray]:
+    """ST's CutOut on a square pseudo-labelled crop: with probability ``p`` one box (drawn as a CutMix box:
+    area 2-40 %, aspect 0.3-3.3) filled with uniform random pixels, its mask set to 255 (ignored)."""
+    box = cutmix_box(image.shape[0], p=p, rng=rng).numpy().astype(bool)
+    if not box.any():
+        return image, mask
+    image, mask = image.copy(), mask.copy()
+    image[box] = np.random.default_rng(rng.getrandbits(64)).integers(0, 256, size=(int(box.sum()), 3), dtype=np.uint8)
+    mask[box] = IGNORE_INDEX
+    return image, mask
 
 
 # ------------------------------------------------------------------------------------------ to tensors

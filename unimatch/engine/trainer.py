@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig, PseudoLabelSettings, config_digest
-from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, LabeledDataset, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
+from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
 from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
@@ -137,7 +137,9 @@ class Trainer:
                             "dataset.extra_unlabeled names no pool")
         # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
         batch, world = cfg.train.batch_size, self.dist.world
-        pools = Pools(len(labeled), len(unlabeled), str(splits.labeled), str(splits.unlabeled), cfg.dataset.labeled_epoch_samples)
+        labeled_set = self.method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop)
+        pools = Pools(len(labeled), len(labeled_set), len(unlabeled), str(splits.labeled), str(splits.unlabeled),
+                      cfg.dataset.labeled_epoch_samples)  # fmt: skip
         schedule = self.method.schedule(pools, batch, world)  # what an epoch is: the method declares it
         self.iters_per_epoch, labeled_batch = schedule.iterations_per_epoch, schedule.labeled_batch
         if self.iters_per_epoch == 0:
@@ -147,7 +149,7 @@ class Trainer:
         if cfg.train.max_iters:
             self.total_iters = min(self.total_iters, cfg.train.max_iters)
         self.streams = {
-            "labeled": (SampleStream(LabeledDataset(labeled, nclass, crop), self.iters_per_epoch * labeled_batch * world, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
+            "labeled": (SampleStream(labeled_set, self.iters_per_epoch * labeled_batch * world, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
         }
         if self.uses_unlabeled:
             self.streams["unlabeled"] = (
@@ -242,8 +244,19 @@ class Trainer:
         self.saved_iteration = self.iteration
 
     def _save_best(self) -> None:
+        self._save_weights(self.best_path)
+
+    def _save_weights(self, path: Path) -> None:
         teacher = self.teacher.state_dict()
-        save_checkpoint(self.best_path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
+        save_checkpoint(path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
+
+    def snapshot_path(self, k: int) -> Path:
+        return self.checkpoint_dir / f"snapshot_{k}of{self.cfg.train.snapshots}.pth"
+
+    def snapshot_iterations(self) -> dict[int, int]:
+        """Iteration -> k of the ``train.snapshots`` evenly spaced snapshots, the last at the end of training."""
+        count = self.cfg.train.snapshots
+        return {round(k * self.total_iters / count): k for k in range(1, count + 1)}
 
     def _resume_if_possible(self) -> None:
         """Continue from latest.pth, or from latest.prev.pth when the newest is missing or unusable."""
@@ -412,6 +425,7 @@ class Trainer:
         iterators = self._iterators()
         window, metrics, lr = [], {}, 0.0
         started = time.time()
+        snapshots = self.snapshot_iterations()
         bar = progress_bar(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress)
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
@@ -428,6 +442,8 @@ class Trainer:
                 window = []
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", mask=f"{metrics['train/mask_ratio']:.2f}")
             epoch = math.ceil(self.iteration / self.iters_per_epoch)
+            if self.iteration in snapshots and self.dist.is_main:
+                self._save_weights(self.snapshot_path(snapshots[self.iteration]))  # e.g. ST++'s teacher at T/3, 2T/3, T
             if epoch_done and (epoch % cfg.train.eval_every == 0 or self.iteration == self.total_iters):
                 summary = self._end_epoch(epoch, metrics, started)
                 if self.dist.is_main:

@@ -15,6 +15,7 @@ from .labeled_only import LabeledOnly  # isort: skip
 from .fixmatch import FixMatch  # isort: skip
 from .unimatch_v1 import UniMatchV1  # isort: skip
 from .unimatch_v2 import UniMatchV2  # isort: skip
+from .self_training import SelfTraining, SelfTrainingPlusPlus  # isort: skip
 
 
 def build_method(settings: MethodSettings, labeled_loss: nn.Module) -> Method:
@@ -33,6 +34,8 @@ __all__ = [
     "LabeledOnly",
     "Method",
     "PseudoLabels",
+    "SelfTraining",
+    "SelfTrainingPlusPlus",
     "StepLosses",
     "UniMatchV1",
     "UniMatchV2",

@@ -9,7 +9,7 @@ and reads only the declarations: ``uses_unlabeled`` and, where the settings have
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from pydantic import create_model
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..config import MethodSettings, PseudoLabelSettings
+from ..data import LabeledDataset, Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
 
@@ -112,6 +114,7 @@ class Pools:
     """The training images a schedule is made from."""
 
     labeled: int
+    labeled_set: int  # samples of the method's labeled dataset (ST: with its pseudo-labelled images)
     unlabeled: int  # the unlabeled split plus any extra pools
     labeled_split: str
     unlabeled_split: str
@@ -143,6 +146,10 @@ class Method:
     def __init__(self, settings: MethodSettings, labeled_loss: nn.Module):
         self.cfg = settings
         self.labeled_loss = labeled_loss
+
+    def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int) -> Dataset:
+        """What the labeled stream draws from: the weakly augmented labeled crops."""
+        return LabeledDataset(labeled, nclass, crop)
 
     def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
         """One epoch = one pass over the unlabeled pool, ``batch`` labeled and unlabeled images per step."""
