@@ -22,7 +22,7 @@ import time
 from unimatch.config import load_config
 from unimatch.data import list_dataset
 from unimatch.engine import TrainResult, train
-from unimatch.methods import method_labels
+from unimatch.methods import method_labels, single_training_methods
 from unimatch.tracking import tracker_from_config
 
 FULLY_SUPERVISED = "fully_supervised"
@@ -112,7 +112,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--labeled", type=int, default=24, help="labeled images (default 24)")
-    rows = [*method_labels(), FULLY_SUPERVISED]
+    rows = [*single_training_methods(), FULLY_SUPERVISED]
     parser.add_argument("--methods", nargs="+", default=rows, choices=rows, help="rows (default: all)")
     parser.add_argument("--name", default="default", help="variant name: its own run directories (default: default)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")

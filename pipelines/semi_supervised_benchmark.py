@@ -14,7 +14,7 @@ from zenml import pipeline
 
 from steps import export_predictions
 from unimatch.config import validate
-from unimatch.methods import METHODS
+from unimatch.methods import single_training_methods
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
@@ -49,7 +49,7 @@ def semi_supervised_benchmark(
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS),
+    parser.add_argument("--methods", nargs="+", choices=single_training_methods(),
                         help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
     return ("methods",)
 

@@ -11,7 +11,7 @@ from pydantic import Field
 from unimatch.config import ConfigError, PseudoLabelSettings, load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import Trainer, train
-from unimatch.methods import METHODS, Method, method_class, method_labels, register_method
+from unimatch.methods import METHODS, Method, method_class, method_labels, register_method, single_training_methods
 from unimatch.methods.base import Pools, StepLosses, joint_forward
 
 
@@ -29,8 +29,9 @@ def _config(dataset, out, *overrides):
 
 
 def test_unknown_method_names_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"method: Value error, unknown method 'st\+\+'; choose one of fixmatch, labeled_only, unimatch_v1, unimatch_v2"):
-        load_config("configs/embedded.yaml", ["method.name=st++"])
+    with pytest.raises(ConfigError, match=r"method: Value error, unknown method 'st\+\+\+'; choose one of fixmatch, labeled_only, st, st\+\+, unimatch_v1, unimatch_v2"):
+        load_config("configs/embedded.yaml", ["method.name=st+++"])
+    assert single_training_methods() == ["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2"]  # ST runs in stages
 
 
 def test_each_method_section_holds_only_its_own_settings():
@@ -64,14 +65,14 @@ def _labeled_only(schedule: str):
 
 
 def test_labeled_only_reference_schedule_is_the_authors_one():
-    pascal_92 = Pools(92, 10582 - 92, "labeled.txt", "unlabeled.txt", labeled_epoch_samples=3000)
+    pascal_92 = Pools(92, 92, 10582 - 92, "labeled.txt", "unlabeled.txt", labeled_epoch_samples=3000)
     reference = _labeled_only("auto").schedule(pascal_92, batch=16, world=1)
     assert (reference.iterations_per_epoch, reference.labeled_batch) == (93, 32)  # the authors' Pascal-92 log
     matched = _labeled_only("unlabeled").schedule(pascal_92, batch=16, world=1)
     assert (matched.iterations_per_epoch, matched.labeled_batch) == (655, 32)
-    long_list = Pools(10582, 0, "all.txt", "none.txt", labeled_epoch_samples=3000)
+    long_list = Pools(10582, 10582, 0, "all.txt", "none.txt", labeled_epoch_samples=3000)
     assert _labeled_only("reference").schedule(long_list, batch=16, world=2).iterations_per_epoch == 10582 // 64
-    embedded = Pools(24, 376, "l.txt", "u.txt", labeled_epoch_samples=None)
+    embedded = Pools(24, 24, 376, "l.txt", "u.txt", labeled_epoch_samples=None)
     assert _labeled_only("auto").schedule(embedded, batch=8, world=1).iterations_per_epoch == 47
     with pytest.raises(ConfigError, match="method.schedule: 'reference' needs dataset.labeled_epoch_samples"):
         _labeled_only("reference").schedule(embedded, batch=8, world=1)

@@ -22,6 +22,11 @@ def build_method(settings: MethodSettings, labeled_loss: nn.Module) -> Method:
     return method_class(settings.name)(settings, labeled_loss)
 
 
+def single_training_methods() -> list[str]:
+    """The methods one training from a config runs (not those trained in stages, like ST)."""
+    return [name for name, cls in METHODS.items() if cls.stages is None]
+
+
 def method_labels() -> dict[str, str]:
     """Report row labels, in registration order (labeled-only first)."""
     return {name: cls.label for name, cls in METHODS.items()}
@@ -45,6 +50,7 @@ __all__ = [
     "cutmix_pseudo",
     "method_class",
     "method_labels",
+    "single_training_methods",
     "pixel_loss",
     "pseudo_label",
     "register_method",

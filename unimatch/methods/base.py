@@ -135,13 +135,17 @@ class Schedule:
 class Method:
     """Base class: ``step`` returns the losses of one iteration. Declarations the engine reads:
     ``uses_unlabeled`` (load unlabeled batches at all) and ``Settings`` (the config section; a ``teacher``
-    field there says which model makes the pseudo labels). ``name`` and ``label`` (report rows) come from
+    field there says which model makes the pseudo labels); ``stages`` tells benchmarks which methods need
+    a pipeline of stages rather than one training. ``name`` and ``label`` (report rows) come from
     :func:`register_method`."""
 
     name: str
     label: str
     uses_unlabeled = True
     Settings: type[MethodSettings] = PseudoLabelSettings
+    # A method trained in stages (its inputs made by earlier steps) names the pipeline that runs them;
+    # None: one training from the config alone.
+    stages: str | None = None
 
     def __init__(self, settings: MethodSettings, labeled_loss: nn.Module):
         self.cfg = settings

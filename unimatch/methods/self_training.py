@@ -28,13 +28,14 @@ class SelfTrainingSettings(MethodSettings):
 @register_method("st", "ST")
 class SelfTraining(LabeledOnly):
     Settings = SelfTrainingSettings
+    stages = "pipelines.self_training"
 
     def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int) -> Dataset:
         """The labeled list repeated ceil(|U| / |L|) times, then the pseudo-labelled images (the reference's
         dataset: about as many labeled as pseudo-labelled samples, drawn uniformly)."""
         if not self.cfg.pseudo_labels:
             raise ConfigError(f"method.pseudo_labels: {self.name} trains on pseudo labels; make them with "
-                              "`python -m pipelines.self_training` (or list split files of image + pseudo mask)")  # fmt: skip
+                              f"`python -m {self.stages}` (or list split files of image + pseudo mask)")  # fmt: skip
         pseudo = [sample for path in self.cfg.pseudo_labels for sample in read_pseudo_labels(path, root)]
         repeats = math.ceil(len(pseudo) / len(labeled))
         return ConcatDataset([LabeledDataset(list(labeled) * repeats, nclass, crop), PseudoLabeledDataset(pseudo, nclass, crop)])
