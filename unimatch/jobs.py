@@ -232,8 +232,15 @@ def pseudo_label(model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, 
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
     samples = read_split(images.path, cfg.dataset.root, require_masks=False)
-    result = write_pseudo_labels(net, samples, cfg.dataset.root, out_dir, cfg.dataset.nclass, device, progress=progress)
+    result = write_pseudo_labels(net, samples, cfg.dataset.root, out_dir, cfg.dataset.nclass, device, progress=progress,
+                                 inference=_inference(cfg))  # fmt: skip
     return PseudoLabelSet(name=name, split=SplitFile.of(result.split_file), miou=result.miou)
+
+
+def _inference(cfg: ExperimentConfig):
+    from .self_training import Inference
+
+    return Inference(cfg.eval.window or cfg.dataset.crop_size, cfg.eval.max_tokens)
 
 
 def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConfig, out_dir: str,
@@ -251,7 +258,7 @@ def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConf
     images.verify()
     device = resolve_device(cfg.train.device)
     samples = read_split(images.path, cfg.dataset.root, require_masks=False)
-    masks = [predicted_masks(checkpoint_model(cfg, path, "model").to(device), samples, device) for path in teacher.snapshots]
+    masks = [predicted_masks(checkpoint_model(cfg, path, "model").to(device), samples, device, _inference(cfg)) for path in teacher.snapshots]
     ranking = rank_by_stability(samples, stability_scores(masks[:-1], masks[-1], cfg.dataset.nclass))
     reliable, unreliable = split_reliable(ranking)
     by_name = {sample.name: sample for sample in samples}

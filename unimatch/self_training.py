@@ -9,7 +9,6 @@ written here.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,20 +21,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_split
-from .evaluation import predict_original
+from .evaluation import exceeds_token_budget, predict_original, predict_sliding
 from .io_atomic import atomic_write, write_text_atomic
 from .metrics import ConfusionMatrix, iou_per_class, mean_iou
 from .predict import label_png, overlay
 from .progress import progress_bar
 
-log = logging.getLogger(__name__)
-
 TTA_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)  # the reference's five scales, each also flipped
 RELIABLE_FRACTION = 0.5  # ST++: the most stable half is labelled and learnt first
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How whole images are predicted: in one pass, or in sliding windows of ``window`` px above ``max_tokens``
+    (and always for an encoder built for one input size), as evaluation does."""
+
+    window: int | None = None
+    max_tokens: int | None = None
+
+    def probabilities(self, model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        fixed = getattr(model, "fixed_input_size", None)
+        if fixed or exceeds_token_budget(model, "original", *image.shape[-2:], self.max_tokens):
+            summed = predict_sliding(model, image, fixed or self.window, 2 / 3)
+            return summed / summed.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return predict_original(model, image).softmax(dim=1)
+
+
 @torch.no_grad()
-def tta_probabilities(model: nn.Module, image: torch.Tensor, scales: Sequence[float] = TTA_SCALES, flip: bool = True) -> torch.Tensor:
+def tta_probabilities(model: nn.Module, image: torch.Tensor, scales: Sequence[float] = TTA_SCALES, flip: bool = True,
+                      inference: Inference = Inference()) -> torch.Tensor:  # fmt: skip
     """Sum of softmax probabilities over ``scales`` x (image, horizontal flip), each prediction resized back
     (bilinear, align_corners) to the image's size: (1, C, H, W)."""
     height, width = image.shape[-2:]
@@ -45,7 +59,7 @@ def tta_probabilities(model: nn.Module, image: torch.Tensor, scales: Sequence[fl
         scaled = F.interpolate(image, size, mode="bilinear", align_corners=True)
         for flipped in (False, True) if flip else (False,):
             view = scaled.flip(-1) if flipped else scaled
-            probs = predict_original(model, view).softmax(dim=1)
+            probs = inference.probabilities(model, view)
             probs = probs.flip(-1) if flipped else probs
             probs = F.interpolate(probs, (height, width), mode="bilinear", align_corners=True)
             total = probs if total is None else total + probs
@@ -62,7 +76,7 @@ class PseudoLabelResult:
 @torch.no_grad()
 def write_pseudo_labels(
     model: nn.Module, samples: Sequence[Sample], root: str | Path, out_dir: str | Path, nclass: int,
-    device: torch.device, scales: Sequence[float] = TTA_SCALES, progress: bool = True,
+    device: torch.device, scales: Sequence[float] = TTA_SCALES, progress: bool = True, inference: Inference = Inference(),
 ) -> PseudoLabelResult:
     """Hard pseudo labels (argmax of the TTA probabilities, no confidence threshold) of every sample as
     palette PNGs under ``out_dir/labels``, and ``out_dir/pseudo_labels.txt`` listing them; scored against
@@ -73,7 +87,7 @@ def write_pseudo_labels(
     confusion = ConfusionMatrix(nclass)
     for sample in progress_bar(samples, desc="pseudo-label", unit="img", disable=not progress):
         image = normalize(read_image(sample.image)).unsqueeze(0).to(device)
-        labels = tta_probabilities(model, image, scales).argmax(dim=1)[0].cpu()
+        labels = tta_probabilities(model, image, scales, inference=inference).argmax(dim=1)[0].cpu()
         target = out_dir / "labels" / (Path(sample.name).with_suffix("").as_posix().replace("/", "__") + ".png")
         atomic_write(target, lambda file, png=label_png(labels.numpy(), colours): png.save(file, format="PNG"))
         lines.append(f"{_relative(sample.image, root)} {_relative(target, out_dir)}")
@@ -118,10 +132,10 @@ def mask_miou(prediction: np.ndarray, reference: np.ndarray, nclass: int) -> flo
 
 
 @torch.no_grad()
-def predicted_masks(model: nn.Module, samples: Sequence[Sample], device: torch.device) -> list[np.ndarray]:
+def predicted_masks(model: nn.Module, samples: Sequence[Sample], device: torch.device, inference: Inference = Inference()) -> list[np.ndarray]:
     """Single-scale label maps (ST++ scores stability without TTA, as the reference)."""
     model.eval()
-    return [predict_original(model, normalize(read_image(s.image)).unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
+    return [inference.probabilities(model, normalize(read_image(s.image)).unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
             for s in samples]  # fmt: skip
 
 
