@@ -9,7 +9,6 @@ written here.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_split
+from .data.splits import relative_path
 from .evaluation import exceeds_token_budget, predict_original, predict_sliding
 from .io_atomic import atomic_write, write_text_atomic
 from .metrics import ConfusionMatrix, iou_per_class, mean_iou
@@ -90,7 +90,7 @@ def write_pseudo_labels(
         labels = tta_probabilities(model, image, scales, inference=inference).argmax(dim=1)[0].cpu()
         target = out_dir / "labels" / (Path(sample.name).with_suffix("").as_posix().replace("/", "__") + ".png")
         atomic_write(target, lambda file, png=label_png(labels.numpy(), colours): png.save(file, format="PNG"))
-        lines.append(f"{_relative(sample.image, root)} {_relative(target, out_dir)}")
+        lines.append(f"{relative_path(sample.image, root)} {relative_path(target, out_dir)}")
         if sample.mask is not None and sample.mask.is_file():
             confusion.update(labels, torch.from_numpy(read_mask(sample.mask, nclass).astype(np.int64)))
     split_file = out_dir / "pseudo_labels.txt"
@@ -98,11 +98,6 @@ def write_pseudo_labels(
     matrix = confusion.numpy()
     miou = mean_iou(matrix) if matrix.sum() else None
     return PseudoLabelResult(split_file, len(lines), miou)
-
-
-def _relative(path: Path, root: Path) -> str:
-    """``path`` relative to ``root``: split files stay valid in any clone."""
-    return Path(os.path.relpath(Path(path).absolute(), root.absolute())).as_posix()
 
 
 def read_pseudo_labels(path: str | Path, root: str | Path) -> list[Sample]:
@@ -119,7 +114,7 @@ def subset_pseudo_labels(path: str | Path, root: str | Path, images: set[str], o
         if sample.name in images:
             target = out_dir / "labels" / sample.mask.name
             atomic_write(target, lambda file, source=sample.mask: file.write(source.read_bytes()))
-            lines.append(f"{sample.name} {_relative(target, out_dir)}")
+            lines.append(f"{sample.name} {relative_path(target, out_dir)}")
     return write_text_atomic(out_dir / "pseudo_labels.txt", "".join(line + "\n" for line in lines))
 
 
@@ -176,13 +171,13 @@ def write_label_next(
     shown = table["image"].tolist()[:sheet_images]
     fig = Figure(figsize=(9, 2.6 * max(1, len(shown))), layout="constrained")
     axes = np.atleast_2d(fig.subplots(max(1, len(shown)), 3, squeeze=False))
-    colours = palette(nclass)
+    colours, stability = palette(nclass), ranking.set_index("image")["stability"]
     for row, name in zip(axes, shown):
         i = index[name]
         disagreement = np.mean([masks[i] != final[i] for masks in earlier], axis=0)
         image = read_image(samples[i].image)
         panels = ((image, name), (overlay(image, final[i], colours), "pseudo label (final model; background untinted)"),
-                  (disagreement, f"disagreement (stability {ranking.set_index('image').at[name, 'stability']:.2f})"))  # fmt: skip
+                  (disagreement, f"disagreement (stability {stability[name]:.2f})"))  # fmt: skip
         for ax, (array, title) in zip(row, panels):
             ax.imshow(array, cmap="magma" if array.ndim == 2 else None, vmin=0, vmax=1 if array.ndim == 2 else None)  # share of snapshots
             ax.set_title(title, fontsize=8)

@@ -98,7 +98,9 @@ def read_split(
     return samples
 
 
-def _relative(file: Path, root: Path) -> str:
+def relative_path(file: str | Path, root: str | Path) -> str:
+    """``file`` as a split file writes it: a POSIX path relative to ``root``, which must hold it."""
+    root = Path(os.path.abspath(root))
     try:
         rel = Path(os.path.abspath(file)).relative_to(root).as_posix()
     except ValueError:
@@ -113,9 +115,9 @@ def split_text(samples: Iterable[Sample], root: str | Path) -> str:
     root = Path(os.path.abspath(root))
     lines = []
     for sample in samples:
-        fields = [_relative(sample.image, root)]
+        fields = [relative_path(sample.image, root)]
         if sample.mask is not None:
-            fields.append(_relative(sample.mask, root))
+            fields.append(relative_path(sample.mask, root))
         lines.append(" ".join(fields) + "\n")
     return "".join(lines)
 
