@@ -39,9 +39,8 @@ class Encoder(nn.Module):
         return dict(state)
 
     def drop_unused(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``state`` without the keys of ``unused_keys`` that this module does not have."""
-        own = self.state_dict().keys()
-        return {key: value for key, value in state.items() if not key.startswith(self.unused_keys) or key in own}
+        """``state`` without the released keys segmentation never reads (``unused_keys`` prefixes)."""
+        return {key: value for key, value in state.items() if not key.startswith(self.unused_keys)}
 
     def compile_blocks(self) -> None:
         self.compile()

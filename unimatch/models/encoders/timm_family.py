@@ -28,7 +28,7 @@ class WrappedEncoder(Encoder):
 
     def convert_checkpoint(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         state = {key.removeprefix("model."): value for key, value in state.items()}  # ours are prefixed
-        state = {key: value for key, value in self.released_layout(state).items() if not key.startswith(self.unused_keys)}
+        state = self.drop_unused(self.released_layout(state))
         return {f"model.{key}": value for key, value in state.items()}
 
     def compile_blocks(self) -> None:
