@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .errors import UnimatchError
 
@@ -59,8 +59,22 @@ def encoder_entry(name: str):
     return lookup(name)
 
 
+def decoder_entry(name: str):
+    """The registry entry of decoder ``name`` (imported here: the registry pulls in torch)."""
+    from .models.decoders import decoder_entry as lookup
+
+    return lookup(name)
+
+
+class DecoderSettings(Section):
+    """A decoder's config section (``model.decoder_settings``): the fields its registered ``Settings`` declares."""
+
+
 class ModelConfig(Section):
     encoder: str = "tiny"  # a registered encoder: `unimatch encoders` lists them
+    decoder: str = "dpt"  # a registered decoder (dpt: UniMatch V2's; segformer: SegFormer's all-MLP head)
+    # the decoder's own settings, validated against its registered Settings (dpt has none)
+    decoder_settings: SerializeAsAny[DecoderSettings] = Field(default_factory=dict, validate_default=True)
     weights: str | None = None  # the encoder's released weights file (e.g. dinov2_vitb14_pretrain.pth)
     init_checkpoint: str | None = None  # a whole segmentor (ours or the authors' released UniMatch V2)
     hub_download: bool = False  # online only: fetch DINOv2 weights from torch.hub when weights is null
@@ -74,6 +88,20 @@ class ModelConfig(Section):
     def _registered(cls, value: str) -> str:
         encoder_entry(value)  # ValueError naming the registered encoders
         return value
+
+    @field_validator("decoder")
+    @classmethod
+    def _registered_decoder(cls, value: str) -> str:
+        decoder_entry(value)  # ValueError naming the registered decoders
+        return value
+
+    @field_validator("decoder_settings", mode="before")
+    @classmethod
+    def _decoder_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """The section validated as its decoder's own ``Settings`` (skipped when the decoder is unknown)."""
+        if "decoder" not in info.data or isinstance(value, DecoderSettings):
+            return value
+        return decoder_entry(info.data["decoder"]).Settings.model_validate(value or {})
 
 
 def method_class(name: str):

@@ -39,7 +39,8 @@ class PreparedEvaluation:
 
 def checkpoint_model(cfg: ExperimentConfig, checkpoint: str | Path, weights: str = "ema") -> Segmentor:
     """``cfg.model`` holding the ``weights`` entry ('ema' or 'model') of ``checkpoint``."""
-    model = build_model(cfg.model.model_copy(update={"weights": None, "init_checkpoint": None}), cfg.dataset.nclass, cfg.dataset.crop_size, quiet=True)
+    model_cfg = cfg.model.model_copy(update={"weights": None, "init_checkpoint": None})
+    model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True)
     load_segmentor_weights(model, checkpoint, key=weights)
     return model
 

@@ -8,7 +8,8 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ConfigError, ExperimentConfig, ModelConfig
+from ..config import ConfigError, ExperimentConfig, MethodSettings, ModelConfig
+from ..methods import method_class
 from ..models import Segmentor, build_segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
 
 log = logging.getLogger(__name__)
@@ -39,10 +40,14 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build_model(model_cfg: ModelConfig, nclass: int, input_size: int, quiet: bool = False) -> Segmentor:
+def build_model(
+    model_cfg: ModelConfig, nclass: int, input_size: int, method: MethodSettings | None = None, quiet: bool = False
+) -> Segmentor:
     """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
-    released encoder weights, or (loudly) random. ``quiet`` skips the random-initialisation warning when
-    the caller loads a checkpoint next."""
+    released encoder weights, or (loudly) random. ``method``: the config's method section, whose method
+    may change the architecture (``Method.build_model``) before any weights load, so that training,
+    evaluation and prediction build the same model from a config. ``quiet`` skips the
+    random-initialisation warning when the caller loads a checkpoint next."""
     model = build_segmentor(
         model_cfg.encoder,
         nclass,
@@ -50,7 +55,11 @@ def build_model(model_cfg: ModelConfig, nclass: int, input_size: int, quiet: boo
         undropped_fraction=model_cfg.undropped_fraction,
         drop_position=model_cfg.drop_position,
         input_size=input_size,
+        decoder=model_cfg.decoder,
+        decoder_settings=model_cfg.decoder_settings,
     )
+    if method is not None:
+        model = method_class(method.name).build_model(model, method, input_size)
     entry = encoder_entry(model_cfg.encoder)
     if model_cfg.init_checkpoint:
         load_segmentor_weights(model, model_cfg.init_checkpoint)
@@ -78,7 +87,8 @@ def optimize_for_device(model: Segmentor, device: torch.device) -> Segmentor:
     weights at every call (CPU results stay bit-identical). The encoder's attention is timm's fused
     scaled-dot-product attention."""
     if device.type == "cuda":
-        model.head.to(memory_format=torch.channels_last)
+        for module in model.decoder_modules():
+            module.to(memory_format=torch.channels_last)
     return model.to(device)
 
 

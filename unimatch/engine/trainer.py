@@ -22,7 +22,7 @@ from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
-from ..methods.base import Pools
+from ..methods.base import Pools, Progress
 from ..pretrain import pretrained_encoder
 from ..progress import progress_bar
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
@@ -97,7 +97,9 @@ class Trainer:
         self.method = build_method(cfg.method, labeled_loss)
         self._build_data()
         model_cfg = self._with_pretrained_encoder(cfg.model)
-        self.model = sync_batch_norm(optimize_for_device(build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size), self.device), self.dist)
+        model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method)
+        self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
+        self.method.on_device(self.model, model_cfg, self.device)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
         self.teacher = self.model
         if getattr(cfg.method, "teacher", None) == "ema" and self.uses_unlabeled:
@@ -321,6 +323,7 @@ class Trainer:
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> tuple[StepLosses | None, float]:
         """One optimisation step at ``self.iteration``: its losses (None if skipped as non-finite) and lr."""
         lr = set_poly_lr(self.optimizer, self.iteration, self.total_iters, self.cfg.train.poly_power)
+        self.method.progress = Progress(self.iteration, self.total_iters, self.iters_per_epoch)
         self.model.train()
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             losses = StepLosses(*self.step_module(self.teacher, labeled, unlabeled))
@@ -472,7 +475,7 @@ class Trainer:
         """Parameter counts (millions) and the mean compute time of a training step (Table 9's columns)."""
         model = self.model
         sizes = {"params_encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
-                 "params_decoder_m": sum(p.numel() for p in model.head.parameters()) / 1e6}  # fmt: skip
+                 "params_decoder_m": sum(p.numel() for m in model.decoder_modules() for p in m.parameters()) / 1e6}  # fmt: skip
         # Without the first steps, which include warm-up (allocator, cuDNN autotuning, compilation).
         steps = self.step_seconds[min(len(self.step_seconds) // 10, 20):]
         return {**sizes, "mean_step_seconds": float(np.mean(steps))} if steps else sizes

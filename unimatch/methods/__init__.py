@@ -7,7 +7,7 @@ from torch import nn
 
 from ..config import MethodSettings
 from .base import (
-    METHODS, LabeledBatch, Method, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, method_class,
+    METHODS, LabeledBatch, Method, Progress, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, method_class,
     pixel_loss, pseudo_label, register_method,
 )  # fmt: skip
 # Registration order is the report's row order.
@@ -38,6 +38,7 @@ __all__ = [
     "LabeledBatch",
     "LabeledOnly",
     "Method",
+    "Progress",
     "PseudoLabels",
     "SelfTraining",
     "SelfTrainingPlusPlus",

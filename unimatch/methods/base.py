@@ -4,7 +4,8 @@ masked pixel loss.
 A method is a small class that turns one labeled and one unlabeled batch into losses, registered with
 :func:`register_method`; its ``Settings`` is its config section (validated, nothing it does not read).
 The engine (``unimatch.engine``) owns everything else (data, optimiser, EMA, AMP, logging, checkpoints)
-and reads only the declarations: ``uses_unlabeled`` and, where the settings have one, ``teacher``.
+and reads only the declarations: ``uses_unlabeled``, where the settings have one ``teacher``, and the
+hooks ``build_model`` (the architecture it trains) and ``on_device`` (extra frozen models).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pydantic import create_model
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import MethodSettings, PseudoLabelSettings
+from ..config import MethodSettings, ModelConfig, PseudoLabelSettings
 from ..data import LabeledDataset, Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
@@ -110,6 +111,20 @@ def joint_forward(
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Where training is: the engine sets ``Method.progress`` before every step."""
+
+    iteration: int  # from 0
+    total: int  # iterations of the whole training
+    iterations_per_epoch: int
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the step belongs to, from 0 (the reference scripts' loop variable)."""
+        return self.iteration // self.iterations_per_epoch
+
+
+@dataclass(frozen=True)
 class Pools:
     """The training images a schedule is made from."""
 
@@ -137,7 +152,7 @@ class Method:
     ``uses_unlabeled`` (load unlabeled batches at all) and ``Settings`` (the config section; a ``teacher``
     field there says which model makes the pseudo labels); ``stages`` tells benchmarks which methods need
     a pipeline of stages rather than one training. ``name`` and ``label`` (report rows) come from
-    :func:`register_method`."""
+    :func:`register_method`. ``progress`` is where training is when ``step`` runs."""
 
     name: str
     label: str
@@ -150,6 +165,19 @@ class Method:
     def __init__(self, settings: MethodSettings, labeled_loss: nn.Module):
         self.cfg = settings
         self.labeled_loss = labeled_loss
+        self.progress = Progress(0, 1, 1)
+
+    @classmethod
+    def build_model(cls, model: Segmentor, settings: MethodSettings, input_size: int) -> Segmentor:
+        """The architecture the method trains, made from the configured segmentor (training crops of
+        ``input_size``) before any weights load: wherever a model is built from a config (training,
+        evaluation, prediction, checkpoints) it gets the same modules. Default: the segmentor unchanged."""
+        return model
+
+    def on_device(self, model: Segmentor, model_cfg: ModelConfig, device: torch.device) -> None:
+        """Called once the trained model is on ``device``: build what the steps need besides it (e.g. a frozen
+        copy of the pre-trained encoder from ``model_cfg.weights``), kept by the method, outside the model and
+        its checkpoints. Default: nothing."""
 
     def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int) -> Dataset:
         """What the labeled stream draws from: the weakly augmented labeled crops."""

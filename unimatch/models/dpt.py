@@ -1,4 +1,4 @@
-"""DPT decoder: reassemble four encoder feature maps into a pyramid and fuse it coarse-to-fine (RefineNet style)."""
+"""DPT decoder (registered as ``dpt``): reassemble four encoder feature maps into a pyramid and fuse it coarse-to-fine (RefineNet style)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import FeatureLevel
+from ..config import DecoderSettings
+from .decoders.base import Decoder, register_decoder
+from .encoders import EncoderEntry, FeatureLevel
 
 
 class ResidualConvUnit(nn.Module):
@@ -88,7 +90,7 @@ def pyramid_factors(levels: Sequence[FeatureLevel]) -> list[float]:
     return [level.stride / target for level, target in zip(levels, targets)]
 
 
-class DPTHead(nn.Module):
+class DPTHead(Decoder):
     def __init__(self, nclass: int, levels: Sequence[FeatureLevel], features: int, out_channels: Sequence[int], use_bn: bool = False):
         super().__init__()
         if len(levels) != 4:
@@ -113,5 +115,7 @@ class DPTHead(nn.Module):
         path = scratch.refinenet1(path, layer1)
         return scratch.output_conv(path)
 
-    def forward(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-        return self.classifier(self.fuse(maps))
+
+@register_decoder("dpt", "DPT (UniMatch V2's decoder): four levels, widths declared by the encoder")
+def dpt(nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: DecoderSettings, use_bn: bool) -> Decoder:
+    return DPTHead(nclass, levels, encoder.decoder_features, encoder.decoder_channels, use_bn)

@@ -1,4 +1,4 @@
-"""A registered encoder + DPT decoder, with UniMatch V2's complementary channel dropout."""
+"""A registered encoder + a registered decoder (DPT by default), with UniMatch V2's complementary channel dropout."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dpt import DPTHead
+from ..config import DecoderSettings
+from .decoders import decoder_entry
 from .encoders import encoder_entry
 
 DropPosition = Literal["encoder-decoder", "decoder-classifier"]
@@ -51,8 +52,11 @@ class Segmentor(nn.Module):
         drop_position: DropPosition = "encoder-decoder",
         frozen_encoder: bool = False,
         input_size: int = 518,
+        decoder: str = "dpt",
+        decoder_settings: DecoderSettings | None = None,
     ):
-        """``input_size``: the training crop; encoders whose position tables are tied to one grid are built for it."""
+        """``input_size``: the training crop; encoders whose position tables are tied to one grid are built for it.
+        ``decoder``: a registered decoder, built with ``decoder_settings`` (default: its Settings' defaults)."""
         super().__init__()
         if nclass < 2:
             raise ValueError(f"nclass must be at least 2, got {nclass}")
@@ -66,7 +70,10 @@ class Segmentor(nn.Module):
         self.undropped_fraction = undropped_fraction
         self.drop_position = drop_position
         self.encoder = entry.build(input_size)
-        self.head = DPTHead(nclass, self.encoder.feature_info, entry.decoder_features, entry.decoder_channels, use_bn)
+        head = decoder_entry(decoder)
+        self.head = head.build(nclass, self.encoder.feature_info, entry, decoder_settings or head.Settings(), use_bn)
+        # A method's module between encoder and decoder (``Method.build_model``, e.g. AllSpark's); None: none.
+        self.neck: nn.Module | None = None
         self.frozen_encoder = False
         if frozen_encoder:
             self.freeze_encoder()
@@ -86,8 +93,12 @@ class Segmentor(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
+    def decoder_modules(self) -> list[nn.Module]:
+        """The decoder and a method's neck: what trains at the decoder learning rate."""
+        return [self.head] if self.neck is None else [self.neck, self.head]
+
     def decoder_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.head.parameters() if p.requires_grad]
+        return [p for module in self.decoder_modules() for p in module.parameters() if p.requires_grad]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's (B, C_i, h_i, w_i) feature maps."""
@@ -110,7 +121,7 @@ class Segmentor(nn.Module):
         """Decoder logits at ``size`` (the input's height and width); ``drop`` applies channel dropout at
         ``drop_position``.
 
-        The same channel mask multiplies all four feature maps (encoder-decoder position; a level narrower
+        The same channel mask multiplies every feature map (encoder-decoder position; a level narrower
         than the widest takes the mask's first channels, so a pair's views stay complementary and the same
         pairs stay undropped on every level) or the fused decoder features before the classifier
         (decoder-classifier position, Table 12).
@@ -123,14 +134,18 @@ class Segmentor(nn.Module):
             masks = self.drop_masks(drop, fused.shape[0], fused.shape[1], fused.device)
             fused = fused * masks[:, :, None, None].to(fused.dtype)
         logits = self.head.classifier(fused)
-        return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=True)
+        return F.interpolate(logits, tuple(size), mode="bilinear", align_corners=self.head.align_corners)
 
     def forward(self, x: torch.Tensor, comp_drop: bool = False) -> torch.Tensor:
-        """Logits (B, nclass, H, W); ``comp_drop`` treats the two batch halves as complementary views."""
-        return self.decode(self.features(x), x.shape[-2:], "complementary" if comp_drop else None)
+        """Logits (B, nclass, H, W), through the neck when a method added one (its plain, per-image form);
+        ``comp_drop`` treats the two batch halves as complementary views."""
+        maps = self.features(x)
+        if self.neck is not None:
+            maps = self.neck(maps)
+        return self.decode(maps, x.shape[-2:], "complementary" if comp_drop else None)
 
 
 def build_segmentor(encoder: str, nclass: int, **options) -> Segmentor:
     """Build the segmentor of a registered encoder. Options: use_bn, undropped_fraction, drop_position,
-    frozen_encoder, input_size."""
+    frozen_encoder, input_size, decoder, decoder_settings."""
     return Segmentor(encoder, nclass, **options)

@@ -1,0 +1,158 @@
+"""The model extension points: the decoder registry (DPT by default, unchanged), a method's model hooks
+(``build_model``, ``on_device``, ``progress``) and buffers the EMA copies instead of blending."""
+
+import math
+
+import pytest
+import torch
+from pydantic import Field
+from torch import nn
+
+from unimatch.config import ConfigError, DecoderSettings, load_config
+from unimatch.data import generate_embedded
+from unimatch.engine import Trainer, train, update_ema
+from unimatch.engine.evaluate import checkpoint_model
+from unimatch.methods import METHODS, register_method
+from unimatch.methods.fixmatch import FixMatch
+from unimatch.models import build_segmentor, encoder_entry, read_checkpoint
+from unimatch.models.decoders import DECODERS, Decoder, register_decoder
+from unimatch.models.dpt import DPTHead
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return generate_embedded(tmp_path_factory.mktemp("data") / "embedded", seed=5, n_train=16, n_val=2, size=(84, 70))
+
+
+def _config(dataset, out, *overrides):
+    return load_config("configs/embedded.yaml", [
+        f"dataset.root={dataset}", "dataset.crop_size=42", f"output_dir={out}", "split.labeled=4", "train.batch_size=2",
+        "train.epochs=2", "train.max_iters=4", "train.num_workers=0", "tracking.enabled=false", "model.weights=null",
+        "eval.pseudo_label_images=0", *overrides,
+    ])  # fmt: skip
+
+
+def test_the_default_decoder_is_dpt_bit_for_bit():
+    assert load_config("configs/embedded.yaml").model.decoder == "dpt"
+    torch.manual_seed(0)
+    model = build_segmentor("tiny", 5).eval()
+    torch.manual_seed(0)
+    entry = encoder_entry("tiny")
+    encoder = entry.build(518)
+    head = DPTHead(5, encoder.feature_info, entry.decoder_features, entry.decoder_channels).eval()
+    expected = {**{f"encoder.{k}": v for k, v in encoder.state_dict().items()}, **{f"head.{k}": v for k, v in head.state_dict().items()}}
+    assert model.state_dict().keys() == expected.keys()
+    assert all(torch.equal(value, expected[key]) for key, value in model.state_dict().items())
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        reference = nn.functional.interpolate(head(encoder(x)), (56, 56), mode="bilinear", align_corners=True)
+        assert torch.equal(model(x), reference)
+
+
+class LastLevelSettings(DecoderSettings):
+    width: int = Field(8, ge=1)
+
+
+class LastLevelDecoder(Decoder):
+    """Reads only the coarsest level: a decoder need not take DPT's four."""
+
+    def __init__(self, nclass, levels, width):
+        super().__init__()
+        self.project = nn.Conv2d(levels[-1].channels, width, 1)
+        self.classifier = nn.Conv2d(width, nclass, 1)
+
+    def fuse(self, maps):
+        return torch.relu(self.project(maps[-1]))
+
+
+def test_a_decoder_registered_here_is_configured_by_its_own_settings_and_trains(dataset, tmp_path):
+    @register_decoder("test_last_level", "last level only", LastLevelSettings)
+    def last_level(nclass, levels, encoder, settings, use_bn):
+        return LastLevelDecoder(nclass, levels, settings.width)
+
+    try:
+        cfg = _config(dataset, tmp_path, "model.decoder=test_last_level", "model.decoder_settings.width=6", "method.name=fixmatch")
+        assert cfg.model.decoder_settings.width == 6
+        with pytest.raises(ConfigError, match=r"model\.decoder_settings\.width: Input should be greater than or equal to 1"):
+            _config(dataset, tmp_path, "model.decoder=test_last_level", "model.decoder_settings.width=0")
+        result = train(cfg, progress=False)
+        assert math.isfinite(result.metrics["best_miou_ema"])
+        model = checkpoint_model(cfg, result.best_checkpoint)  # the same architecture rebuilt from the config
+        assert isinstance(model.head, LastLevelDecoder) and model.head.project.out_channels == 6
+        # channel dropout at the decoder-classifier position works on any decoder's fused features
+        with torch.no_grad():
+            logits = model.decode(model.features(torch.randn(2, 3, 42, 42)), (42, 42), "complementary")
+        assert logits.shape == (2, 7, 42, 42)
+    finally:
+        DECODERS.pop("test_last_level")
+
+
+class Bias(nn.Module):
+    """A neck that shifts the last level by a learned vector and counts its calls in a copied buffer."""
+
+    ema_copied_buffers = ("calls",)
+
+    def __init__(self, channels):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("average", torch.zeros(()))
+
+    def forward(self, maps):
+        if self.training:
+            self.calls += 1
+            self.average += 1
+        return [*maps[:-1], maps[-1] + self.shift[:, None, None]]
+
+
+def test_a_method_changes_its_model_everywhere_and_keeps_frozen_models_outside_it(dataset, tmp_path):
+    seen = {}
+
+    @register_method("test_necked", "necked")
+    class Necked(FixMatch):
+        @classmethod
+        def build_model(cls, model, settings, input_size):
+            model.neck = Bias(model.encoder.feature_info[-1].channels)
+            return model
+
+        def on_device(self, model, model_cfg, device):
+            self.guide = build_segmentor(model_cfg.encoder, 2).to(device).requires_grad_(False)
+            seen["device"] = next(model.parameters()).device
+
+        def step(self, student, teacher, labeled, unlabeled):
+            seen.setdefault("epochs", []).append((self.progress.iteration, self.progress.epoch))
+            maps = student.neck(student.features(labeled.image))
+            loss = self.labeled_loss(student.decode(maps, labeled.image.shape[-2:]), labeled.mask)
+            zero = torch.zeros((), device=loss.device)
+            return self.combine(loss, zero, zero)
+
+    try:
+        cfg = _config(dataset, tmp_path, "method.name=test_necked", "train.max_iters=null", "train.epochs=2")
+        trainer = Trainer(cfg, progress=False)
+        decoder_group = trainer.optimizer.param_groups[-1]
+        assert any(p is trainer.model.neck.shift for p in decoder_group["params"])  # trains at the decoder's rate
+        assert seen["device"] == trainer.device and not any(k.startswith("guide") for k in trainer.model.state_dict())
+        result = trainer.fit()
+        per_epoch = trainer.iters_per_epoch
+        assert seen["epochs"] == [(i, i // per_epoch) for i in range(2 * per_epoch)]
+        state = read_checkpoint(result.best_checkpoint)
+        assert torch.any(state["model"]["neck.shift"] != 0)
+        # The EMA teacher took the student's call count (copied) but averaged the other buffer.
+        steps = 2 * per_epoch
+        assert state["ema"]["neck.calls"] == state["model"]["neck.calls"] == steps
+        assert 0 < state["ema"]["neck.average"] < steps
+        rebuilt = checkpoint_model(cfg, result.best_checkpoint, "model")  # strict: the neck is rebuilt
+        assert torch.equal(rebuilt.neck.shift, state["model"]["neck.shift"])
+    finally:
+        METHODS.pop("test_necked")
+
+
+def test_update_ema_copies_declared_buffers_and_blends_the_rest():
+    student, teacher = Bias(3), Bias(3)
+    student.calls.fill_(10.0)
+    student.average.fill_(10.0)
+    with torch.no_grad():
+        student.shift.fill_(1.0)
+    update_ema(student, teacher, decay=0.9)
+    assert teacher.calls.item() == 10.0 and teacher.average.item() == pytest.approx(1.0)
+    assert torch.allclose(teacher.shift, torch.full((3,), 0.1))
