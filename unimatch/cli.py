@@ -173,6 +173,33 @@ def cmd_encoders(args: argparse.Namespace) -> None:
               f"{'; weights: ' + entry.weights_hint if entry.weights_hint else ''}")
 
 
+def cmd_text_embeddings(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from .data import class_names
+    from .data.embedded import CLASSES as EMBEDDED_CLASSES
+    from .models import text
+
+    built_in = {"embedded": list(EMBEDDED_CLASSES), **{name: class_names(name, nclass=n) for name, n in (("pascal", 21), ("cityscapes", 19))}}
+    source = args.classes
+    classes = [[name] for name in built_in[source]] if source in built_in else text.read_class_concepts(source)
+    rows = sum(len(concepts) for concepts in classes)
+    if args.random is not None:
+        embeddings = text.random_text_embeddings(rows, args.width, args.random)
+    elif args.weights:
+        model, tokenizer = text.open_clip_text_encoder(args.architecture, args.weights)
+        embeddings = text.encode_class_concepts(classes, model, tokenizer)
+    else:
+        raise text.TextEmbeddingError("give --weights (a CLIP file, with open_clip installed) or --random SEED")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, embeddings)
+    kind = f"RANDOM unit vectors (seed {args.random}, a plumbing check)" if args.random is not None else f"CLIP {args.architecture} text embeddings"
+    print(f"wrote {out}: {embeddings.shape[0]} rows x {embeddings.shape[1]} ({len(classes)} classes), {kind}")
+    if rows != len(classes):
+        print(f"concept rows: set the decoder's concepts (or method.guidance_concepts) to {source}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unimatch", description="UniMatch V2 semi-supervised semantic segmentation.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -241,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     encoders = sub.add_parser("encoders", help="list the registered encoders (model.encoder=NAME) and their defaults")
     encoders.add_argument("--params", action="store_true", help="also count encoder / decoder parameters (21 classes)")
     encoders.set_defaults(func=cmd_encoders)
+
+    embed = sub.add_parser("text-embeddings", help="class text embeddings for SemiVL's decoder (.npy) from a CLIP text "
+                           "encoder (open_clip, the optional extra 'clip'), prompt 'a photo of a {class}'")
+    embed.add_argument("--classes", required=True, help="embedded, pascal, cityscapes, or a classes file: one class per "
+                       "line, its concepts separated by | (one row per concept)")
+    embed.add_argument("--weights", help="CLIP weights: OpenAI's ViT-B-16.pt or an open_clip checkpoint of --architecture")
+    embed.add_argument("--architecture", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    embed.add_argument("--random", type=int, metavar="SEED", help="seeded random unit vectors instead (a plumbing check, not CLIP)")
+    embed.add_argument("--width", type=int, default=512, help="width of --random vectors (default: 512, CLIP ViT-B/16's)")
+    embed.add_argument("--out", required=True, help="output .npy (float16, rows x width)")
+    embed.set_defaults(func=cmd_text_embeddings)
 
     report = sub.add_parser("report", help="rebuild a paper table from MLflow runs (Markdown, CSV, HTML)")
     report.add_argument("--experiment", required=True, help="MLflow experiment name")

@@ -15,7 +15,9 @@ from .labeled_only import LabeledOnly  # isort: skip
 from .fixmatch import FixMatch  # isort: skip
 from .unimatch_v1 import UniMatchV1  # isort: skip
 from .unimatch_v2 import UniMatchV2  # isort: skip
+from .allspark import AllSpark  # isort: skip
 from .self_training import SelfTraining, SelfTrainingPlusPlus  # isort: skip
+from .semivl import SemiVL  # isort: skip
 
 
 def build_method(settings: MethodSettings, labeled_loss: nn.Module) -> Method:
@@ -34,6 +36,7 @@ def method_labels() -> dict[str, str]:
 
 __all__ = [
     "METHODS",
+    "AllSpark",
     "FixMatch",
     "LabeledBatch",
     "LabeledOnly",
@@ -42,6 +45,7 @@ __all__ = [
     "PseudoLabels",
     "SelfTraining",
     "SelfTrainingPlusPlus",
+    "SemiVL",
     "StepLosses",
     "UniMatchV1",
     "UniMatchV2",

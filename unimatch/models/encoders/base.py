@@ -63,6 +63,7 @@ class EncoderEntry:
     cpu_sized: bool = False  # small enough to train on a CPU (the embedded benchmark, tests)
     weights_hint: str = ""  # the released file a user points model.weights at
     hub: tuple[str, str] | None = None  # (torch.hub repo, entry point) for model.hub_download (online only)
+    decoder: str = "dpt"  # the decoder its feature levels are made for (parameter counts, `unimatch encoders`)
 
 
 ENCODERS: dict[str, EncoderEntry] = {}
@@ -93,13 +94,14 @@ def build_encoder(name: str, input_size: int = 518) -> Encoder:
 
 
 def parameter_counts(name: str, nclass: int = 21) -> tuple[int, int]:
-    """(encoder, decoder) parameters of the segmentor of ``name``, built without allocating weights where the
-    library allows it (the meta device)."""
+    """(encoder, decoder) parameters of the segmentor of ``name`` with the decoder it declares, built without
+    allocating weights where the library allows it (the meta device)."""
     from ..segmentor import build_segmentor
 
+    decoder = encoder_entry(name).decoder
     try:
         with torch.device("meta"):
-            model = build_segmentor(name, nclass)
+            model = build_segmentor(name, nclass, decoder=decoder)
     except (RuntimeError, NotImplementedError):  # a builder that reads tensor values while initialising
-        model = build_segmentor(name, nclass)
+        model = build_segmentor(name, nclass, decoder=decoder)
     return sum(p.numel() for p in model.encoder.parameters()), sum(p.numel() for p in model.head.parameters())
