@@ -10,6 +10,7 @@ equivalent crontab line is printed instead.
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 import tempfile
@@ -30,12 +31,12 @@ PIPELINE_OPTIONS = ("config", "quick", "experiment", "gpu_count")
 NO_CACHE_OVERRIDE = "train.resume=false"
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
+def build_parser(description: str, default_config: str = DEFAULT_CONFIG) -> argparse.ArgumentParser:
     """Options every pipeline takes. Only options given on the command line become pipeline
     parameters, so a ``--run-config`` YAML can set the others (ZenML rejects a parameter set twice)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
-    parser.add_argument("--config", help=f"experiment YAML (default: {DEFAULT_CONFIG})")
+    parser.add_argument("--config", help=f"experiment YAML (default: {default_config})")
     parser.add_argument("--quick", action="store_true", default=None, help="smoke-test budget: " + " ".join(QUICK_OVERRIDES))
     parser.add_argument("--no-cache", action="store_true",
                         help=f"re-execute every step, training from scratch ({NO_CACHE_OVERRIDE}) instead of reusing results")
@@ -115,7 +116,8 @@ def main(pipeline: Any, description: str, extra_options: Callable[[argparse.Argu
          argv: Sequence[str] | None = None) -> Any:
     """Entry point of ``python -m pipelines.<module>``; ``extra_options`` adds the pipeline's own
     options and returns their parameter names."""
-    parser = build_parser(description)
+    default_config = inspect.signature(pipeline.entrypoint).parameters["config"].default
+    parser = build_parser(description, default_config)
     names = extra_options(parser) if extra_options else ()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)

@@ -15,11 +15,13 @@ from .artifacts import Predictions, TrainedModel
 @step(enable_cache=False)
 def export_predictions(
     model: TrainedModel, config: ExperimentConfig, input_dir: str, output_dir: str, limit: int | None = None,
-    masks_dir: str | None = None,
+    masks_dir: str | None = None, second_dir: str | None = None, split_file: str | None = None,
 ) -> Annotated[Predictions, "predictions"]:
     """Predict every image under ``input_dir`` (at most ``limit``) with the EMA weights of ``model``;
-    overlays show the ground truth of ``masks_dir`` beside the prediction where it has a mask.
+    overlays show the ground truth of ``masks_dir`` beside the prediction where it has a mask. With
+    ``second_dir`` the inputs are change-detection pairs: A under ``input_dir``, B under ``second_dir``,
+    those listed in ``split_file`` (bare names).
 
     Never cached: its product is the files under ``output_dir``, which a cached step would not rewrite.
     """
-    return jobs.export_predictions(model, config, input_dir, output_dir, limit, masks_dir)
+    return jobs.export_predictions(model, config, input_dir, output_dir, limit, masks_dir, second_dir=second_dir, split_file=split_file)

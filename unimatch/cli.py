@@ -33,9 +33,12 @@ def _load(args: argparse.Namespace):
 
 def cmd_make_data(args: argparse.Namespace) -> None:
     from .data import generate_embedded
+    from .data.embedded_change import generate_embedded_change
 
     path = generate_embedded(args.root, seed=args.seed, force=args.force)
     print(f"embedded dataset ready at {path}")
+    path = generate_embedded_change(args.change_root, seed=args.seed, force=args.force)
+    print(f"embedded change-detection dataset ready at {path}")
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -50,14 +53,15 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
-    from .data import check_training_data, extra_unlabeled_samples, prepare_splits, read_split
+    from .data import extra_unlabeled_samples, prepare_splits
+    from .tasks import task_for
 
     cfg = _load(args)
-    root, level = Path(cfg.dataset.root), "decode" if args.decode else "headers"
+    root, level, task = Path(cfg.dataset.root), "decode" if args.decode else "headers", task_for(cfg.dataset.name)
     splits = prepare_splits(cfg)
-    unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
-    found = check_training_data(read_split(splits.labeled, root), unlabeled, read_split(splits.val, root),
-                                cfg.dataset.nclass, level, progress=not args.no_progress)
+    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+    found = task.check_training_data(task.read_split(splits.labeled, root), unlabeled, task.read_split(splits.val, root),
+                                     cfg.dataset.nclass, level, progress=not args.no_progress)
     for problem in found.problems:
         print(problem)
     found.raise_if_bad()
@@ -144,12 +148,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .engine import resolve_device
     from .engine.evaluate import load_model_source
+    from .config import ConfigError
     from .predict import predict_folder
+    from .tasks import task_for
 
     cfg = _load(args)
+    pairs = task_for(cfg.dataset.name).input_images == 2
+    if pairs != (args.input_b is not None):
+        wanted = "compares image pairs: give the B images with --input-b" if pairs else "takes single images: drop --input-b"
+        raise ConfigError(f"--input-b: the model of dataset.name={cfg.dataset.name} {wanted}")
     device = resolve_device(cfg.train.device)
     model = load_model_source(cfg, args.checkpoint, args.weights)[0].to(device)
-    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress, masks_dir=args.masks)
+    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress, masks_dir=args.masks,
+                             second_dir=args.input_b)
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
@@ -205,8 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    make_data = sub.add_parser("make-data", help="generate the embedded default dataset (offline, deterministic)")
-    make_data.add_argument("--root", default="data/embedded", help="where to write it (default: data/embedded)")
+    make_data = sub.add_parser("make-data", help="generate the embedded datasets: segmentation and change detection (offline, deterministic)")
+    make_data.add_argument("--root", default="data/embedded", help="where to write the segmentation data (default: data/embedded)")
+    make_data.add_argument("--change-root", default="data/embedded-cd",
+                           help="where to write the change-detection pairs (default: data/embedded-cd)")
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
     make_data.set_defaults(func=cmd_make_data)
@@ -258,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(predict)
     predict.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
     predict.add_argument("--weights", default="ema", choices=("ema", "model"))
-    predict.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    predict.add_argument("--input", required=True, help="folder of images (searched recursively); change detection: the A (before) images")
+    predict.add_argument("--input-b", help="change detection: folder of the B (after) images, same relative paths as --input")
     predict.add_argument("--output", required=True, help="output folder")
     predict.add_argument("--masks", help="ground-truth folder (<masks>/<relative image path>.png): shown beside each prediction")
     predict.add_argument("--limit", type=int, help="at most this many images (the first, sorted by path)")

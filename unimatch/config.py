@@ -29,7 +29,8 @@ class Section(BaseModel):
 
 
 class DatasetConfig(Section):
-    name: Literal["pascal", "cityscapes", "ade20k", "coco", "folder", "embedded"] = "embedded"
+    # change detection (bi-temporal A/B/label pairs): levir-cd, whu-cd, change (your own), embedded-cd
+    name: Literal["pascal", "cityscapes", "ade20k", "coco", "folder", "embedded", "levir-cd", "whu-cd", "change", "embedded-cd"] = "embedded"
     root: str = "data/embedded"
     nclass: int = Field(7, ge=2)
     crop_size: int = Field(112, gt=0)
@@ -44,6 +45,14 @@ class DatasetConfig(Section):
     labeled_epoch_samples: int | None = Field(None, ge=1)
     # Checked before training: file headers and sizes (cheap), full decodes and label values, or nothing.
     preflight: Literal["headers", "decode", "off"] = "headers"
+
+    @model_validator(mode="after")
+    def _change_detection_is_binary(self) -> "DatasetConfig":
+        from .data.layouts import layout_task  # the layouts declare their task (imports the data layer)
+
+        if layout_task(self.name) == "change_detection" and self.nclass != 2:
+            raise ValueError(f"dataset.nclass: {self.nclass}, but change detection ('{self.name}') has 2 classes (unchanged, changed)")
+        return self
 
 
 class SplitConfig(Section):
@@ -148,8 +157,10 @@ class TrainConfig(Section):
     batch_size: int = Field(4, ge=1)  # per step and process: this many labeled and this many unlabeled images
     lr: float | None = Field(None, gt=0)  # encoder learning rate; null: the encoder's default (DINOv2 5e-6)
     lr_multiplier: float | None = Field(None, gt=0)  # decoder lr = lr * lr_multiplier; null: the encoder's (DINOv2 40)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: AllSpark's recipe (with momentum below)
     weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     poly_power: float = Field(0.9, ge=0)
     labeled_loss: Literal["ce", "ohem"] = "ce"
     ohem_threshold: float = Field(0.7, gt=0, le=1)

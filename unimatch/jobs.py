@@ -17,6 +17,8 @@ from pydantic import BaseModel
 
 from .config import ExperimentConfig, apply_overrides, validate
 from .data import generate_embedded, prepare_splits, read_split
+from .data.change import read_names_split
+from .data.prepare import SplitFormat
 from .errors import UnimatchError
 from .foundation import FoundationConfig
 from .models.weights import sha256_file
@@ -137,14 +139,16 @@ def derive(cfg: ExperimentConfig, *overrides: str) -> ExperimentConfig:
 
 
 # ----------------------------------------------------------------- jobs
-def data_fingerprint(root: str, files: Mapping[str, str]) -> str:
-    """SHA-256 over the name and byte size of every image and mask the splits list: a stat per file,
-    cheap even for COCO, and any regeneration of the data changes some size."""
+def data_fingerprint(root: str, files: Mapping[str, str], split_format: SplitFormat | None = None) -> str:
+    """SHA-256 over the name and byte size of every image (a pair's A and B) and mask the splits list: a
+    stat per file, cheap even for COCO, and any regeneration of the data changes some size."""
+    split_format = split_format or SplitFormat(pairs=False)
     digest = hashlib.sha256()
     for role, path in sorted(files.items()):
-        for sample in read_split(path, root, require_masks=role != "unlabeled", allow_empty=role == "unlabeled"):
+        for sample in split_format.read(path, root, require_masks=role != "unlabeled", allow_empty=role == "unlabeled"):
             mask_size = sample.mask.stat().st_size if sample.mask is not None and sample.mask.is_file() else -1
-            digest.update(f"{role} {sample.name} {sample.image.stat().st_size} {mask_size}\n".encode())
+            sizes = " ".join(str(image.stat().st_size) for image in split_format.images(sample))
+            digest.update(f"{role} {sample.name} {sizes} {mask_size}\n".encode())
     return digest.hexdigest()
 
 
@@ -153,7 +157,7 @@ def create_splits(cfg: ExperimentConfig) -> SplitSet:
     files = prepare_splits(cfg)
     paths = {"labeled": str(files.labeled), "unlabeled": str(files.unlabeled), "val": str(files.val)}
     return SplitSet(labeled=SplitFile.of(files.labeled), unlabeled=SplitFile.of(files.unlabeled),
-                    val=SplitFile.of(files.val), data_fingerprint=data_fingerprint(cfg.dataset.root, paths))  # fmt: skip
+                    val=SplitFile.of(files.val), data_fingerprint=data_fingerprint(cfg.dataset.root, paths, SplitFormat.of(cfg.dataset.name)))  # fmt: skip
 
 
 def pretrain(splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True) -> PretrainedEncoder:
@@ -334,16 +338,20 @@ def build_report(
 
 
 def export_predictions(model: TrainedModel, cfg: ExperimentConfig, input_dir: str, output_dir: str,
-                       limit: int | None = None, masks_dir: str | None = None, progress: bool = True) -> Predictions:  # fmt: skip
+                       limit: int | None = None, masks_dir: str | None = None, progress: bool = True,
+                       second_dir: str | None = None, split_file: str | None = None) -> Predictions:  # fmt: skip
     """Label maps and overlays of ``model`` (EMA weights) on the images under ``input_dir``; with
-    ``masks_dir``, ground truth beside each prediction."""
+    ``masks_dir``, ground truth beside each prediction; with ``second_dir``, image pairs (change detection:
+    ``input_dir`` holds A, ``second_dir`` B), restricted to the pairs of ``split_file`` when given."""
     from .engine import resolve_device
     from .engine.evaluate import checkpoint_model
     from .predict import predict_folder
 
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
-    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=progress, masks_dir=masks_dir)
+    only = [sample.name for sample in read_names_split(split_file, cfg.dataset.root)] if split_file else None
+    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=progress, masks_dir=masks_dir,
+                             second_dir=second_dir, only=only)
     return Predictions(name=model.name, output_dir=output_dir, images=len(written))
 
 

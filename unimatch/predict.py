@@ -1,8 +1,10 @@
-"""Prediction on a folder of images: label PNGs (palette) and overlay figures to look at.
+"""Prediction on a folder of images (or of image pairs, for change detection): label PNGs and overlay
+figures to look at.
 
 An overlay figure shows image | ground truth (when a mask is given) | prediction, small images
 upscaled, the classes tinted with the project palette (background left as the image) and a legend
-of the classes drawn.
+of the classes drawn. For a pair it shows A | B | ground truth | predicted change, the change tinted on B,
+and the label PNG is a LEVIR-CD style mask (0 unchanged, 255 changed).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from skimage.color import label2rgb
 from .config import ConfigError, ExperimentConfig
 from .data import DataError, Sample, check_samples, list_image_folder, palette, read_image, read_mask
 from .data import class_names as dataset_class_names
+from .data.change import CHANGED, pair_tensor, read_change_mask
 from .data.transforms import normalize
 from .evaluation import exceeds_token_budget, predict_image
 from .io_atomic import atomic_write, check_output_dir
@@ -50,9 +54,11 @@ def display_factor(height: int, width: int) -> int:
 
 
 def overlay_panels(
-    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, truth: np.ndarray | None = None
+    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, truth: np.ndarray | None = None,
+    before: np.ndarray | None = None,
 ) -> list[tuple[str, np.ndarray]]:
-    """(title, RGB array) of each panel: image | ground truth (if ``truth``) | prediction, upscaled."""
+    """(title, RGB array) of each panel: image | ground truth (if ``truth``) | prediction, upscaled; with
+    ``before`` (a pair's A, ``image`` being its B): A | B | ground truth | prediction, tinted on B."""
     factor = display_factor(*image.shape[:2])
     size = (image.shape[1] * factor, image.shape[0] * factor)
     shown = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
@@ -62,6 +68,9 @@ def overlay_panels(
         return overlay(shown, labels.repeat(factor, axis=0).repeat(factor, axis=1), colours)
 
     truth_panel = [] if truth is None else [("ground truth", tinted(truth))]
+    if before is not None:
+        first = np.asarray(Image.fromarray(before).resize(size, Image.Resampling.BICUBIC))
+        return [("A (before)", first), ("B (after)", shown), *truth_panel, ("predicted change", tinted(prediction))]
     return [("image", shown), *truth_panel, ("prediction", tinted(prediction))]
 
 
@@ -72,10 +81,11 @@ def legend_entries(names: list[str], *label_maps: np.ndarray) -> list[tuple[int,
 
 
 def overlay_figure(
-    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, names: list[str], truth: np.ndarray | None = None
+    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, names: list[str], truth: np.ndarray | None = None,
+    before: np.ndarray | None = None,
 ) -> Image.Image:
     """The figure of one prediction: titled panels side by side and the legend below them."""
-    panels = overlay_panels(image, prediction, colours, truth)
+    panels = overlay_panels(image, prediction, colours, truth, before)
     entries = legend_entries(names, prediction, *([] if truth is None else [truth]))
     font = _font()
     height, width = panels[0][1].shape[:2]
@@ -145,15 +155,32 @@ def _with_masks(samples: list[Sample], masks_dir: str | Path | None) -> list[Sam
             for sample, mask in zip(samples, masks, strict=True)]
 
 
-def _read_truth(sample: Sample, nclass: int) -> np.ndarray | None:
+def _read_truth(sample: Sample, nclass: int, pairs: bool = False) -> np.ndarray | None:
     """The ground truth of ``sample`` if it has a readable mask; a bad mask costs only its panel."""
     if sample.mask is None:
         return None
     try:
-        return read_mask(sample.mask, nclass)
+        return read_change_mask(sample.mask) if pairs else read_mask(sample.mask, nclass)
     except DataError as error:
         log.warning("no ground-truth panel: %s", error)
         return None
+
+
+def _second_images(samples: list[Sample], second_dir: str | Path) -> dict[str, Path]:
+    """Each A image's B image: the same relative path under ``second_dir``; all must exist."""
+    second_dir = Path(second_dir)
+    seconds = {sample.name: second_dir / sample.name for sample in samples}
+    missing = [str(path) for path in seconds.values() if not path.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: B image not found ({len(missing)} of {len(samples)} A images have no B image; nothing was written)")
+    return seconds
+
+
+def _same_size(second: np.ndarray, first: np.ndarray, second_path: Path, first_path: Path) -> np.ndarray:
+    if second.shape != first.shape:
+        raise DataError(f"size mismatch: A image {first_path} is {first.shape[1]}x{first.shape[0]}, "
+                        f"B image {second_path} is {second.shape[1]}x{second.shape[0]} (WxH)")
+    return second
 
 
 @torch.no_grad()
@@ -168,12 +195,17 @@ def predict_folder(
     *,
     masks_dir: str | Path | None = None,
     class_names: list[str] | None = None,
+    second_dir: str | Path | None = None,
+    only: Sequence[str] | None = None,
 ) -> list[Path]:
     """Write ``labels/NAME.png`` and ``overlays/NAME.jpg`` for every image under ``input_dir`` (the first
     ``limit`` of them), predicted as ``cfg.eval`` says (sliding windows above ``eval.max_tokens``).
 
     ``masks_dir``: ground truth, ``<masks_dir>/<relative image path>.png``; an image with a mask gets a
     ground-truth panel in its overlay. ``class_names``: the legend's names (default: the dataset's).
+    ``second_dir``: change detection; ``input_dir`` holds the A images and ``second_dir`` the B image of
+    the same relative path; labels are 0/255 change masks. ``only``: the relative paths to predict
+    (e.g. the val pairs of a change-detection dataset whose A folder holds every pair), before ``limit``.
 
     Every file's header is checked before anything is written; an image that still fails to decode is
     skipped with a warning, and a DataError after the others are written says which."""
@@ -184,14 +216,23 @@ def predict_folder(
     if len(names) != nclass:
         raise ConfigError(f"class_names: {len(names)} names given for dataset.nclass={nclass} classes")
     output_dir = check_output_dir(output_dir, "--output")
-    samples = _with_masks(list_image_folder(input_dir)[:limit], masks_dir)
-    check_samples(samples, nclass, with_masks=masks_dir is not None).raise_if_bad(" (nothing was written)")
+    pairs = second_dir is not None
+    listed = list_image_folder(input_dir)
+    if only is not None:
+        wanted = set(only)
+        listed = [sample for sample in listed if sample.name in wanted]
+    samples = _with_masks(listed[:limit], masks_dir)
+    seconds = _second_images(samples, second_dir) if pairs else {}
+    if not pairs:  # pairs are checked as they are read (A, B and label sizes must agree)
+        check_samples(samples, nclass, with_masks=masks_dir is not None).raise_if_bad(" (nothing was written)")
     colours = palette(nclass)
     model.eval()
     written, skipped = [], []
     for sample in progress_bar(samples, desc="predict", unit="img", disable=not progress):
         try:
-            image = read_image(sample.image)
+            image, before = read_image(sample.image), None
+            if pairs:
+                before, image = image, _same_size(read_image(seconds[sample.name]), image, seconds[sample.name], sample.image)
         except DataError as error:
             log.warning("skipped: %s", error)
             skipped.append(sample.name)
@@ -199,13 +240,14 @@ def predict_folder(
         if exceeds_token_budget(model, cfg.eval.mode, *image.shape[:2], cfg.eval.max_tokens):
             log.warning("%s: %dx%d px is above eval.max_tokens=%d in original mode; predicting it in sliding "
                         "windows of %d px", sample.image, image.shape[1], image.shape[0], cfg.eval.max_tokens, window)
-        batch = normalize(Image.fromarray(image)).unsqueeze(0).to(device)
+        batch = (pair_tensor(before, image) if pairs else normalize(Image.fromarray(image))).unsqueeze(0).to(device)
         logits = predict_image(model, batch, cfg.eval.mode, window, cfg.eval.stride_ratio, cfg.eval.batch_size,
                                cfg.eval.max_tokens, progress)
         labels = logits.argmax(dim=1)[0].cpu().numpy()
         stem = Path(sample.name).with_suffix("").as_posix().replace("/", "__")
-        _save_atomic(label_png(labels, colours), output_dir / "labels" / f"{stem}.png")
-        figure = overlay_figure(image, labels, colours, names, _read_truth(sample, nclass))
+        label_file = Image.fromarray((labels * CHANGED).astype(np.uint8)) if pairs else label_png(labels, colours)
+        _save_atomic(label_file, output_dir / "labels" / f"{stem}.png")
+        figure = overlay_figure(image, labels, colours, names, _read_truth(sample, nclass, pairs), before)
         # 4:4:4 chroma: the default 4:2:0 smears the tints and the legend's text.
         _save_atomic(figure, output_dir / "overlays" / f"{stem}.jpg", quality=92, subsampling=0)
         written.append(output_dir / "overlays" / f"{stem}.jpg")

@@ -31,7 +31,8 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .config import ConfigError, ExperimentConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image, read_split
+from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image
+from .data.prepare import SplitFormat
 from .data.splits import Sample
 from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from .models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
@@ -134,10 +135,11 @@ class CropSampler:
 
 
 def training_images(cfg: ExperimentConfig) -> list[Sample]:
-    """Every training image, labeled or not (masks never read), plus the extra unlabeled pools; never val."""
-    splits = prepare_splits(cfg)
+    """Every training image, labeled or not (masks never read), plus the extra unlabeled pools; never val
+    (change detection: the A image of every pair)."""
+    splits, split_format = prepare_splits(cfg), SplitFormat.of(cfg.dataset.name)
     root = cfg.dataset.root
-    samples = read_split(splits.labeled, root) + read_split(splits.unlabeled, root, require_masks=False, allow_empty=True)
+    samples = split_format.read(splits.labeled, root) + split_format.read(splits.unlabeled, root, require_masks=False, allow_empty=True)
     samples += extra_unlabeled_samples(cfg)
     unique = sorted({sample.image: sample for sample in samples}.values(), key=lambda s: str(s.image))
     if not unique:

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from unimatch.methods import method_labels
+from unimatch.methods import METHODS, method_labels
 from unimatch.errors import UnimatchError
 from unimatch.io_atomic import write_text_atomic
 from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, save_figure
@@ -46,6 +46,9 @@ class TableLayout(NamedTuple):
     # (label, metrics, format): per-row columns before the grid, each metric's mean over the row's runs,
     # several metrics joined by " / " in one cell
     row_columns: tuple[tuple[str, tuple[str, ...], str], ...] = ()
+    # (metric, format): more metrics of the same runs after the main one in each cell, e.g. Table 14's OA
+    cell_extras: tuple[tuple[str, str], ...] = ()
+    unit: str = "mIoU %"  # what the main metric is, for the footnote
 
 
 STREAM_LABELS = {
@@ -57,6 +60,7 @@ STREAM_LABELS = {
 _NO_SWEEP = {"sweep_param": None}  # sweep runs change τ or λ and belong only to the sweep table
 _OUR_STREAMS = {"streams": ("complementary", None)}  # UniMatch V2's own design, or a method without streams
 METHOD_LABELS = method_labels()
+CHANGE_METHODS = tuple(name for name, cls in METHODS.items() if "change_detection" in cls.tasks)
 
 TABLE_LAYOUTS: dict[str, TableLayout] = {
     "methods": TableLayout(
@@ -85,6 +89,12 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
         where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
         row_columns=(("#params encoder / decoder (M)", ("params_encoder_m", "params_decoder_m"), "{:.1f}"),
                      ("s / training step", ("mean_step_seconds",), "{:.3f}")),
+    ),
+    "change": TableLayout(
+        "method", "split", "best_iou_changed_student", CHANGE_METHODS,
+        "Table 14: change detection, IoU of the changed class / overall accuracy (%) by labeled pairs", METHOD_LABELS,
+        where=_NO_SWEEP, cell_extras=(("best_overall_accuracy_student", "{:.2f}"),),
+        unit="IoU_c %, the student's best epoch; after the slash: its overall accuracy at that epoch, two decimals",
     ),
     "sweep": TableLayout(
         "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
@@ -177,7 +187,7 @@ def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
         "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
         **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
         **{metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
-           for _, metrics, _ in spec.row_columns for metric in metrics},
+           for metric in [m for _, metrics, _ in spec.row_columns for m in metrics] + [m for m, _ in spec.cell_extras]},
     })
     return placed[keep].dropna(subset=["row", "col"])
 
@@ -230,8 +240,17 @@ def _axis(fixed: tuple[str, ...], expected: Iterable[Any] | None, observed: Iter
     return list(fixed) + sorted(extra - set(fixed), key=_sort_key)
 
 
-def _cell(mean: float, count: int) -> str:
-    return f"{mean:.1f}" if count == 1 else f"{mean:.1f} (n={count})"
+def _cell(mean: float, count: int, extras: str = "") -> str:
+    value = f"{mean:.1f}{extras}"
+    return value if count == 1 else f"{value} (n={count})"
+
+
+def _cell_extras(kept: pd.DataFrame, spec: TableLayout) -> dict[tuple[str, str], str]:
+    """(row, col) -> " / x / y": the means of the layout's extra cell metrics."""
+    if not spec.cell_extras:
+        return {}
+    means = kept.groupby(["row", "col"])[[metric for metric, _ in spec.cell_extras]].mean()
+    return {key: "".join(f" / {fmt.format(means.at[key, metric])}" for metric, fmt in spec.cell_extras) for key in means.index}
 
 
 def build_table(
@@ -255,13 +274,14 @@ def build_table(
     rows = _axis(spec.row_order, expected_rows, kept["row"])
     cols = _axis(spec.col_order, expected_cols, kept["col"])
     table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
+    extras = _cell_extras(kept, spec)
     for (row, col), (mean, count) in stats.iterrows():
-        table.at[row, col] = _cell(mean, int(count))
+        table.at[row, col] = _cell(mean, int(count), extras.get((row, col), ""))
     table = _with_row_columns(table, kept, spec.row_columns)
     table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
     table.columns.name = spec.col_tag
     duplicates = len(finished) - len(kept)
-    table.attrs = {"footnote": _footnote(spec.metric, stats["count"], unfinished, duplicates), "context": context}
+    table.attrs = {"footnote": _footnote(spec.metric, spec.unit, stats["count"], unfinished, duplicates), "context": context}
     return table
 
 
@@ -279,9 +299,9 @@ def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tu
     return pd.concat([pd.DataFrame(front, index=table.index, dtype=object), table], axis=1)
 
 
-def _footnote(metric: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:
+def _footnote(metric: str, unit: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:
     note = (
-        f"Each cell: mean of {metric} (mIoU %, one decimal) over FINISHED runs; "
+        f"Each cell: mean of {metric} ({unit}, one decimal) over FINISHED runs; "
         "'(n=k)' marks a cell averaging k > 1 runs; blank: no finished run. "
     )
     low, high = int(counts.min()), int(counts.max())

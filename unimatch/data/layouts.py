@@ -7,6 +7,8 @@
 - ade20k: ``images/{training,validation}/X.jpg`` + ``annotations/{training,validation}/X.png``.
 - coco: ``{train2017,val2017}/X.jpg`` + ``masks/{train2017,val2017}/X.png`` (the UniMatch split-file layout).
 - folder, embedded: ``images/{train,val}/**/X.{png,jpg,...}`` + ``masks/{train,val}/**/X.png``, ``classes.txt``.
+- Change detection (``levir-cd``, ``whu-cd``, ``change`` for your own, ``embedded-cd``): ``A/NAME``, ``B/NAME``,
+  ``label/NAME`` (0/255 PNG), pairs listed by bare name in ``train.txt`` / ``val.txt`` (:mod:`.change`).
 
 Train images without a mask are kept with ``mask=None`` (unlabeled-only); every val image needs a mask.
 Pascal's extra SBD unlabeled images are not discoverable from the layout: give them as a split file
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .change import list_pairs
 from .errors import DataError
 from .splits import Sample
 
@@ -104,7 +107,20 @@ _LAYOUTS: dict[str, Callable[[Path, str], list[Sample]]] = {
     "coco": _coco,
     "folder": _folder,
     "embedded": _folder,
+    "levir-cd": list_pairs,
+    "whu-cd": list_pairs,
+    "change": list_pairs,
+    "embedded-cd": list_pairs,
 }
+# The task of each layout that is not plain semantic segmentation (unimatch.tasks).
+_TASKS = {"levir-cd": "change_detection", "whu-cd": "change_detection", "change": "change_detection", "embedded-cd": "change_detection"}
+
+
+def layout_task(name: str) -> str:
+    """The task (``unimatch.tasks``) of dataset layout ``name``: segmentation unless it declares another."""
+    if name not in _LAYOUTS:
+        raise DataError(f"dataset.name: unknown dataset '{name}' (known: {', '.join(_LAYOUTS)})")
+    return _TASKS.get(name, "segmentation")
 
 
 def list_dataset(name: str, root: str | Path, subset: str) -> list[Sample]:

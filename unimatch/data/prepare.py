@@ -6,10 +6,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ExperimentConfig
+from .change import image_b, read_names_split, write_names_split
 from .embedded import generate_embedded
+from .embedded_change import generate_embedded_change
 from .errors import DataError
-from .layouts import list_dataset, list_image_folder
+from .layouts import layout_task, list_dataset, list_image_folder
 from .splits import Sample, check_disjoint, create_split, read_split, write_split
+
+# Datasets the project generates itself, written on first use when their root does not exist.
+GENERATED = {"embedded": generate_embedded, "embedded-cd": generate_embedded_change}
+
+
+class SplitFormat:
+    """How split files read and write: ``IMAGE MASK`` paths, or bare pair names (``pairs``: change detection)."""
+
+    def __init__(self, pairs: bool) -> None:
+        self.pairs = pairs
+
+    @classmethod
+    def of(cls, dataset: str) -> "SplitFormat":
+        return cls(layout_task(dataset) == "change_detection")
+
+    def read(self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False) -> list[Sample]:
+        reader = read_names_split if self.pairs else read_split
+        return reader(path, root, require_masks=require_masks, allow_empty=allow_empty)
+
+    def write(self, path: str | Path, samples: list[Sample], root: str | Path, allow_empty: bool = False) -> None:
+        (write_names_split if self.pairs else write_split)(path, samples, root, allow_empty)
+
+    def images(self, sample: Sample) -> tuple[Path, ...]:
+        """The image files of a sample: the image, or a pair's A and B."""
+        return (sample.image, image_b(sample)) if self.pairs else (sample.image,)
 
 
 @dataclass(frozen=True)
@@ -21,29 +48,29 @@ class SplitFiles:
 
 def _labeled_unlabeled(cfg: ExperimentConfig, out: Path) -> tuple[Path, Path, list[Sample]]:
     """The labeled and unlabeled split files (configured or created) and all their samples."""
-    data = cfg.dataset
+    data, split_format = cfg.dataset, SplitFormat.of(cfg.dataset.name)
     if (data.labeled_split is None) != (data.unlabeled_split is None):
         raise DataError("dataset.labeled_split and dataset.unlabeled_split must be given together (or neither)")
     if data.labeled_split is not None and data.unlabeled_split is not None:
-        labeled = read_split(data.labeled_split, data.root)
-        unlabeled = read_split(data.unlabeled_split, data.root, require_masks=False, allow_empty=True)
+        labeled = split_format.read(data.labeled_split, data.root)
+        unlabeled = split_format.read(data.unlabeled_split, data.root, require_masks=False, allow_empty=True)
         check_disjoint(labeled, unlabeled)
         return Path(data.labeled_split), Path(data.unlabeled_split), labeled + unlabeled
     train = list_dataset(data.name, data.root, "train")
     labeled, unlabeled = create_split(train, cfg.split.labeled, cfg.split.seed)
-    write_split(out / "labeled.txt", labeled, data.root)
+    split_format.write(out / "labeled.txt", labeled, data.root)
     # Empty when every image is labeled: the real-world setting takes its unlabeled images from
     # dataset.extra_unlabeled, and the trainer rejects a semi-supervised run with no unlabeled image at all.
-    write_split(out / "unlabeled.txt", unlabeled, data.root, allow_empty=True)
+    split_format.write(out / "unlabeled.txt", unlabeled, data.root, allow_empty=True)
     return out / "labeled.txt", out / "unlabeled.txt", train
 
 
 def _val(cfg: ExperimentConfig, out: Path) -> tuple[Path, list[Sample]]:
-    data = cfg.dataset
+    data, split_format = cfg.dataset, SplitFormat.of(cfg.dataset.name)
     if data.val_split is not None:
-        return Path(data.val_split), read_split(data.val_split, data.root)
+        return Path(data.val_split), split_format.read(data.val_split, data.root)
     val = list_dataset(data.name, data.root, "val")
-    write_split(out / "val.txt", val, data.root)
+    split_format.write(out / "val.txt", val, data.root)
     return out / "val.txt", val
 
 
@@ -53,12 +80,12 @@ def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
     Configured files (``dataset.*_split``, relative to the working directory) are validated and returned as
     given. Missing ones are created from the dataset layout with ``split.labeled`` / ``split.seed`` and
     written to ``split.dir`` (default ``<output_dir>/splits``); identical inputs give byte-identical files,
-    which are not rewritten. Training and val images must not overlap. The embedded dataset is generated
-    first if its root does not exist.
+    which are not rewritten. Training and val images must not overlap. The embedded datasets are generated
+    first if their root does not exist.
     """
     data = cfg.dataset
-    if data.name == "embedded" and not Path(data.root).exists():
-        generate_embedded(data.root)
+    if data.name in GENERATED and not Path(data.root).exists():
+        GENERATED[data.name](data.root)
     out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
     labeled, unlabeled, train = _labeled_unlabeled(cfg, out)
     val, val_samples = _val(cfg, out)
@@ -73,7 +100,7 @@ def extra_unlabeled_samples(cfg: ExperimentConfig) -> list[Sample]:
     for index, entry in enumerate(cfg.dataset.extra_unlabeled):
         path = Path(entry)
         if path.is_file():
-            samples += read_split(path, cfg.dataset.root, require_masks=False)
+            samples += SplitFormat.of(cfg.dataset.name).read(path, cfg.dataset.root, require_masks=False)
         elif path.is_dir():
             samples += list_image_folder(path)
         else:

@@ -8,13 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..config import ExperimentConfig
-from ..data import EvalDataset, check_samples, class_names, prepare_splits, read_split
+from ..data import prepare_splits
 from ..evaluation import EvalResult, evaluate
 from ..io_atomic import check_output_dir
 from ..models import CheckpointError, Segmentor, load_segmentor_weights
+from ..tasks import task_for
 from ..tracking import Tracker, plot_confusion_matrix, redact, resolve_tracking_uri, using_store
 from .checkpoint import checkpoint_run_id
 from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
@@ -33,14 +34,15 @@ class PreparedEvaluation:
     model: Segmentor
     run_id: str | None  # the MLflow run that trained the model, when known
     split: Path
-    dataset: EvalDataset
+    dataset: Dataset
     class_names: list[str]
 
 
 def checkpoint_model(cfg: ExperimentConfig, checkpoint: str | Path, weights: str = "ema") -> Segmentor:
     """``cfg.model`` holding the ``weights`` entry ('ema' or 'model') of ``checkpoint``."""
     model_cfg = cfg.model.model_copy(update={"weights": None, "init_checkpoint": None})
-    model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True)
+    input_images = task_for(cfg.dataset.name).input_images
+    model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True, input_images=input_images)
     load_segmentor_weights(model, checkpoint, key=weights)
     return model
 
@@ -92,14 +94,14 @@ def prepare_evaluation(
 ) -> PreparedEvaluation:
     """Load the model (checkpoint or MLflow model URI) and the split (default: the val split), and
     preflight the split's files."""
-    root, nclass = Path(cfg.dataset.root), cfg.dataset.nclass
+    root, nclass, task = Path(cfg.dataset.root), cfg.dataset.nclass, task_for(cfg.dataset.name)
     check_output_dir(cfg.output_dir, "output_dir")
     model, run_id = load_model_source(cfg, source, weights)
     split = Path(split_file) if split_file else prepare_splits(cfg).val
-    samples = read_split(split, root)
-    check_samples(samples, nclass, True, cfg.dataset.preflight).raise_if_bad()
-    names = class_names(cfg.dataset.name, root, nclass)
-    return PreparedEvaluation(str(source), weights, model, run_id, split, EvalDataset(samples, nclass), names)
+    samples = task.read_split(split, root)
+    task.check(samples, nclass, True, cfg.dataset.preflight).raise_if_bad()
+    names = task.class_names(cfg.dataset.name, root, nclass)
+    return PreparedEvaluation(str(source), weights, model, run_id, split, task.eval_dataset(samples, nclass), names)
 
 
 def run_evaluation(
@@ -118,6 +120,7 @@ def run_evaluation(
     tracker.log_params({"eval.model": prepared.source, "eval.weights": prepared.weights, "eval.split": str(prepared.split)})
     metrics = {"eval/miou": result.miou}
     metrics.update({f"eval/iou/{name}": iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)})
+    metrics.update({f"eval/{name}": value for name, value in task_for(cfg.dataset.name).scores(result.confusion).items()})
     tracker.log_metrics(metrics)
     stem = re.sub(r"[^\w.-]+", "_", Path(prepared.source).stem)  # a model URI as a file name
     figure = Path(cfg.output_dir) / "figures" / f"confusion_{stem}.png"

@@ -41,13 +41,15 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(
-    model_cfg: ModelConfig, nclass: int, input_size: int, method: MethodSettings | None = None, quiet: bool = False
+    model_cfg: ModelConfig, nclass: int, input_size: int, method: MethodSettings | None = None, quiet: bool = False,
+    input_images: int = 1,
 ) -> Segmentor:
     """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
     released encoder weights, or (loudly) random. ``method``: the config's method section, whose method
     may change the architecture (``Method.build_model``) before any weights load, so that training,
     evaluation and prediction build the same model from a config. ``quiet`` skips the
-    random-initialisation warning when the caller loads a checkpoint next."""
+    random-initialisation warning when the caller loads a checkpoint next. ``input_images``: 2 for the
+    siamese change detector (the task's declaration)."""
     model = build_segmentor(
         model_cfg.encoder,
         nclass,
@@ -57,6 +59,7 @@ def build_model(
         input_size=input_size,
         decoder=model_cfg.decoder,
         decoder_settings=model_cfg.decoder_settings,
+        input_images=input_images,
     )
     if method is not None:
         model = method_class(method.name).build_model(model, method, input_size)

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from ..config import ConfigError, ExperimentConfig, ModelConfig, PseudoLabelSettings, config_digest
-from ..data import DataError, EvalDataset, Sample, check_samples, check_training_data, UnlabeledDataset, class_names, extra_unlabeled_samples, prepare_splits, read_split
+from ..data import DataError, Sample, extra_unlabeled_samples, prepare_splits
 from ..errors import UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
@@ -25,6 +25,7 @@ from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..methods.base import Pools, Progress
 from ..pretrain import pretrained_encoder
 from ..progress import progress_bar
+from ..tasks import task_for
 from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
 from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
@@ -95,23 +96,32 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         labeled_loss = build_labeled_loss(cfg.train.labeled_loss, cfg.train.ohem_threshold, cfg.train.ohem_min_kept)
         self.method = build_method(cfg.method, labeled_loss)
+        self.task = task_for(cfg.dataset.name)
+        if self.task.name not in self.method.tasks:
+            raise ConfigError(f"method.name: {cfg.method.name} is not defined for {self.task.name} (dataset.name={cfg.dataset.name}); "
+                              f"it supports {', '.join(self.method.tasks)}")
         self._build_data()
         model_cfg = self._with_pretrained_encoder(cfg.model)
-        model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method)
+        model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images)
         self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
         self.method.on_device(self.model, model_cfg, self.device)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
-        self.teacher = self.model
-        if getattr(cfg.method, "teacher", None) == "ema" and self.uses_unlabeled:
-            self.teacher = copy.deepcopy(self.model).requires_grad_(False)
+        # A method with a teacher setting keeps an EMA of the student, evaluated beside it; the teacher that
+        # makes the pseudo labels is that EMA or, with method.teacher=student (BEiT, change detection: the
+        # released code), the student itself while the EMA is still kept and evaluated.
+        teacher_setting = getattr(cfg.method, "teacher", None) if self.uses_unlabeled else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if teacher_setting else None
+        self.teacher = self.ema if teacher_setting == "ema" else self.model
         if cfg.train.compile:  # after the deep copy: a copied compiled block would still call the student's
             compile_blocks(self.model)
-            if self.teacher is not self.model:
-                compile_blocks(self.teacher)
+            if self.ema is not None:
+                compile_blocks(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.iteration = self.saved_iteration = 0
         self.bad_steps = 0
-        self.best = {"miou_ema": -1.0, "miou_student": -1.0}
+        # best mIoU per model; for a task whose headline is another metric (change detection: IoU_c) also
+        # that metric's best and the task's other metrics at that epoch (Table 14: IoU_c and its OA)
+        self.best = {f"{metric}_{model}": -1.0 for metric in {"miou", self.task.headline} for model in ("ema", "student")}
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.step_seconds: list[float] = []  # compute time of each step of this process's run
         self._resume_if_possible()
@@ -126,20 +136,21 @@ class Trainer:
         self.dist.barrier()
         splits = splits or prepare_splits(cfg)
         root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
-        labeled, val = read_split(splits.labeled, root), read_split(splits.val, root)
-        self.class_names = class_names(cfg.dataset.name, root, nclass)
-        self.val_set = EvalDataset(val, nclass)
+        task = self.task
+        labeled, val = task.read_split(splits.labeled, root), task.read_split(splits.val, root)
+        self.class_names = task.class_names(cfg.dataset.name, root, nclass)
+        self.val_set = task.eval_dataset(val, nclass)
         # Labeled-only reads the unlabeled list too: its "unlabeled" schedule matches the semi-supervised runs.
-        unlabeled = read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+        unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
         pseudo_samples = self._pseudo_label_samples(unlabeled)
-        self.pseudo_set = EvalDataset(pseudo_samples, nclass) if pseudo_samples else None
+        self.pseudo_set = task.eval_dataset(pseudo_samples, nclass) if pseudo_samples else None
         self._preflight(labeled, unlabeled, val, pseudo_samples)
         if self.uses_unlabeled and not unlabeled:
             raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
                             "dataset.extra_unlabeled names no pool")
         # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
         batch, world = cfg.train.batch_size, self.dist.world
-        labeled_set = self.method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop)
+        labeled_set = self.method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop, task)
         pools = Pools(len(labeled), len(labeled_set), len(unlabeled), str(splits.labeled), str(splits.unlabeled),
                       cfg.dataset.labeled_epoch_samples)  # fmt: skip
         schedule = self.method.schedule(pools, batch, world)  # what an epoch is: the method declares it
@@ -155,7 +166,7 @@ class Trainer:
         }
         if self.uses_unlabeled:
             self.streams["unlabeled"] = (
-                SampleStream(UnlabeledDataset(unlabeled, crop), self.iters_per_epoch * batch * world, cfg.train.epochs, cfg.train.seed, UNLABELED_STREAM),
+                SampleStream(task.unlabeled_dataset(unlabeled, crop), self.iters_per_epoch * batch * world, cfg.train.epochs, cfg.train.seed, UNLABELED_STREAM),
                 batch,
             )
         self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
@@ -166,8 +177,8 @@ class Trainer:
         level, nclass = self.cfg.dataset.preflight, self.cfg.dataset.nclass
         started = time.perf_counter()
         scored = set(pseudo)  # their masks are read every epoch for the pseudo/* metrics: checked with them
-        found = check_training_data(labeled, [s for s in unlabeled if s not in scored], val, nclass, level, self.progress)
-        found.merge(check_samples(pseudo, nclass, True, level))
+        found = self.task.check_training_data(labeled, [s for s in unlabeled if s not in scored], val, nclass, level, self.progress)
+        found.merge(self.task.check(pseudo, nclass, True, level))
         found.raise_if_bad(f" (`unimatch check-data` lists every one; dataset.preflight={level})")
         if level != "off":
             log.info("preflight (%s): %d files fine in %.1f s", level, found.files, time.perf_counter() - started)
@@ -237,8 +248,8 @@ class Trainer:
             "run_id": self.tracker.run_id,
             "class_names": self.class_names,
         }
-        if self.teacher is not self.model:
-            state["ema"] = self.teacher.state_dict()
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         return state
 
     def save_latest(self) -> None:
@@ -249,8 +260,8 @@ class Trainer:
         self._save_weights(self.best_path)
 
     def _save_weights(self, path: Path) -> None:
-        teacher = self.teacher.state_dict()
-        save_checkpoint(path, {"model": self.model.state_dict(), "ema": teacher, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
+        ema = (self.ema or self.model).state_dict()
+        save_checkpoint(path, {"model": self.model.state_dict(), "ema": ema, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
 
     def snapshot_path(self, k: int) -> Path:
         return self.checkpoint_dir / f"snapshot_{k}of{self.cfg.train.snapshots}.pth"
@@ -271,8 +282,8 @@ class Trainer:
         state, path = found
         self._check_same_experiment(state["config"], path)
         self.model.load_state_dict(state["model"])
-        if "ema" in state and self.teacher is not self.model:
-            self.teacher.load_state_dict(state["ema"])
+        if "ema" in state and self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.iteration = self.saved_iteration = int(state["iteration"])
         self.bad_steps = int(state.get("bad_steps", 0))  # absent from checkpoints of earlier versions
@@ -305,8 +316,8 @@ class Trainer:
 
     def _check_replicas(self) -> str:
         """The weights checksum (student and EMA), or a TrainingError when it differs between ranks."""
-        teacher = self.teacher.state_dict().values() if self.teacher is not self.model else ()
-        checksums = self.dist.gather(weights_checksum(chain(self.model.state_dict().values(), teacher)))
+        ema = self.ema.state_dict().values() if self.ema is not None else ()
+        checksums = self.dist.gather(weights_checksum(chain(self.model.state_dict().values(), ema)))
         if len(set(checksums)) > 1:
             raise TrainingError(f"the ranks' weights differ at iteration {self.iteration} (checksums {checksums}): they "
                                 "must start from the same checkpoint (output_dir on a filesystem every node shares) "
@@ -341,8 +352,8 @@ class Trainer:
             log.warning("skipping iteration %d: non-finite loss", self.iteration)
             return None, lr
         self.optimizer.step()
-        if self.teacher is not self.model:
-            update_ema(self.model, self.teacher, ema_decay(self.iteration, self.cfg.method.ema_decay))
+        if self.ema is not None:
+            update_ema(self.model, self.ema, ema_decay(self.iteration, self.cfg.method.ema_decay))
         return losses, lr
 
     def _what_is_kept(self) -> str:
@@ -369,7 +380,7 @@ class Trainer:
         """mIoU of the student and the EMA teacher; under DDP each rank predicts every world-th image and
         the confusion matrices are summed, so every rank gets the full validation result."""
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
-        models = {"student": self.model} if self.teacher is self.model else {"student": self.model, "ema": self.teacher}
+        models = {"student": self.model} if self.ema is None else {"student": self.model, "ema": self.ema}
         shard = Subset(self.val_set, range(rank, len(self.val_set), world)) if world > 1 else self.val_set
         loader = DataLoader(shard, batch_size=1, num_workers=min(cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
         return {
@@ -396,7 +407,9 @@ class Trainer:
     def _end_epoch(self, epoch: int, window_metrics: dict[str, float], started: float) -> str:
         results = self.evaluate_models()
         results.setdefault("ema", results["student"])
-        metrics = {"val/miou_student": results["student"].miou, "val/miou_ema": results["ema"].miou, "epoch": epoch}
+        scores = {name: {"miou": result.miou, **self.task.scores(result.confusion)} for name, result in results.items()}
+        metrics = {f"val/{metric}_{name}": value for name, values in scores.items() for metric, value in values.items()}
+        metrics["epoch"] = epoch
         metrics.update({f"val/iou_ema/{name}": iou for name, iou in results["ema"].per_class_iou.items() if math.isfinite(iou)})
         quality = self.score_pseudo_labels()
         if quality is not None:
@@ -404,12 +417,17 @@ class Trainer:
             for name, value in quality.metrics().items():
                 self._record(name, epoch, value)
         self.tracker.log_metrics(metrics, step=self.iteration)
-        self._record("val/miou_student", epoch, results["student"].miou)
-        self._record("val/miou_ema", epoch, results["ema"].miou)
-        self.best["miou_student"] = max(self.best["miou_student"], results["student"].miou)
-        improved = results["ema"].miou > self.best["miou_ema"]
+        headline = self.task.headline
+        for name in ("student", "ema"):
+            self._record(f"val/miou_{name}", epoch, results[name].miou)
+            if headline != "miou":
+                self._record(f"val/{headline}_{name}", epoch, scores[name][headline])
+        improved = scores["ema"][headline] > self.best[f"{headline}_ema"]  # best.pth: the EMA's best headline epoch
+        for name in ("student", "ema"):
+            self.best[f"miou_{name}"] = max(self.best[f"miou_{name}"], results[name].miou)
+            if headline != "miou" and scores[name][headline] > self.best[f"{headline}_{name}"]:
+                self.best.update({f"{metric}_{name}": value for metric, value in scores[name].items() if metric != "miou"})
         if improved:
-            self.best["miou_ema"] = results["ema"].miou
             self.best_confusion = results["ema"].confusion
         self._checkpoint(best=improved)
         return (
@@ -417,8 +435,8 @@ class Trainer:
             f"(l {window_metrics.get('train/loss_labeled', float('nan')):.3f} u {window_metrics.get('train/loss_unlabeled', float('nan')):.3f}) "
             f"| mask {window_metrics.get('train/mask_ratio', float('nan')):.2f}"
             + (f" | pseudo precision {quality.precision:.1f} fg {quality.foreground_recall:.1f}" if quality else "")
-            + f" | mIoU student {results['student'].miou:.1f} "
-            f"ema {results['ema'].miou:.1f} (best {self.best['miou_ema']:.1f}{' *' if improved else ''}) | {time.time() - started:.0f}s"
+            + f" | {'mIoU' if headline == 'miou' else headline} student {scores['student'][headline]:.1f} "
+            f"ema {scores['ema'][headline]:.1f} (best {self.best[f'{headline}_ema']:.1f}{' *' if improved else ''}) | {time.time() - started:.0f}s"
         )
 
     def fit(self) -> TrainResult:
@@ -460,7 +478,7 @@ class Trainer:
         if self.dist.from_main(not self.best_path.exists()):  # resumed after the last evaluation, or never evaluated
             self._end_epoch(math.ceil(self.iteration / self.iters_per_epoch), {}, time.time())
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
-        metrics = {"best_miou_ema": self.best["miou_ema"], "best_miou_student": self.best["miou_student"], "final_miou_ema": final,
+        metrics = {**{f"best_{key}": value for key, value in self.best.items()}, "final_miou_ema": final,
                    **self._size_and_speed()}  # fmt: skip
         self.tracker.log_metrics(metrics, step=self.iteration)
         registered = None
@@ -491,10 +509,12 @@ class Trainer:
             "class_names": self.class_names, "nclass": cfg.dataset.nclass, "dataset": cfg.dataset.name,
             "method": cfg.method.name, "encoder": cfg.model.encoder, "crop_size": crop, "iteration": self.iteration,
             "best_miou_ema": self.best["miou_ema"], "config_digest": config_digest(cfg),
-            "input": "float32 (B, 3, H, W) RGB normalised with the ImageNet mean and std; output: (B, nclass, H, W) logits",
+            "input": f"float32 (B, {3 * self.task.input_images}, H, W): {self.task.input_images} RGB image(s) normalised with the "
+                     "ImageNet mean and std, stacked on channels; output: (B, nclass, H, W) logits",
         }  # fmt: skip
         model = checkpoint_model(cfg, self.best_path, "ema").eval()
-        if not self.tracker.log_model(model, np.zeros((1, 3, crop, crop), dtype=np.float32), metadata):
+        example = np.zeros((1, 3 * self.task.input_images, crop, crop), dtype=np.float32)
+        if not self.tracker.log_model(model, example, metadata):
             return self.tracker.registered_model_uri()  # logged by an earlier, finished attempt
         name = cfg.tracking.registered_model or cfg.tracking.experiment
         version = self.tracker.register_model(name, self.best["miou_ema"], cfg.method.name)

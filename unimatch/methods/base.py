@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +21,12 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..config import MethodSettings, ModelConfig, PseudoLabelSettings
-from ..data import LabeledDataset, Sample
+from ..data import Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
+
+if TYPE_CHECKING:
+    from ..tasks import SegmentationTask as Task
 
 PADDING = 255  # value of the unlabeled ignore mask on padded pixels
 
@@ -60,14 +63,23 @@ class StepLosses:
 
 
 @torch.no_grad()
-def pseudo_label(teacher: nn.Module, weak: torch.Tensor, ignore: torch.Tensor) -> PseudoLabels:
-    """Teacher predictions in eval mode without gradients (the student as teacher goes back to train)."""
+def eval_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Teacher logits in eval mode without gradients (the student as teacher goes back to train)."""
     was_training = teacher.training
     teacher.eval()
-    logits = teacher(weak).float()
+    logits = teacher(images).float()
     teacher.train(was_training)
+    return logits
+
+
+def pseudo_labels_of(logits: torch.Tensor, ignore: torch.Tensor) -> PseudoLabels:
     confidence, label = logits.softmax(dim=1).max(dim=1)
     return PseudoLabels(label, confidence, ignore)
+
+
+def pseudo_label(teacher: nn.Module, weak: torch.Tensor, ignore: torch.Tensor) -> PseudoLabels:
+    """The teacher's pseudo labels of the weak view: argmax and confidence of its eval-mode prediction."""
+    return pseudo_labels_of(eval_logits(teacher, weak), ignore)
 
 
 def cutmix_images(images: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
@@ -161,6 +173,8 @@ class Method:
     # A method trained in stages (its inputs made by earlier steps) names the pipeline that runs them;
     # None: one training from the config alone.
     stages: str | None = None
+    # The tasks (unimatch.tasks) the method is defined and tested for; the engine refuses the others.
+    tasks: tuple[str, ...] = ("segmentation",)
 
     def __init__(self, settings: MethodSettings, labeled_loss: nn.Module):
         self.cfg = settings
@@ -179,9 +193,9 @@ class Method:
         copy of the pre-trained encoder from ``model_cfg.weights``), kept by the method, outside the model and
         its checkpoints. Default: nothing."""
 
-    def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int) -> Dataset:
-        """What the labeled stream draws from: the weakly augmented labeled crops."""
-        return LabeledDataset(labeled, nclass, crop)
+    def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int, task: Task) -> Dataset:
+        """What the labeled stream draws from: the task's weakly augmented labeled crops (or pairs)."""
+        return task.labeled_dataset(labeled, nclass, crop)
 
     def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
         """One epoch = one pass over the unlabeled pool, ``batch`` labeled and unlabeled images per step."""

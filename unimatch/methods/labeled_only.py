@@ -20,6 +20,7 @@ class LabeledOnlySettings(MethodSettings):
 
 @register_method("labeled_only", "labeled-only")
 class LabeledOnly(Method):
+    tasks = ("segmentation", "change_detection")
     uses_unlabeled = False
     Settings = LabeledOnlySettings
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from torch.utils.data import ConcatDataset, Dataset
@@ -17,6 +18,9 @@ from ..data import LabeledDataset, PseudoLabeledDataset, Sample
 from ..self_training import read_pseudo_labels
 from .base import Pools, Schedule, register_method
 from .labeled_only import LabeledOnly
+
+if TYPE_CHECKING:
+    from ..tasks import SegmentationTask as Task
 
 
 class SelfTrainingSettings(MethodSettings):
@@ -29,8 +33,9 @@ class SelfTrainingSettings(MethodSettings):
 class SelfTraining(LabeledOnly):
     Settings = SelfTrainingSettings
     stages = "pipelines.self_training"
+    tasks = ("segmentation",)  # its pseudo-label stages write class masks of single images
 
-    def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int) -> Dataset:
+    def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int, task: Task) -> Dataset:
         """The labeled list repeated ceil(|U| / |L|) times, then the pseudo-labelled images (the reference's
         dataset: about as many labeled as pseudo-labelled samples, drawn uniformly)."""
         if not self.cfg.pseudo_labels:

@@ -11,6 +11,7 @@ from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_image
 
 @register_method("unimatch_v1", "UniMatch V1")
 class UniMatchV1(Method):
+    tasks = ("segmentation", "change_detection")
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
         strong1 = cutmix_images(unlabeled.strong1, unlabeled.box1)

@@ -54,16 +54,22 @@ class Segmentor(nn.Module):
         input_size: int = 518,
         decoder: str = "dpt",
         decoder_settings: DecoderSettings | None = None,
+        input_images: int = 1,
     ):
         """``input_size``: the training crop; encoders whose position tables are tied to one grid are built for it.
-        ``decoder``: a registered decoder, built with ``decoder_settings`` (default: its Settings' defaults)."""
+        ``decoder``: a registered decoder, built with ``decoder_settings`` (default: its Settings' defaults).
+        ``input_images`` 2: a siamese change detector (SPEC §10): the input holds pairs (A, B) as 6 channels
+        and the decoder reads |f(A) - f(B)| at every level."""
         super().__init__()
         if nclass < 2:
             raise ValueError(f"nclass must be at least 2, got {nclass}")
+        if input_images not in (1, 2):
+            raise ValueError(f"input_images must be 1 (an image) or 2 (a bi-temporal pair), got {input_images}")
         if drop_position not in ("encoder-decoder", "decoder-classifier"):
             raise ValueError(f"drop_position must be 'encoder-decoder' or 'decoder-classifier', got '{drop_position}'")
         entry = encoder_entry(encoder)
         self.nclass = nclass
+        self.input_images = input_images
         self.encoder_name = encoder
         self.size_divisor = entry.size_divisor
         self.fixed_input_size = input_size if entry.fixed_input else None
@@ -101,10 +107,19 @@ class Segmentor(nn.Module):
         return [p for module in self.decoder_modules() for p in module.parameters() if p.requires_grad]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The encoder's (B, C_i, h_i, w_i) feature maps."""
+        """The encoder's (B, C_i, h_i, w_i) feature maps; for pairs (B, 6, H, W) the absolute differences
+        |f(A) - f(B)|, the encoder running once over A and B stacked on the batch (as the released code)."""
         height, width = x.shape[-2:]
         if height % self.size_divisor or width % self.size_divisor:
             raise ValueError(f"input size {height}x{width} is not a multiple of the size divisor {self.size_divisor} of encoder '{self.encoder_name}'")
+        if x.shape[1] != 3 * self.input_images:
+            raise ValueError(f"expected {3 * self.input_images} input channels ({self.input_images} RGB image(s)), got {x.shape[1]}")
+        if self.input_images == 2:
+            maps = self._encode(torch.cat(x.chunk(2, dim=1)))
+            return [(level[: x.shape[0]] - level[x.shape[0] :]).abs() for level in maps]
+        return self._encode(x)
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.frozen_encoder:
             with torch.no_grad():
                 return self.encoder(x)
@@ -147,5 +162,5 @@ class Segmentor(nn.Module):
 
 def build_segmentor(encoder: str, nclass: int, **options) -> Segmentor:
     """Build the segmentor of a registered encoder. Options: use_bn, undropped_fraction, drop_position,
-    frozen_encoder, input_size, decoder, decoder_settings."""
+    frozen_encoder, input_size, decoder, decoder_settings, input_images."""
     return Segmentor(encoder, nclass, **options)
