@@ -26,7 +26,7 @@ CPU_SIZED = sorted(name for name, entry in ENCODERS.items() if entry.cpu_sized)
 
 def test_every_full_size_encoder_has_a_pinned_count():
     assert sorted(LOGGED_MILLIONS) == FULL_SIZE
-    assert CPU_SIZED == ["resnet-tiny", "tiny"]
+    assert CPU_SIZED == ["clip-tiny", "mit-tiny", "resnet-tiny", "tiny"]
 
 
 @pytest.mark.parametrize("name", FULL_SIZE)
@@ -64,9 +64,10 @@ def test_forward_gives_the_declared_feature_maps(name):
 @pytest.mark.parametrize("name", CPU_SIZED)
 def test_cpu_sized_encoders_overfit_one_batch(name):
     torch.manual_seed(0)
-    model = build_segmentor(name, 3, input_size=112)
-    images = torch.randn(2, 3, 112, 112)
-    masks = torch.zeros(2, 112, 112, dtype=torch.long)
+    side = ENCODERS[name].size_divisor * -(-112 // ENCODERS[name].size_divisor)  # 112, or 128 for stride-32 MiT
+    model = build_segmentor(name, 3, input_size=side)
+    images = torch.randn(2, 3, side, side)
+    masks = torch.zeros(2, side, side, dtype=torch.long)
     masks[0, 20:70, 30:90], masks[1, 50:100, 10:60] = 1, 2
     images[:, 0] += masks.float()  # learnable: the class is written in the red channel
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -29,9 +29,9 @@ def _config(dataset, out, *overrides):
 
 
 def test_unknown_method_names_the_registered_ones():
-    with pytest.raises(ConfigError, match=r"method: Value error, unknown method 'st\+\+\+'; choose one of fixmatch, labeled_only, semivl, st, st\+\+, unimatch_v1, unimatch_v2"):
+    with pytest.raises(ConfigError, match=r"method: Value error, unknown method 'st\+\+\+'; choose one of allspark, fixmatch, labeled_only, semivl, st, st\+\+, unimatch_v1, unimatch_v2"):
         load_config("configs/embedded.yaml", ["method.name=st+++"])
-    assert single_training_methods() == ["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2", "semivl"]  # ST runs in stages
+    assert single_training_methods() == ["labeled_only", "fixmatch", "unimatch_v1", "unimatch_v2", "allspark", "semivl"]  # ST runs in stages
 
 
 def test_each_method_section_holds_only_its_own_settings():

@@ -1,4 +1,4 @@
-"""AdamW with an encoder group and a decoder group (lr x multiplier), and the poly schedule."""
+"""AdamW (or SGD with momentum) with an encoder group and a decoder group (lr x multiplier), and the poly schedule."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from ..config import TrainConfig
 from ..models import Segmentor
 
 
-def build_optimizer(model: Segmentor, cfg: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: Segmentor, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": model.decoder_parameters(), "lr": cfg.lr * cfg.lr_multiplier, "base_lr": cfg.lr * cfg.lr_multiplier}]
     encoder_params = model.encoder_parameters()
     if encoder_params:  # empty when the encoder is frozen
         groups.insert(0, {"params": encoder_params, "lr": cfg.lr, "base_lr": cfg.lr})
-    fused = all(p.is_cuda for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused or None)
+    fused = all(p.is_cuda for group in groups for p in group["params"]) or None
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, fused=fused)
 
 
 def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
