@@ -9,6 +9,7 @@ trains with the same budget as ``make run``.
     python -m pipelines.dvc_stages foundation | splits | pretrain | train METHOD | evaluate METHOD | report
     python -m pipelines.dvc_stages st_teacher | st_pseudo_teacher | st_stability | st_select | st_train STUDENT
                                    | st_pseudo_round1 | st_evaluate STUDENT      (STUDENT: st, stpp_round1, stpp)
+    python -m pipelines.dvc_stages change_detection     (Table 14, params.yaml section change_detection)
 
 The ST / ST++ stages mirror ``pipelines/self_training.py``; their teacher is a labeled-only training of its
 own (tagged ``stage=teacher``, keeping 3 snapshots), so the Table 5 row of labeled-only stays ``train@labeled_only``.
@@ -207,16 +208,46 @@ ST_STAGES = {"st_teacher": st_teacher, "st_pseudo_teacher": st_pseudo_teacher, "
 ST_STUDENT_STAGES = {"st_train": st_train, "st_evaluate": st_evaluate}
 
 
+def change_detection(params: dict[str, Any]) -> None:
+    """Table 14 (``pipelines/change_detection.py`` without ZenML): splits, each method's training and
+    evaluation, the report, overlays of the last method on the evaluation pairs, and ``metrics.json``."""
+    settings = params["change_detection"]
+    base = resolve_base(settings["config"], [], False, settings["experiment"], "table14")
+    experiment, methods = base["tracking"]["experiment"], list(settings["methods"])
+    table = Table("table14", "change", methods, split_column(base))
+    tags, outputs = run_tags(base, table), Path("outputs") / experiment
+    splits = jobs.create_splits(validate(base))
+    evaluations, metrics, model = [], {}, None
+    for method in methods:
+        config = variant_config(base, Variant(method, [f"method.name={method}"]))
+        config["output_dir"] = f"runs/{experiment}/{method}"  # fixed: DVC clears it before a re-run
+        model = jobs.train_variant(splits, validate(config), method, tags)
+        evaluations.append(jobs.evaluate_trained(model, splits, validate({**config, "output_dir": str(outputs / "eval" / method)}), tags))
+        metrics[method] = {key: model.metrics[key] for key in CHANGE_METRICS}
+    jobs.build_report(evaluations, None, experiment, table.layout, str(outputs / "report"), tags, table.rows, table.cols)
+    root = Path(base["dataset"]["root"])
+    jobs.export_predictions(model, validate(base), str(root / "A"), str(outputs / "predictions" / methods[-1]), 16,
+                            str(root / "label"), second_dir=str(root / "B"), split_file=splits.val.path)  # fmt: skip
+    _write_metrics(outputs / "metrics.json", metrics)
+
+
+# Table 14's numbers of each method, as dvc metrics show them: the student's best epoch (IoU_c, and the OA / F1 of
+# that epoch) and the EMA's.
+CHANGE_METRICS = ("best_iou_changed_student", "best_overall_accuracy_student", "best_f1_changed_student",
+                  "best_iou_changed_ema", "best_overall_accuracy_ema")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
-    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report", *ST_STAGES, *ST_STUDENT_STAGES))
+    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report", "change_detection",
+                                          *ST_STAGES, *ST_STUDENT_STAGES))
     parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage; the student of st_train / st_evaluate")
     args = parser.parse_args(argv)
     if not PARAMS_FILE.is_file():
         raise ConfigError(f"{PARAMS_FILE}: not found in {Path.cwd()}; run the stages from the project root (dvc repro)")
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
-    if args.stage == "foundation":
-        foundation(params)
+    if args.stage in ("foundation", "change_detection"):  # their own params.yaml sections
+        {"foundation": foundation, "change_detection": change_detection}[args.stage](params)
         return
     stage = Stage(params)
     if args.stage in ST_STAGES:

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from unimatch.data import generate_embedded
+from unimatch.data.embedded_change import generate_embedded_change
 
 PROJECT = Path(__file__).resolve().parents[1]
 METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
@@ -223,6 +224,23 @@ def test_encoder_comparison_writes_table9_with_sizes_and_step_time(project: Path
     rows = (project / "outputs" / "embedded-table9-quick" / "encoders.md").read_text(encoding="utf-8").splitlines()
     assert "#params encoder / decoder (M)" in rows[2] and "s / training step" in rows[2]
     assert any(re.match(r"\| resnet-tiny +\| +0\.7 / 0\.4 \| +\d+\.\d{3} \| +\d+\.\d \|", row) for row in rows), rows
+
+
+def test_change_detection_reports_table14_and_draws_pair_overlays(project: Path) -> None:
+    generate_embedded_change(project / "data" / "embedded-cd", n_train=12, n_val=3, size=(64, 64))
+    _python(project, "-m", "pipelines.change_detection", "--quick", "split.labeled=4", "train.batch_size=2", "dataset.crop_size=56",
+            "train.num_workers=0", "model.weights=null", "eval.pseudo_label_images=2")  # fmt: skip
+    runs = [run for run in _runs(project, "embedded-cd-table14-quick") if run.data.tags.get("kind") == "train"]
+    assert sorted(run.data.tags["method"] for run in runs) == ["labeled_only", "unimatch_v2"]
+    assert all({"best_iou_changed_student", "best_overall_accuracy_student"} <= set(run.data.metrics) for run in runs)
+    outputs = project / "outputs" / "embedded-cd-table14-quick"
+    rows = (outputs / "change.md").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("# Table 14: change detection")
+    for label in ("labeled-only", "UniMatch V2"):  # IoU_c / OA of the student's best epoch
+        assert any(re.match(rf"\| {label} +\| +\d+\.\d / \d+\.\d\d \|", row) for row in rows), rows
+    assert not any(row.startswith(("| ST", "| SemiVL", "| AllSpark")) for row in rows)  # methods not defined for pairs
+    overlays = sorted((outputs / "predictions" / "unimatch_v2" / "overlays").glob("*.jpg"))
+    assert [path.name for path in overlays] == ["val_00000.jpg", "val_00001.jpg", "val_00002.jpg"]  # the evaluation pairs only
 
 
 def test_encoder_variants_take_each_encoders_defaults_unless_set() -> None:

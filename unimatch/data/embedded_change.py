@@ -28,7 +28,7 @@ from .errors import DataError
 
 GENERATOR = "unimatch.data.embedded_change"
 VERSION = 1
-JPEG_QUALITY = 95
+JPEG_QUALITY = 90  # a few MB for 500 pairs; labels stay lossless PNG
 SIZE = (128, 128)  # LEVIR-CD tiles are 256x256 at 0.5 m; half that keeps the CPU benchmark fast
 BUILDINGS = (3, 8)  # per scene at date A (inclusive)
 DIAMETER = (14.0, 30.0)  # building size in pixels: 1-2 patches of a patch-14 ViT
