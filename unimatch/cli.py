@@ -198,10 +198,12 @@ def cmd_text_embeddings(args: argparse.Namespace) -> None:
     if args.random is not None:
         embeddings = text.random_text_embeddings(rows, args.width, args.random)
     elif args.weights:
-        model, tokenizer = text.open_clip_text_encoder(args.architecture, args.weights)
+        model, tokenizer = text.open_clip_text_encoder(args.architecture, args.weights, quick_gelu=not args.gelu)
         embeddings = text.encode_class_concepts(classes, model, tokenizer)
     else:
         raise text.TextEmbeddingError("give --weights (a CLIP file, with open_clip installed) or --random SEED")
+    if args.average_concepts:
+        embeddings, rows = text.average_concepts(embeddings, classes), len(classes)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, embeddings)
@@ -289,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "line, its concepts separated by | (one row per concept)")
     embed.add_argument("--weights", help="CLIP weights: OpenAI's ViT-B-16.pt or an open_clip checkpoint of --architecture")
     embed.add_argument("--architecture", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    embed.add_argument("--gelu", action="store_true", help="the weights' model uses GELU (open_clip's own trainings); "
+                       "default QuickGELU, as OpenAI's")
+    embed.add_argument("--average-concepts", action="store_true", help="one row per class: the mean of its concepts' "
+                       "embeddings (SemiVL's Cityscapes decoder text), instead of one row per concept")
     embed.add_argument("--random", type=int, metavar="SEED", help="seeded random unit vectors instead (a plumbing check, not CLIP)")
     embed.add_argument("--width", type=int, default=512, help="width of --random vectors (default: 512, CLIP ViT-B/16's)")
     embed.add_argument("--out", required=True, help="output .npy (float16, rows x width)")

@@ -17,6 +17,7 @@ from ..errors import UnimatchError
 
 CONCEPT_SEPARATOR = "|"
 PROMPT = "a photo of a {}"  # SemiVL's single template
+OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")  # non-tensor entries of OpenAI's archives
 
 
 class TextEmbeddingError(UnimatchError, ValueError):
@@ -89,14 +90,28 @@ def encode_class_concepts(classes: list[list[str]], model: torch.nn.Module, toke
     return torch.nn.functional.normalize(embeddings, dim=-1).numpy().astype(np.float16)
 
 
-def open_clip_text_encoder(architecture: str, weights: str | Path):
-    """open_clip's ``architecture`` with the weights of ``weights`` (OpenAI's ``ViT-B-16.pt`` or an open_clip
-    state dict) and its tokenizer; open_clip is the optional extra ``clip``."""
+def average_concepts(embeddings: np.ndarray, classes: list[list[str]]) -> np.ndarray:
+    """One unit row per class: the mean of its concept rows, re-normalised (SemiVL's ``conceptavg`` files)."""
+    rows = np.split(embeddings.astype(np.float32), np.cumsum([len(concepts) for concepts in classes])[:-1])
+    means = np.stack([row.mean(axis=0) for row in rows])
+    return (means / np.linalg.norm(means, axis=1, keepdims=True)).astype(embeddings.dtype)
+
+
+def open_clip_text_encoder(architecture: str, weights: str | Path, quick_gelu: bool = True):
+    """open_clip's ``architecture`` with the weights of ``weights`` (OpenAI's ``ViT-B-16.pt``, a TorchScript archive,
+    or an open_clip state dict of the same layout), loaded strictly, and its tokenizer. OpenAI's models use
+    QuickGELU (``quick_gelu``); open_clip's own trainings mostly GELU. open_clip is the optional extra ``clip``."""
     try:
         import open_clip
     except ImportError:
         raise TextEmbeddingError("computing text embeddings needs open_clip: pip install 'unimatch-pipeline[clip]'") from None
-    if not Path(weights).is_file():
-        raise TextEmbeddingError(f"CLIP weights not found: {weights}")
-    model = open_clip.create_model(architecture, pretrained=str(weights), device="cpu").eval()
-    return model, open_clip.get_tokenizer(architecture)
+    from .weights import read_checkpoint
+
+    state = read_checkpoint(weights)
+    state = state.get("state_dict", state)
+    state = {key.removeprefix("module."): value for key, value in state.items() if key not in OPENAI_METADATA}
+    model = open_clip.create_model(architecture, force_quick_gelu=quick_gelu, device="cpu")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise TextEmbeddingError(f"{weights} does not fit open_clip's {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval(), open_clip.get_tokenizer(architecture)

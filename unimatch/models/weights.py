@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -72,12 +73,23 @@ def verify_published(path: str | Path) -> None:
                               "restore it (`git checkout -- {path}`) or rebuild it with `dvc repro foundation`".replace("{path}", str(path)))
 
 
+def is_torchscript(path: Path) -> bool:
+    """A TorchScript archive (OpenAI's CLIP releases, e.g. ViT-B-16.pt), which ``weights_only`` loading refuses."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """``torch.load`` with ``weights_only=True`` and a clear error for missing or unreadable files."""
+    """``torch.load`` with ``weights_only=True`` (a TorchScript archive: its state dict, through ``torch.jit.load``,
+    which runs no pickled Python) and a clear error for missing or unreadable files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
+        if is_torchscript(path):
+            return dict(torch.jit.load(path, map_location="cpu").state_dict())
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated or pickled with arbitrary objects
         raise CheckpointError(f"cannot read checkpoint {path}: {error}") from error

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from ...config import ConfigError, DecoderSettings
@@ -42,16 +42,30 @@ class VLGSettings(DecoderSettings):
     pool: int = Field(4, ge=1)  # average pooling before semantic reasoning
     kernel: int = Field(7, ge=1)  # first conv on each similarity map (odd)
 
-    @model_validator(mode="after")
-    def _widths_fit(self) -> "VLGSettings":
-        if (self.channels + self.text_channels) % self.heads:
-            raise ValueError(f"heads: {self.heads} does not divide the token width channels + text_channels = {self.channels + self.text_channels}")
-        for name, skip, width in (("skip_channels[0]", self.skip_channels[0], self.channels), ("skip_channels[1]", self.skip_channels[1], self.up_channels[0])):
-            if not 0 < skip < width:
-                raise ValueError(f"{name}: {skip} must be between 0 and the up block's input width {width}")
-        if self.kernel % 2 == 0:
-            raise ValueError(f"kernel: {self.kernel} must be odd (same-size convolution)")
-        return self
+    @field_validator("skip_channels")
+    @classmethod
+    def _skips_fit(cls, skips: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
+        """Each up block's transposed conv keeps (input width - skip width) channels."""
+        inputs = (info.data.get("channels"), (info.data.get("up_channels") or (None,))[0])
+        for skip, width in zip(skips, inputs):
+            if width is not None and not 0 < skip < width:
+                raise ValueError(f"{skips} must each be between 0 and the up block's input width (channels, up_channels[0]) = {inputs}")
+        return skips
+
+    @field_validator("heads")
+    @classmethod
+    def _heads_fit(cls, heads: int, info: ValidationInfo) -> int:
+        width = info.data.get("channels", 0) + info.data.get("text_channels", 0)
+        if width % heads:
+            raise ValueError(f"{heads} heads do not divide the token width channels + text_channels = {width}")
+        return heads
+
+    @field_validator("kernel")
+    @classmethod
+    def _odd(cls, kernel: int) -> int:
+        if kernel % 2 == 0:
+            raise ValueError(f"{kernel} must be odd (a same-size convolution)")
+        return kernel
 
 
 def norm_relu(channels: int) -> list[nn.Module]:
