@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from unimatch.report import ReportError, build_table, collect_runs, report, to_markdown
 
 BASE_TAGS = {"dataset": "pascal", "encoder": "small", "streams": "complementary", "frozen": "false", "kind": "train"}
-METHOD_ROWS = ["labeled-only", "FixMatch", "UniMatch V1", "UniMatch V2", "ST", "ST++"]  # every registered method, in order
+METHOD_ROWS = ["labeled-only", "FixMatch", "UniMatch V1", "UniMatch V2", "AllSpark", "ST", "ST++", "SemiVL"]  # every registered method, in order
 
 
 @pytest.fixture(scope="module")

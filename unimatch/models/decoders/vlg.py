@@ -46,7 +46,7 @@ class VLGSettings(DecoderSettings):
     @classmethod
     def _skips_fit(cls, skips: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
         """Each up block's transposed conv keeps (input width - skip width) channels."""
-        inputs = (info.data.get("channels"), (info.data.get("up_channels") or (None,))[0])
+        inputs = (info.data.get("channels"), info.data.get("up_channels", (None,))[0])
         for skip, width in zip(skips, inputs):
             if width is not None and not 0 < skip < width:
                 raise ValueError(f"{skips} must each be between 0 and the up block's input width (channels, up_channels[0]) = {inputs}")
@@ -143,6 +143,7 @@ class VLGHead(Decoder):
     row per class) are kept as buffers, so a checkpoint carries the embeddings it was trained with."""
 
     align_corners = False  # SemiVL resizes its logits with align_corners=False
+    ema_copied_buffers = ("text_embeddings",)  # fixed inputs, not weights: an EMA teacher takes them as they are
 
     def __init__(
         self,
