@@ -86,6 +86,42 @@ def _train_maps(batch: int = 4):
     return [torch.randn(batch, 2, 12, 12), coarse], torch.randn(batch // 2, NCLASS, 12, 12)
 
 
+def _reference_forward(module: AllSpark, x: torch.Tensor, use_memory: bool) -> torch.Tensor:
+    """The released AllSpark + CrossAttnMem forward, transcribed (einops spelled out), on ``module``'s weights
+    and its memory as updated by the step; the batch is half labeled, half unlabeled, dropout off."""
+    attn, heads = module.attention, module.attention.heads
+    batch, channels, height, width = x.shape
+    en = module.map_in(x).flatten(2).transpose(-1, -2)
+    emb_l, emb_u = torch.split(module.attn_norm(en), batch // 2, dim=0)
+    _, tokens, _ = emb_u.shape
+
+    def multi_head_rep(t):
+        return t.view(*t.shape[:-1], heads, channels).permute(0, 2, 1, 3)
+
+    instance_norm = torch.nn.InstanceNorm2d(heads)
+    self_attn = torch.softmax(instance_norm(multi_head_rep(attn.q_u(emb_u)).transpose(-1, -2) @ multi_head_rep(attn.k_u(emb_u))), dim=3)
+    self_attn = (self_attn @ multi_head_rep(attn.v_u(emb_u)).transpose(-1, -2)).permute(0, 3, 2, 1).contiguous()
+    out_u = attn.out_u(self_attn.view(*self_attn.shape[:-2], channels * heads))
+    source = module.memory.transpose(-1, -2) if use_memory else emb_u
+    k, v = attn.k_l2u(source), attn.v_l2u(source)
+    k = k.permute(1, 0, 2).reshape(tokens, -1).unsqueeze(0).repeat(emb_l.shape[0], 1, 1).unsqueeze(1)  # 'b n c -> n (b c)'
+    v = v.permute(1, 0, 2).reshape(tokens, -1).unsqueeze(0).repeat(emb_l.shape[0], 1, 1).unsqueeze(1).transpose(-1, -2)
+    cross = torch.softmax(instance_norm(attn.q_l2u(emb_l).unsqueeze(1).transpose(-1, -2) @ k), dim=3) @ v
+    cross = cross.permute(0, 3, 2, 1).contiguous()
+    out_l2u = attn.out_l2u(cross.view(*cross.shape[:-2], channels * heads))
+    out = module.encoder_norm(torch.cat([out_l2u, out_u]) + en)
+    return module.map_out(out.permute(0, 2, 1).contiguous().view(batch, channels, height, width))
+
+
+@pytest.mark.filterwarnings("ignore:input's size at dim=1 does not match num_features")  # the reference's InstanceNorm2d(heads)
+@pytest.mark.parametrize("use_memory", [False, True])
+def test_the_module_computes_what_the_released_code_does(use_memory):
+    module = _module().train()
+    maps, guide = _train_maps()
+    ours = module(maps, labeled=2, guide=guide, use_memory=use_memory)[-1]
+    assert torch.allclose(ours, _reference_forward(module, maps[-1], use_memory), atol=1e-5)
+
+
 def test_memory_is_untouched_in_eval_and_read_only_after_the_warm_up():
     module = _module()
     maps, guide = _train_maps()
