@@ -48,7 +48,7 @@ class TableLayout(NamedTuple):
     row_columns: tuple[tuple[str, tuple[str, ...], str], ...] = ()
     # (metric, format): more metrics of the same runs after the main one in each cell, e.g. Table 14's OA
     cell_extras: tuple[tuple[str, str], ...] = ()
-    unit: str = "mIoU %"  # what the main metric is, for the footnote
+    unit: str = "mIoU %, one decimal"  # what a cell shows, for the footnote
 
 
 STREAM_LABELS = {
@@ -94,7 +94,7 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
         "method", "split", "best_iou_changed_student", CHANGE_METHODS,
         "Table 14: change detection, IoU of the changed class / overall accuracy (%) by labeled pairs", METHOD_LABELS,
         where=_NO_SWEEP, cell_extras=(("best_overall_accuracy_student", "{:.2f}"),),
-        unit="IoU_c %, the student's best epoch; after the slash: its overall accuracy at that epoch, two decimals",
+        unit="IoU_c % of the student's best epoch, one decimal; after the slash: the overall accuracy % of that epoch, two decimals",
     ),
     "sweep": TableLayout(
         "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
@@ -301,7 +301,7 @@ def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tu
 
 def _footnote(metric: str, unit: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:
     note = (
-        f"Each cell: mean of {metric} ({unit}, one decimal) over FINISHED runs; "
+        f"Each cell: mean of {metric} ({unit}) over FINISHED runs; "
         "'(n=k)' marks a cell averaging k > 1 runs; blank: no finished run. "
     )
     low, high = int(counts.min()), int(counts.max())
