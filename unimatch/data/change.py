@@ -177,6 +177,16 @@ def check_pairs(samples: Sequence[Sample], with_masks: bool, level: str, progres
 # ------------------------------------------------------------------------------------------ datasets
 
 
+def _with_labels(samples: Sequence[Sample], role: str) -> list[Sample]:
+    """``samples``, all of which must have a label."""
+    if not samples:
+        raise DataError(f"no {role} samples")
+    missing = [sample.name for sample in samples if sample.mask is None]
+    if missing:
+        raise DataError(f"{len(missing)} {role} pair(s) have no label, e.g. {missing[0]}")
+    return list(samples)
+
+
 def pair_tensor(first: np.ndarray, second: np.ndarray) -> torch.Tensor:
     """A and B normalised and stacked on the channel axis: (6, H, W) float32."""
     return torch.cat((normalize(first), normalize(second)))
@@ -186,12 +196,7 @@ class ChangeLabeledDataset(Dataset):
     """Weakly augmented labeled pairs: ``(pair float32 [6, C, C], mask int64 [C, C])``, padding 255."""
 
     def __init__(self, samples: Sequence[Sample], crop_size: int) -> None:
-        if not samples:
-            raise DataError("no labeled samples")
-        missing = [sample.name for sample in samples if sample.mask is None]
-        if missing:
-            raise DataError(f"{len(missing)} labeled pair(s) have no label, e.g. {missing[0]}")
-        self.samples = list(samples)
+        self.samples = _with_labels(samples, "labeled")
         self.crop_size = check_crop_size(crop_size)
         self.weak = weak_pipeline(self.crop_size, LABELED_PAD, RESCALE_RATIO, paired=True)
 
@@ -237,12 +242,7 @@ class ChangeEvalDataset(Dataset):
     """``(pair float32 [6, H, W], mask int64 [H, W], name)`` at the original size."""
 
     def __init__(self, samples: Sequence[Sample]) -> None:
-        if not samples:
-            raise DataError("no evaluation samples")
-        missing = [sample.name for sample in samples if sample.mask is None]
-        if missing:
-            raise DataError(f"{len(missing)} evaluation pair(s) have no label, e.g. {missing[0]}")
-        self.samples = list(samples)
+        self.samples = _with_labels(samples, "evaluation")
 
     def __len__(self) -> int:
         return len(self.samples)

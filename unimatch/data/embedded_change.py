@@ -23,7 +23,9 @@ import numpy as np
 from PIL import Image
 
 from .change import CHANGED, CLASSES, FOLDERS
-from .embedded import _CIRCLE, SUBSETS, Polygon, Size, Sources, _appearance, _background, _coverage, _load_sources, _place
+from .embedded import (
+    _CIRCLE, SUBSETS, Polygon, Size, Sources, _appearance, _background, _coverage, _load_sources, _place, _read_metadata, _swap_into_place,
+)  # fmt: skip
 from .errors import DataError
 
 GENERATOR = "unimatch.data.embedded_change"
@@ -149,13 +151,6 @@ def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
             "size": list(size), "classes": list(CLASSES), "jpeg_quality": JPEG_QUALITY}  # fmt: skip
 
 
-def _read_metadata(root: Path) -> dict | None:
-    try:
-        return json.loads((root / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def _is_complete(root: Path, meta: dict) -> bool:
     total = meta["n_train"] + meta["n_val"]
     return _read_metadata(root) == meta and all(len(list((root / folder).iterdir())) == total for folder in FOLDERS)
@@ -200,13 +195,7 @@ def generate_embedded_change(
     try:
         staging.chmod(0o755)
         _write_dataset(staging, meta)
-        if root.exists():
-            old = staging.with_name(staging.name + ".old")
-            root.rename(old)
-            staging.rename(root)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            staging.rename(root)
+        _swap_into_place(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
