@@ -23,7 +23,9 @@ from unimatch.models.encoders import ENCODERS
 from .cli import run_main
 from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
 
-CPU_ENCODERS = tuple(sorted(name for name, entry in ENCODERS.items() if entry.cpu_sized))
+# Table 9 compares encoders under UniMatch V2's DPT head: the CPU-sized encoders made for it (not clip-tiny,
+# whose levels feed SemiVL's language-guided decoder).
+CPU_ENCODERS = tuple(sorted(name for name, entry in ENCODERS.items() if entry.cpu_sized and entry.decoder == "dpt"))
 
 
 def _set(config: str, overrides: Sequence[str], dotted: str) -> bool:

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny dataset in the generic folder layout, written as real image files."""
+"""Shared fixtures: a tiny dataset in the generic folder layout, written as real image files; a tiny embedded
+dataset and a config factory on it for engine-level tests of methods and model hooks."""
 
 from __future__ import annotations
 
@@ -36,3 +37,27 @@ def folder_dataset(tmp_path: Path) -> Path:
         write_pair(root, "val", f"v{index}", (36, 28), seed=100 + index)
     (root / "classes.txt").write_text("bg\nfoo\nbar\n", encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def tiny_embedded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train / 2 val embedded images of 84x70."""
+    from unimatch.data import generate_embedded
+
+    return generate_embedded(tmp_path_factory.mktemp("data") / "embedded", seed=5, n_train=16, n_val=2, size=(84, 70))
+
+
+@pytest.fixture
+def tiny_config(tiny_embedded: Path):
+    """``make(output_dir, *overrides)``: configs/embedded.yaml on ``tiny_embedded``, 4 labeled, batch 2, 2
+    iterations, random initialisation, no tracking."""
+    from unimatch.config import load_config
+
+    def make(out: Path, *overrides: str):
+        return load_config("configs/embedded.yaml", [
+            f"dataset.root={tiny_embedded}", "dataset.crop_size=42", f"output_dir={out}", "split.labeled=4", "train.batch_size=2",
+            "train.epochs=1", "train.max_iters=2", "train.num_workers=0", "tracking.enabled=false", "model.weights=null",
+            "eval.pseudo_label_images=0", *overrides,
+        ])  # fmt: skip
+
+    return make

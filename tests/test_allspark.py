@@ -9,12 +9,11 @@ import pytest
 import torch
 
 from unimatch.config import ConfigError, load_config
-from unimatch.data import LabeledDataset, Sample, generate_embedded
+from unimatch.data import LabeledDataset, Sample, StrongLabeledDataset, generate_embedded
 from unimatch.engine import Trainer, update_ema
 from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.engine.evaluate import checkpoint_model
 from unimatch.methods import method_class
-from unimatch.methods.allspark import JitteredLabeledDataset
 from unimatch.models import build_segmentor
 from unimatch.models.allspark import AllSpark, _attend
 from unimatch.models.decoders.segformer import SegFormerSettings
@@ -245,7 +244,7 @@ def test_resume_restores_the_memory_and_pointers_exactly(dataset, tmp_path):
 def test_labeled_crops_get_colour_augmentation_on_the_same_geometry(dataset):
     image = sorted((Path(dataset) / "images" / "train").iterdir())[0]
     samples = [Sample(image, Path(dataset) / "masks" / "train" / f"{image.stem}.png", image.name)]
-    plain, jittered = LabeledDataset(samples, 7, 56), JitteredLabeledDataset(samples, 7, 56)
+    plain, jittered = LabeledDataset(samples, 7, 56), StrongLabeledDataset(samples, 7, 56, cutout=False)
     changed = 0
     for seed in range(6):
         random.seed(seed)

@@ -9,23 +9,9 @@ import torch
 from pydantic import Field
 
 from unimatch.config import ConfigError, PseudoLabelSettings, load_config
-from unimatch.data import generate_embedded
 from unimatch.engine import Trainer, train
 from unimatch.methods import METHODS, Method, method_class, method_labels, register_method, single_training_methods
 from unimatch.methods.base import Pools, StepLosses, joint_forward
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return generate_embedded(tmp_path_factory.mktemp("data") / "embedded", seed=5, n_train=16, n_val=2, size=(84, 70))
-
-
-def _config(dataset, out, *overrides):
-    return load_config("configs/embedded.yaml", [
-        f"dataset.root={dataset}", "dataset.crop_size=42", f"output_dir={out}", "split.labeled=4", "train.batch_size=2",
-        "train.epochs=1", "train.max_iters=2", "train.num_workers=0", "tracking.enabled=false", "model.weights=null",
-        "eval.pseudo_label_images=0", *overrides,
-    ])  # fmt: skip
 
 
 def test_unknown_method_names_the_registered_ones():
@@ -52,11 +38,11 @@ def test_a_yaml_layer_naming_another_method_drops_the_settings_it_does_not_have(
     assert cfg.method.name == "fixmatch" and cfg.method.threshold == 0.95
 
 
-def test_labeled_only_loads_no_unlabeled_data_and_keeps_no_teacher(dataset, tmp_path):
-    trainer = Trainer(_config(dataset, tmp_path, "method.name=labeled_only"), progress=False)
+def test_labeled_only_loads_no_unlabeled_data_and_keeps_no_teacher(tiny_config, tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "method.name=labeled_only"), progress=False)
     assert set(trainer.streams) == {"labeled"} and trainer.teacher is trainer.model
     assert trainer.streams["labeled"][1] == 4  # the labeled batch doubled, as the reference does
-    fixmatch = Trainer(_config(dataset, tmp_path / "fm", "method.name=fixmatch"), progress=False)
+    fixmatch = Trainer(tiny_config(tmp_path / "fm", "method.name=fixmatch"), progress=False)
     assert set(fixmatch.streams) == {"labeled", "unlabeled"} and fixmatch.teacher is not fixmatch.model
 
 
@@ -87,7 +73,7 @@ class HalfWeightSettings(PseudoLabelSettings):
     weight_of_strong: float = Field(0.5, ge=0, le=1)
 
 
-def test_a_new_method_is_one_class_and_its_registration(dataset, tmp_path):
+def test_a_new_method_is_one_class_and_its_registration(tiny_config, tmp_path):
     """A FixMatch variant written here, registered, configured by its own key and trained by the engine."""
 
     @register_method("test_half_fixmatch", "half FixMatch")
@@ -104,11 +90,11 @@ def test_a_new_method_is_one_class_and_its_registration(dataset, tmp_path):
             return self.combine(self.labeled_loss(pred_x, labeled.mask), loss_u, mask_ratio(pseudo, self.cfg.threshold))
 
     try:
-        cfg = _config(dataset, tmp_path, "method.name=test_half_fixmatch", "method.weight_of_strong=0.25")
+        cfg = tiny_config(tmp_path, "method.name=test_half_fixmatch", "method.weight_of_strong=0.25")
         assert cfg.method.weight_of_strong == 0.25 and cfg.method.teacher == "ema"
         result = train(cfg, progress=False)
         assert math.isfinite(result.metrics["best_miou_ema"]) and method_labels()["test_half_fixmatch"] == "half FixMatch"
         with pytest.raises(ConfigError, match="weight_of_strong"):
-            _config(dataset, tmp_path, "method.name=test_half_fixmatch", "method.weight_of_strong=2")
+            tiny_config(tmp_path, "method.name=test_half_fixmatch", "method.weight_of_strong=2")
     finally:
         METHODS.pop("test_half_fixmatch")

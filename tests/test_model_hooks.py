@@ -9,7 +9,6 @@ from pydantic import Field
 from torch import nn
 
 from unimatch.config import ConfigError, DecoderSettings, load_config
-from unimatch.data import generate_embedded
 from unimatch.engine import Trainer, train, update_ema
 from unimatch.engine.evaluate import checkpoint_model
 from unimatch.methods import METHODS, register_method
@@ -17,19 +16,6 @@ from unimatch.methods.fixmatch import FixMatch
 from unimatch.models import build_segmentor, encoder_entry, read_checkpoint
 from unimatch.models.decoders import DECODERS, Decoder, register_decoder
 from unimatch.models.dpt import DPTHead
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return generate_embedded(tmp_path_factory.mktemp("data") / "embedded", seed=5, n_train=16, n_val=2, size=(84, 70))
-
-
-def _config(dataset, out, *overrides):
-    return load_config("configs/embedded.yaml", [
-        f"dataset.root={dataset}", "dataset.crop_size=42", f"output_dir={out}", "split.labeled=4", "train.batch_size=2",
-        "train.epochs=2", "train.max_iters=4", "train.num_workers=0", "tracking.enabled=false", "model.weights=null",
-        "eval.pseudo_label_images=0", *overrides,
-    ])  # fmt: skip
 
 
 def test_the_default_decoder_is_dpt_bit_for_bit():
@@ -65,16 +51,16 @@ class LastLevelDecoder(Decoder):
         return torch.relu(self.project(maps[-1]))
 
 
-def test_a_decoder_registered_here_is_configured_by_its_own_settings_and_trains(dataset, tmp_path):
+def test_a_decoder_registered_here_is_configured_by_its_own_settings_and_trains(tiny_config, tmp_path):
     @register_decoder("test_last_level", "last level only", LastLevelSettings)
     def last_level(nclass, levels, encoder, settings, use_bn):
         return LastLevelDecoder(nclass, levels, settings.width)
 
     try:
-        cfg = _config(dataset, tmp_path, "model.decoder=test_last_level", "model.decoder_settings.width=6", "method.name=fixmatch")
+        cfg = tiny_config(tmp_path, "train.epochs=2", "train.max_iters=4", "model.decoder=test_last_level", "model.decoder_settings.width=6", "method.name=fixmatch")
         assert cfg.model.decoder_settings.width == 6
         with pytest.raises(ConfigError, match=r"model\.decoder_settings\.width: Input should be greater than or equal to 1"):
-            _config(dataset, tmp_path, "model.decoder=test_last_level", "model.decoder_settings.width=0")
+            tiny_config(tmp_path, "train.epochs=2", "train.max_iters=4", "model.decoder=test_last_level", "model.decoder_settings.width=0")
         result = train(cfg, progress=False)
         assert math.isfinite(result.metrics["best_miou_ema"])
         model = checkpoint_model(cfg, result.best_checkpoint)  # the same architecture rebuilt from the config
@@ -105,7 +91,7 @@ class Bias(nn.Module):
         return [*maps[:-1], maps[-1] + self.shift[:, None, None]]
 
 
-def test_a_method_changes_its_model_everywhere_and_keeps_frozen_models_outside_it(dataset, tmp_path):
+def test_a_method_changes_its_model_everywhere_and_keeps_frozen_models_outside_it(tiny_config, tmp_path):
     seen = {}
 
     @register_method("test_necked", "necked")
@@ -127,7 +113,7 @@ def test_a_method_changes_its_model_everywhere_and_keeps_frozen_models_outside_i
             return self.combine(loss, zero, zero)
 
     try:
-        cfg = _config(dataset, tmp_path, "method.name=test_necked", "train.max_iters=null", "train.epochs=2")
+        cfg = tiny_config(tmp_path, "method.name=test_necked", "train.max_iters=null", "train.epochs=2")
         trainer = Trainer(cfg, progress=False)
         decoder_group = trainer.optimizer.param_groups[-1]
         assert any(p is trainer.model.neck.shift for p in decoder_group["params"])  # trains at the decoder's rate

@@ -216,7 +216,7 @@ def test_self_training_runs_its_stages_once_and_reports_st_and_stpp(project: Pat
 def test_encoder_comparison_writes_table9_with_sizes_and_step_time(project: Path) -> None:
     _python(project, "-m", "pipelines.encoder_comparison", "--quick", *TINY, "pretrain.method=none")
     runs = {run.data.tags["encoder"]: run for run in _runs(project, "embedded-table9-quick") if run.data.tags.get("kind") == "train"}
-    assert sorted(runs) == ["resnet-tiny", "tiny"]
+    assert sorted(runs) == ["mit-tiny", "resnet-tiny", "tiny"]  # the CPU-sized encoders made for the DPT head
     cnn, vit = runs["resnet-tiny"], runs["tiny"]
     assert (cnn.data.params["train.lr"], cnn.data.params["dataset.crop_size"]) == ("0.001", "32")  # its defaults, its divisor
     assert (vit.data.params["train.lr"], vit.data.params["dataset.crop_size"]) == ("0.0001", "42")

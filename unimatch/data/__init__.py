@@ -3,7 +3,7 @@ embedded default dataset. Every bad input raises :class:`DataError` naming the f
 
 from .check import DataCheck, check_samples, check_training_data
 from .classes import CITYSCAPES_CLASSES, PASCAL_CLASSES, class_names, palette
-from .datasets import EvalDataset, LabeledDataset, PseudoLabeledDataset, UnlabeledDataset
+from .datasets import EvalDataset, LabeledDataset, StrongLabeledDataset, UnlabeledDataset
 from .embedded import CLASSES as EMBEDDED_CLASSES
 from .embedded import generate_embedded
 from .errors import DataError
@@ -40,8 +40,8 @@ __all__ = [
     "DataError",
     "EvalDataset",
     "LabeledDataset",
-    "PseudoLabeledDataset",
     "Sample",
+    "StrongLabeledDataset",
     "SplitFiles",
     "UnlabeledDataset",
     "augment",

@@ -61,19 +61,23 @@ class LabeledDataset(Dataset):
         return normalize(view["image"]), mask_tensor(view["mask"])
 
 
-class PseudoLabeledDataset(LabeledDataset):
-    """ST's pseudo-labelled crops: the weak view of (image, pseudo mask), then the strong colour
-    augmentations and CutOut on the image (the mask 255 inside the CutOut box)."""
+class StrongLabeledDataset(LabeledDataset):
+    """The weak view of (image, mask), then the strong colour augmentations (jitter, grayscale, blur) on the
+    image and, with ``cutout``, CutOut (the mask 255 inside the box): ST's pseudo-labelled crops (with
+    CutOut) and AllSpark's labeled crops (without)."""
 
-    def __init__(self, samples: Sequence[Sample], nclass: int, crop_size: int) -> None:
+    def __init__(self, samples: Sequence[Sample], nclass: int, crop_size: int, cutout: bool = True) -> None:
         super().__init__(samples, nclass, crop_size)
         self.strong = strong_pipeline()
+        self.cutout = cutout
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path, _ = self.items[index]
         image, mask = read_pair(image_path, mask_path, self.nclass)
         view = augment(self.weak, image=image, mask=mask)
-        image, mask = cutout(augment(self.strong, image=view["image"])["image"], view["mask"])
+        image, mask = augment(self.strong, image=view["image"])["image"], view["mask"]
+        if self.cutout:
+            image, mask = cutout(image, mask)
         return normalize(image), mask_tensor(mask)
 
 

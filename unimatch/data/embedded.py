@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -297,6 +298,20 @@ def _swap_into_place(staging: Path, root: Path) -> None:
         old.unlink()
 
 
+def write_into_place(root: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a dataset into a temporary directory beside ``root``, then rename it into place: an
+    interrupted run leaves nothing partial."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
+    try:
+        staging.chmod(0o755)  # mkdtemp makes it private; the dataset should not be
+        write(staging)
+        _swap_into_place(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def generate_embedded(
     root: str | Path,
     seed: int = 0,
@@ -316,13 +331,5 @@ def generate_embedded(
     if not force and _is_complete(root, meta):
         return root
     _check_replaceable(root, force)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp makes it private; the dataset should not be
-        _write_dataset(staging, meta)
-        _swap_into_place(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_into_place(root, lambda folder: _write_dataset(folder, meta))
     return root

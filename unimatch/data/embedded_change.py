@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from PIL import Image
 
 from .change import CHANGED, CLASSES, FOLDERS
 from .embedded import (
-    _CIRCLE, SUBSETS, Polygon, Size, Sources, _appearance, _background, _coverage, _load_sources, _place, _read_metadata, _swap_into_place,
+    _CIRCLE, SUBSETS, Polygon, Size, Sources, _appearance, _background, _coverage, _load_sources, _place, _read_metadata, write_into_place,
 )  # fmt: skip
 from .errors import DataError
 
@@ -190,13 +188,5 @@ def generate_embedded_change(
         return root
     if not force and root.exists() and not (root.is_dir() and (not any(root.iterdir()) or (_read_metadata(root) or {}).get("generator") == GENERATOR)):
         raise DataError(f"{root}: exists and is not an embedded change-detection dataset; pass force=True to replace it")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
-    try:
-        staging.chmod(0o755)
-        _write_dataset(staging, meta)
-        _swap_into_place(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_into_place(root, lambda folder: _write_dataset(folder, meta))
     return root

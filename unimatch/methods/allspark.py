@@ -19,9 +19,7 @@ from pydantic import Field
 from torch.utils.data import Dataset
 
 from ..config import ConfigError, PseudoLabelSettings
-from ..data import LabeledDataset, Sample
-from ..data.io import read_pair
-from ..data.transforms import augment, mask_tensor, normalize, strong_pipeline
+from ..data import Sample, StrongLabeledDataset
 from ..models import Segmentor
 from ..models.allspark import AllSpark as AllSparkModule
 from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, eval_logits, mask_ratio, pixel_loss, pseudo_labels_of, register_method
@@ -36,21 +34,6 @@ class AllSparkSettings(PseudoLabelSettings):
     warmup_epoch: int = Field(5, ge=0)  # epochs (from 0) before the labeled images read the memory
     heads: int = Field(2, ge=1)  # attention heads, each the full channel width
     attention_dropout: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-class JitteredLabeledDataset(LabeledDataset):
-    """The weak labeled crop, then the colour jitter (p 0.8), grayscale (p 0.2) and blur (p 0.5) of the
-    strong view on the image (no CutOut)."""
-
-    def __init__(self, samples: Sequence[Sample], nclass: int, crop_size: int) -> None:
-        super().__init__(samples, nclass, crop_size)
-        self.strong = strong_pipeline()
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image_path, mask_path, _ = self.items[index]
-        image, mask = read_pair(image_path, mask_path, self.nclass)
-        view = augment(self.weak, image=image, mask=mask)
-        return normalize(augment(self.strong, image=view["image"])["image"]), mask_tensor(view["mask"])
 
 
 @register_method("allspark", "AllSpark")
@@ -70,7 +53,8 @@ class AllSpark(Method):
         return model
 
     def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int, task: Task) -> Dataset:
-        return JitteredLabeledDataset(labeled, nclass, crop)  # segmentation only (the default ``tasks``)
+        """The labeled crops with the strong colour augmentations on top, no CutOut (the reference)."""
+        return StrongLabeledDataset(labeled, nclass, crop, cutout=False)  # segmentation only (the default ``tasks``)
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         logits_u = eval_logits(teacher, unlabeled.weak)

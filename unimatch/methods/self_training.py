@@ -14,7 +14,7 @@ from pydantic import Field
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..config import ConfigError, MethodSettings
-from ..data import LabeledDataset, PseudoLabeledDataset, Sample
+from ..data import LabeledDataset, Sample, StrongLabeledDataset
 from ..self_training import read_pseudo_labels
 from .base import Pools, Schedule, register_method
 from .labeled_only import LabeledOnly
@@ -43,7 +43,7 @@ class SelfTraining(LabeledOnly):
                               f"`python -m {self.stages}` (or list split files of image + pseudo mask)")  # fmt: skip
         pseudo = [sample for path in self.cfg.pseudo_labels for sample in read_pseudo_labels(path, root)]
         repeats = math.ceil(len(pseudo) / len(labeled))
-        return ConcatDataset([LabeledDataset(list(labeled) * repeats, nclass, crop), PseudoLabeledDataset(pseudo, nclass, crop)])
+        return ConcatDataset([LabeledDataset(list(labeled) * repeats, nclass, crop), StrongLabeledDataset(pseudo, nclass, crop, cutout=True)])
 
     def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
         """One pass over that dataset per epoch, with labeled-only's doubled batch."""
