@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import DataCheck, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, check_samples, class_names
+from .data import DataCheck, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, check_samples, check_training_data, class_names
 from .data import change
 from .data.layouts import layout_task
 from .data.prepare import SplitFormat
@@ -56,10 +56,7 @@ class SegmentationTask:
     def check_training_data(self, labeled: Sequence[Sample], unlabeled: Sequence[Sample], val: Sequence[Sample], nclass: int,
                             level: str = "headers", progress: bool = False) -> DataCheck:  # fmt: skip
         """Preflight of a training's three splits (unlabeled masks, if listed, are never read)."""
-        report = DataCheck()
-        for role, samples, with_masks in (("labeled", labeled, True), ("val", val, True), ("unlabeled", unlabeled, False)):
-            report.merge(self.check(samples, nclass, with_masks, level, progress, f"check {role}"))
-        return report
+        return check_training_data(labeled, unlabeled, val, nclass, level, progress, check=self.check)
 
 
 class ChangeDetectionTask(SegmentationTask):
@@ -82,7 +79,7 @@ class ChangeDetectionTask(SegmentationTask):
         return change.ChangeEvalDataset(samples)
 
     def check(self, samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False, desc: str = "check") -> DataCheck:
-        return change.check_pairs(samples, with_masks, level, progress, desc)
+        return change.check_pairs(samples, nclass, with_masks, level, progress, desc)
 
     def scores(self, confusion: np.ndarray) -> dict[str, float]:
         """Table 14's metrics (SPEC §10): IoU of the changed class and overall accuracy over all pixels, plus

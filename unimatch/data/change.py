@@ -15,9 +15,7 @@ independently for A and for B.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +24,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..io_atomic import write_text_atomic
-from ..progress import progress_bar
-from .check import DataCheck
+from .check import DataCheck, _header, run_checks
 from .errors import DataError
 from .io import DECODE_ERRORS, IGNORE_INDEX, MASK_MODES, read_image
-from .splits import Sample
+from .splits import Sample, _read_text
 from .transforms import LABELED_PAD, UNLABELED_PAD, augment, check_crop_size, cutmix_box, mask_tensor, normalize, strong_pipeline, weak_pipeline
 
 FOLDERS = ("A", "B", "label")
@@ -64,14 +61,8 @@ def read_names_split(
     """The pairs listed in a bare-name split file (LEVIR-CD / WHU-CD format). ``require_masks``: every pair
     needs its label file; otherwise a missing label gives a mask-less (unlabeled) pair."""
     path, root = Path(path), Path(root).absolute()
-    if not path.is_file():
-        raise DataError(f"{path}: split file not found")
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: split file is not UTF-8 (byte {error.start})") from error
     samples, first_line = [], {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where, fields = f"{path}:{number}", line.split()
@@ -143,35 +134,30 @@ def read_change_pair(sample: Sample, with_mask: bool = True) -> tuple[np.ndarray
 # ------------------------------------------------------------------------------------------ preflight
 
 
-def _header_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as image:
-        return image.size[::-1]
-
-
 def _check_pair(sample: Sample, with_mask: bool, decode: bool) -> list[str]:
     try:
         if decode:
             read_change_pair(sample, with_mask)
             return []
         paths = [sample.image, image_b(sample)] + ([sample.mask] if with_mask and sample.mask is not None else [])
-        sizes = {path: _header_size(path) for path in paths}
+        sizes = {path: _header(path)[0] for path in paths}
     except DataError as error:
         return [str(error)]
     except DECODE_ERRORS as error:
         return [f"pair {sample.name}: cannot read a file ({type(error).__name__}: {error})"]
     if len(set(sizes.values())) > 1:
-        return [f"size mismatch in pair {sample.name}: " + ", ".join(f"{p} is {s[1]}x{s[0]}" for p, s in sizes.items())]
+        return [f"size mismatch in pair {sample.name}: " + ", ".join(f"{p} is {s[0]}x{s[1]}" for p, s in sizes.items()) + " (WxH)"]
     return []
 
 
-def check_pairs(samples: Sequence[Sample], with_masks: bool, level: str, progress: bool = False, desc: str = "check") -> DataCheck:
-    """Preflight of pairs at ``level`` (headers: formats and sizes; decode: also label values)."""
+def check_pairs(samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False,
+                desc: str = "check") -> DataCheck:  # fmt: skip
+    """Preflight of pairs at ``level`` (headers: formats and sizes; decode: also label values); ``nclass``
+    is always 2 (the signature of :func:`unimatch.data.check.check_samples`)."""
     if level == "off" or not samples:
         return DataCheck()
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        found = pool.map(lambda sample: _check_pair(sample, with_masks, level == "decode"), samples)
-        problems = [line for lines in progress_bar(found, total=len(samples), desc=desc, unit="pair", disable=not progress, delay=2) for line in lines]
-    return DataCheck(sum(2 + (with_masks and s.mask is not None) for s in samples), problems)
+    files = sum(2 + (with_masks and s.mask is not None) for s in samples)
+    return run_checks(samples, lambda sample: _check_pair(sample, with_masks, level == "decode"), files, progress, desc, "pair")
 
 
 # ------------------------------------------------------------------------------------------ datasets

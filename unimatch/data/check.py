@@ -8,7 +8,7 @@ training. ``decode`` decodes every file and checks label values too.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,22 +88,29 @@ def check_samples(
     file-system latency of network disks."""
     if level == "off" or not samples:
         return DataCheck()
-    decode = level == "decode"
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        found = pool.map(lambda sample: _check_sample(sample, nclass, with_masks, decode), samples)
-        shown = progress_bar(found, total=len(samples), desc=desc, unit="img", disable=not progress, delay=2)  # only if slow
-        problems = [line for lines in shown for line in lines]
     files = sum(1 + (with_masks and sample.mask is not None) for sample in samples)
+    return run_checks(samples, lambda sample: _check_sample(sample, nclass, with_masks, level == "decode"), files, progress, desc)
+
+
+def run_checks(samples: Sequence[Sample], check_one: Callable[[Sample], list[str]], files: int, progress: bool, desc: str,
+               unit: str = "img") -> DataCheck:  # fmt: skip
+    """``check_one`` on every sample (its problem lines), in threads that overlap the file-system latency of
+    network disks, with a progress bar shown only if slow."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        found = pool.map(check_one, samples)
+        shown = progress_bar(found, total=len(samples), desc=desc, unit=unit, disable=not progress, delay=2)
+        problems = [line for lines in shown for line in lines]
     return DataCheck(files, problems)
 
 
 def check_training_data(
     labeled: Sequence[Sample], unlabeled: Sequence[Sample], val: Sequence[Sample], nclass: int,
-    level: CheckLevel = "headers", progress: bool = False,
+    level: CheckLevel = "headers", progress: bool = False, check: Callable[..., DataCheck] = check_samples,
 ) -> DataCheck:
     """Preflight of the three splits of a training: images and masks of the labeled and validation
-    sets, images of the unlabeled set (whose masks, if listed, are never trained on)."""
+    sets, images of the unlabeled set (whose masks, if listed, are never trained on). ``check``: how a list
+    of samples is checked (:func:`check_samples`; change detection's pairs have their own)."""
     report = DataCheck()
     for role, samples, with_masks in (("labeled", labeled, True), ("val", val, True), ("unlabeled", unlabeled, False)):
-        report.merge(check_samples(samples, nclass, with_masks, level, progress, f"check {role}"))
+        report.merge(check(samples, nclass, with_masks, level, progress, f"check {role}"))
     return report
