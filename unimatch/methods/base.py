@@ -24,6 +24,7 @@ from ..config import MethodSettings, ModelConfig, PseudoLabelSettings
 from ..data import Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
+from ..registry import Registry
 
 if TYPE_CHECKING:
     from ..tasks import SegmentationTask as Task
@@ -210,7 +211,7 @@ class Method:
         return StepLosses(total, loss_labeled.detach(), loss_unlabeled.detach(), ratio.detach())
 
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str, label: str) -> Callable[[type[Method]], type[Method]]:
@@ -218,17 +219,13 @@ def register_method(name: str, label: str) -> Callable[[type[Method]], type[Meth
     label; its ``Settings`` gets ``name`` as a fixed field."""
 
     def register(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
-            raise ValueError(f"method '{name}' is registered twice")
+        METHODS.add(name, cls)  # first: a duplicate name leaves the class untouched
         cls.name, cls.label = name, label
         cls.Settings = create_model(f"{cls.__name__}Settings", __base__=cls.Settings, name=(Literal[name], name))
-        METHODS[name] = cls
         return cls
 
     return register
 
 
 def method_class(name: str) -> type[Method]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}'; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS.entry(name)

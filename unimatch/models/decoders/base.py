@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...config import DecoderSettings
+from ...registry import Registry
 from ..encoders import EncoderEntry, FeatureLevel
 
 
@@ -47,7 +48,7 @@ class DecoderEntry:
     Settings: type[DecoderSettings] = DecoderSettings  # its config section, model.decoder_settings
 
 
-DECODERS: dict[str, DecoderEntry] = {}
+DECODERS: Registry[DecoderEntry] = Registry("decoder")
 
 
 def register_decoder(name: str, summary: str, settings: type[DecoderSettings] = DecoderSettings) -> Callable[[DecoderBuilder], DecoderBuilder]:
@@ -55,15 +56,11 @@ def register_decoder(name: str, summary: str, settings: type[DecoderSettings] = 
     ``name`` (the config's ``model.decoder``) with its settings model."""
 
     def register(builder: DecoderBuilder) -> DecoderBuilder:
-        if name in DECODERS:
-            raise ValueError(f"decoder '{name}' is registered twice")
-        DECODERS[name] = DecoderEntry(name, builder, summary, settings)
+        DECODERS.add(name, DecoderEntry(name, builder, summary, settings))
         return builder
 
     return register
 
 
 def decoder_entry(name: str) -> DecoderEntry:
-    if name not in DECODERS:
-        raise ValueError(f"unknown decoder '{name}'; choose one of {', '.join(sorted(DECODERS))}")
-    return DECODERS[name]
+    return DECODERS.entry(name)

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...registry import Registry
+
 
 @dataclass(frozen=True)
 class FeatureLevel:
@@ -66,7 +68,7 @@ class EncoderEntry:
     decoder: str = "dpt"  # the decoder its feature levels are made for (parameter counts, `unimatch encoders`)
 
 
-ENCODERS: dict[str, EncoderEntry] = {}
+ENCODERS: Registry[EncoderEntry] = Registry("encoder")
 
 
 def register_encoder(name: str, **declaration) -> Callable[[Callable[[int], Encoder]], Callable[[int], Encoder]]:
@@ -74,18 +76,14 @@ def register_encoder(name: str, **declaration) -> Callable[[Callable[[int], Enco
     (the fields of :class:`EncoderEntry`)."""
 
     def register(builder: Callable[[int], Encoder]) -> Callable[[int], Encoder]:
-        if name in ENCODERS:
-            raise ValueError(f"encoder '{name}' is registered twice")
-        ENCODERS[name] = EncoderEntry(name=name, build=builder, **declaration)
+        ENCODERS.add(name, EncoderEntry(name=name, build=builder, **declaration))
         return builder
 
     return register
 
 
 def encoder_entry(name: str) -> EncoderEntry:
-    if name not in ENCODERS:
-        raise ValueError(f"unknown encoder '{name}'; choose one of {', '.join(sorted(ENCODERS))}")
-    return ENCODERS[name]
+    return ENCODERS.entry(name)
 
 
 def build_encoder(name: str, input_size: int = 518) -> Encoder:
