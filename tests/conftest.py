@@ -61,3 +61,43 @@ def tiny_config(tiny_embedded: Path):
         ])  # fmt: skip
 
     return make
+
+
+# `python -c PAUSE_AFTER_FIRST_EVALUATION MARKER unimatch-args...`: the real command line, which, once it has
+# written latest.pth after its first evaluation (best.pth beside it), creates MARKER and waits there to be
+# signalled. A test that kills it then knows exactly which checkpoint the rerun must resume from.
+PAUSE_AFTER_FIRST_EVALUATION = """
+import os, runpy, signal, sys
+
+marker, replace = sys.argv[1], os.replace
+
+def replace_then_wait(source, target, *args, **kwargs):
+    replace(source, target, *args, **kwargs)
+    target = os.fspath(target)
+    if os.path.basename(target) == "latest.pth" and os.path.exists(os.path.join(os.path.dirname(target), "best.pth")):
+        open(marker, "w").close()
+        while True:
+            signal.pause()
+
+os.replace = replace_then_wait
+sys.argv = ["unimatch", *sys.argv[2:]]
+runpy.run_module("unimatch.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_paused_after_first_evaluation(args: list[str], marker: Path, **popen):
+    """The ``unimatch`` command line with ``args`` in a subprocess, returned once it waits after its first
+    evaluation's checkpoint (see PAUSE_AFTER_FIRST_EVALUATION). SIGINT has its default disposition in the
+    child, as under a terminal, even when the suite itself runs in the background with SIGINT ignored."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_FIRST_EVALUATION, str(marker), *args],
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)  # fmt: skip
+    while not marker.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended (exit {process.returncode}) before its first evaluation")
+        time.sleep(0.05)
+    return process

@@ -15,7 +15,7 @@ from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.engine.evaluate import checkpoint_model
 from unimatch.methods import method_class
 from unimatch.models import build_segmentor
-from unimatch.models.allspark import AllSpark, _attend
+from unimatch.models.allspark import AllSpark, ChannelAttention, _attend
 from unimatch.models.decoders.segformer import SegFormerSettings
 from unimatch.tracking import Tracker
 
@@ -25,21 +25,6 @@ NCLASS, CHANNELS, TOKENS = 3, 4, 9  # SPEC §12's CPU size: 3 classes, a 3 x 3 g
 def _module(dropout: float = 0.0, slots: int = CHANNELS) -> AllSpark:
     torch.manual_seed(0)
     return AllSpark(slots, NCLASS, TOKENS, heads=2, dropout=dropout)
-
-
-def _reference_enqueue(memory, pointer, features, classes):
-    """The reference's _dequeue_and_enqueue, one class at a time with explicit wrap-around."""
-    size = memory.shape[1]
-    for cls in sorted(set(classes.tolist())):
-        rows = features[classes == cls]
-        ptr, count = int(pointer[cls]), rows.shape[0]
-        if ptr + count > size:
-            memory[cls, ptr:] = rows[: size - ptr]
-            memory[cls, : ptr + count - size] = rows[size - ptr :]
-            pointer[cls] = ptr + count - size
-        else:
-            memory[cls, ptr : ptr + count] = rows
-            pointer[cls] = (ptr + count) % size
 
 
 def test_enqueue_fills_each_class_fifo_in_channel_order_and_wraps_around():
@@ -54,15 +39,21 @@ def test_enqueue_fills_each_class_fifo_in_channel_order_and_wraps_around():
     assert module.pointer.tolist() == [1, 2, 1]
     assert torch.equal(module.memory[0, 2], second[0]) and torch.equal(module.memory[0, 3], second[1])
     assert torch.equal(module.memory[0, 0], second[2]) and torch.equal(module.memory[0, 1], first[2])  # slot 1 kept
-    # Many random steps agree with the reference's loop.
-    memory, pointer = module.memory.clone(), module.pointer.clone()
+    # Over many steps each class's slots, read from its pointer on, are its last CHANNELS channels, oldest first.
+    written = {cls: [] for cls in range(NCLASS)}
+    for cls, row in zip([0, 1, 0, 2, 0, 0, 0, 1], [*first, *second]):
+        written[cls].append(row)
     generator = torch.Generator().manual_seed(1)
     for _ in range(20):
         features = torch.randn(CHANNELS, TOKENS, generator=generator)
         classes = torch.randint(0, NCLASS, (CHANNELS,), generator=generator)
         module.enqueue(features, classes)
-        _reference_enqueue(memory, pointer, features, classes)
-    assert torch.equal(module.memory, memory) and torch.equal(module.pointer, pointer)
+        for cls, row in zip(classes.tolist(), features):
+            written[cls].append(row)
+    for cls, rows in written.items():
+        assert len(rows) > CHANNELS and module.pointer[cls] == len(rows) % CHANNELS
+        oldest_first = module.memory[cls].roll(-int(module.pointer[cls]), dims=0)
+        assert torch.equal(oldest_first, torch.stack(rows[-CHANNELS:])), cls
 
 
 def test_semantic_grouping_sends_each_channel_to_the_class_map_it_resembles():
@@ -85,40 +76,73 @@ def _train_maps(batch: int = 4):
     return [torch.randn(batch, 2, 12, 12), coarse], torch.randn(batch // 2, NCLASS, 12, 12)
 
 
-def _reference_forward(module: AllSpark, x: torch.Tensor, use_memory: bool) -> torch.Tensor:
-    """The released AllSpark + CrossAttnMem forward, transcribed (einops spelled out), on ``module``'s weights
-    and its memory as updated by the step; the batch is half labeled, half unlabeled, dropout off."""
-    attn, heads = module.attention, module.attention.heads
-    batch, channels, height, width = x.shape
-    en = module.map_in(x).flatten(2).transpose(-1, -2)
-    emb_l, emb_u = torch.split(module.attn_norm(en), batch // 2, dim=0)
-    _, tokens, _ = emb_u.shape
-
-    def multi_head_rep(t):
-        return t.view(*t.shape[:-1], heads, channels).permute(0, 2, 1, 3)
-
-    instance_norm = torch.nn.InstanceNorm2d(heads)
-    self_attn = torch.softmax(instance_norm(multi_head_rep(attn.q_u(emb_u)).transpose(-1, -2) @ multi_head_rep(attn.k_u(emb_u))), dim=3)
-    self_attn = (self_attn @ multi_head_rep(attn.v_u(emb_u)).transpose(-1, -2)).permute(0, 3, 2, 1).contiguous()
-    out_u = attn.out_u(self_attn.view(*self_attn.shape[:-2], channels * heads))
-    source = module.memory.transpose(-1, -2) if use_memory else emb_u
-    k, v = attn.k_l2u(source), attn.v_l2u(source)
-    k = k.permute(1, 0, 2).reshape(tokens, -1).unsqueeze(0).repeat(emb_l.shape[0], 1, 1).unsqueeze(1)  # 'b n c -> n (b c)'
-    v = v.permute(1, 0, 2).reshape(tokens, -1).unsqueeze(0).repeat(emb_l.shape[0], 1, 1).unsqueeze(1).transpose(-1, -2)
-    cross = torch.softmax(instance_norm(attn.q_l2u(emb_l).unsqueeze(1).transpose(-1, -2) @ k), dim=3) @ v
-    cross = cross.permute(0, 3, 2, 1).contiguous()
-    out_l2u = attn.out_l2u(cross.view(*cross.shape[:-2], channels * heads))
-    out = module.encoder_norm(torch.cat([out_l2u, out_u]) + en)
-    return module.map_out(out.permute(0, 2, 1).contiguous().view(batch, channels, height, width))
+def _set(linear: torch.nn.Linear, rows: list[list[float]]) -> None:
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor(rows))
 
 
-@pytest.mark.filterwarnings("ignore:input's size at dim=1 does not match num_features")  # the reference's InstanceNorm2d(heads)
-@pytest.mark.parametrize("use_memory", [False, True])
-def test_the_module_computes_what_the_released_code_does(use_memory):
+# Softmax of an instance-normalised 2 x 2 map whose rows are [1, 0] and [0, 1]: the map normalises to
+# [[1, -1], [-1, 1]] (mean 1/2, standard deviation 1/2), so each row's weights are SIGMA and 1 - SIGMA.
+SIGMA = 1 / (1 + math.exp(-2))
+
+
+def test_unlabeled_self_attention_by_hand_two_channels_two_heads():
+    """One image of 2 tokens, the one-hot vectors e0 and e1, so every projection's output per token is a column of
+    its weight. Head 0: q = k = identity, scores [[1, 0], [0, 1]], weights [[s, 1-s], [1-s, s]] (s = SIGMA).
+    Head 1: q swaps the channels, scores [[0, 1], [1, 0]], weights [[1-s, s], [s, 1-s]].
+    Values per token (rows) and channel (columns): head 0 [[1, 2], [3, 4]], head 1 [[10, 20], [30, 40]].
+    Output channel i of a head at token n is sum_j w[i, j] v[n, j]:
+      head 0, channel 0: token 0  s*1 + (1-s)*2 = 2 - s,       token 1  s*3 + (1-s)*4 = 4 - s
+      head 1, channel 0: token 0  (1-s)*10 + s*20 = 10 + 10s,  token 1  (1-s)*30 + s*40 = 30 + 10s
+    The heads' outputs are interleaved channel by channel (c0h0, c0h1, c1h0, c1h1), so an out projection
+    taking inputs 0 and 1 gives channel 0 of head 0 and channel 0 of head 1."""
+    attention = ChannelAttention(2, heads=2, dropout=0.0)
+    _set(attention.q_u, [[1, 0], [0, 1], [0, 1], [1, 0]])  # rows: head 0 channels 0, 1; head 1 channels 0, 1
+    _set(attention.k_u, [[1, 0], [0, 1], [1, 0], [0, 1]])
+    _set(attention.v_u, [[1, 3], [2, 4], [10, 30], [20, 40]])
+    _set(attention.out_u, [[1, 0, 0, 0], [0, 1, 0, 0]])
+    out = attention.unlabeled(torch.eye(2).unsqueeze(0))
+    s = SIGMA
+    assert torch.allclose(out[0], torch.tensor([[2 - s, 10 + 10 * s], [4 - s, 30 + 10 * s]]), atol=1e-4)
+
+
+def test_labeled_cross_attention_by_hand_pools_the_channels_of_every_source():
+    """One labeled query image and two sources, 2 tokens, 2 channels, one head, identity projections; tokens
+    are one-hot (token n is e_n), the second source twice the first. Each query channel attends over the 4
+    source channels (s0c0, s0c1, s1c0, s1c1): scores [[1, 0, 2, 0], [0, 1, 0, 2]], instance-normalised over
+    the whole 2 x 4 map (mean 3/4, variance 11/16), softmax per row: w. The values are the same columns, so
+    output channel c at token n is sum over columns of w[c, col] * value[n, col]:
+      token 0: channel 0  w[0,0] + 2 w[0,2],  channel 1  w[1,0] + 2 w[1,2]
+      token 1: channel 0  w[0,1] + 2 w[0,3],  channel 1  w[1,1] + 2 w[1,3]"""
+    attention = ChannelAttention(2, heads=1, dropout=0.0)
+    for linear in (attention.q_l2u, attention.k_l2u, attention.v_l2u, attention.out_l2u):
+        _set(linear, [[1, 0], [0, 1]])
+    sources = torch.stack((torch.eye(2), 2 * torch.eye(2)))
+    out = attention.labeled(torch.eye(2).unsqueeze(0), sources, pooled=True)
+    scores = [[1, 0, 2, 0], [0, 1, 0, 2]]
+    normalised = [[(x - 0.75) / math.sqrt(11 / 16) for x in row] for row in scores]
+    w = [[math.exp(z) / sum(math.exp(y) for y in row) for z in row] for row in normalised]
+    expected = [[w[0][0] + 2 * w[0][2], w[1][0] + 2 * w[1][2]], [w[0][1] + 2 * w[0][3], w[1][1] + 2 * w[1][3]]]
+    assert torch.allclose(out[0], torch.tensor(expected), atol=1e-4)
+    # Zero sources (an empty memory): every score is 0, the weights uniform over zero values: the output is 0.
+    assert torch.equal(attention.labeled(torch.randn(3, 2, 2), torch.zeros(4, 2, 2), pooled=True), torch.zeros(3, 2, 2))
+
+
+def test_labeled_images_read_the_unlabeled_batch_and_the_memory_as_one_pool():
+    """Permuting images: each output follows its image; a labeled image's output does not depend on the
+    order of its unlabeled partners (their channels are pooled), nor on the order of the memory's classes
+    (each class's C slots are read as the C channels of one more partner)."""
     module = _module().train()
     maps, guide = _train_maps()
-    ours = module(maps, labeled=2, guide=guide, use_memory=use_memory)[-1]
-    assert torch.allclose(ours, _reference_forward(module, maps[-1], use_memory), atol=1e-5)
+    out = module(maps, labeled=2, guide=guide)[-1]
+    for order, guide_order in (([1, 0, 2, 3], [0, 1]), ([0, 1, 3, 2], [1, 0])):  # labeled, then unlabeled swapped
+        permuted = _module().train()([m[order] for m in maps], labeled=2, guide=guide[guide_order])[-1]
+        assert torch.allclose(permuted, out[order], atol=1e-5), order
+    reader, shuffled = _module().train(), _module().train()
+    reader.remember = shuffled.remember = lambda *args: None  # read the memories as set here
+    shuffled.memory.copy_(reader.memory.flip(0))  # the classes' slots in reverse class order
+    read = reader(maps, labeled=2, guide=guide, use_memory=True)[-1][:2]
+    assert torch.allclose(shuffled(maps, labeled=2, guide=guide, use_memory=True)[-1][:2], read, atol=1e-5)
 
 
 def test_memory_is_untouched_in_eval_and_read_only_after_the_warm_up():

@@ -9,11 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import start_paused_after_first_evaluation
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -102,11 +102,9 @@ def test_every_bad_file_is_found_before_training_and_listed_by_check_data(data_c
     labeled = split_samples(data_copy, tmp_path, "labeled")
     val[0].image.write_bytes(b"")  # unreadable
     Image.new("L", (10, 10)).save(labeled[1].mask)  # size mismatch
-    started = time.monotonic()
     line = the_error(unimatch(*train_args(data_copy, tmp_path, "train.num_workers=0")))
     assert "2 problem(s)" in line and str(val[0].image) in line and str(labeled[1].mask) in line
     assert not (tmp_path / "run" / "checkpoints").exists()  # found before the first step, not after an epoch
-    assert time.monotonic() - started < 120
 
     listed = unimatch("check-data", "--no-progress", "-c", "configs/embedded.yaml", *settings(data_copy, tmp_path))
     assert the_error(listed).startswith("error: 2 problem(s)")
@@ -138,9 +136,8 @@ def test_missing_cuda_device_names_the_key_and_opens_no_run(dataset, tmp_path):
 @pytest.mark.parametrize("uri", ["http://127.0.0.1:9/", "sqlite:///{tmp}/no/such/folder/mlflow.db"], ids=["http", "sqlite"])
 def test_unusable_tracking_store_is_one_line_and_creates_nothing(dataset, tmp_path, uri):
     uri = uri.format(tmp=tmp_path)
-    started = time.monotonic()
     line = the_error(unimatch(*train_args(dataset, tmp_path, f"tracking.uri={uri}")))
-    assert uri.rstrip("/") in line and time.monotonic() - started < 60
+    assert uri.rstrip("/") in line
     assert not (tmp_path / "no").exists() and not (tmp_path / "run").exists()
 
 
@@ -230,22 +227,12 @@ def test_predict_above_the_token_budget_switches_to_sliding_windows(dataset, tmp
 
 
 # ----------------------------------------------------------------- signals and MLflow
-def _start_and_wait_for_a_checkpoint(dataset: Path, tmp_path: Path) -> subprocess.Popen:
-    args = train_args(dataset, tmp_path, "train.num_workers=0", "train.epochs=3", "train.checkpoint_every=1")
-    process = subprocess.Popen([sys.executable, "-m", "unimatch.cli", *args], cwd=PROJECT, env=ONE_THREAD, text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    latest, deadline = tmp_path / "run" / "checkpoints" / "latest.pth", time.monotonic() + 300
-    while not latest.exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "no checkpoint after 300 s"
-        time.sleep(0.01)
-    return process
-
-
 @pytest.mark.parametrize(("sent", "code", "says"), [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                                     (signal.SIGINT, 130, "interrupted (Ctrl-C)")], ids=["sigterm", "ctrl-c"])  # fmt: skip
 def test_signal_marks_the_run_killed_in_one_line_and_the_rerun_finishes_that_run(dataset, tmp_path, sent, code, says):
-    process = _start_and_wait_for_a_checkpoint(dataset, tmp_path)
+    args = train_args(dataset, tmp_path, "train.num_workers=0", "train.epochs=3", "train.checkpoint_every=1")
+    process = start_paused_after_first_evaluation(args, tmp_path / "paused", cwd=PROJECT, env=ONE_THREAD, text=True,
+                                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr[-3000:]

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 from torch import nn
 
 from ...config import ConfigError, DecoderSettings
@@ -36,21 +36,11 @@ class VLGSettings(DecoderSettings):
     channels: GroupWidth = 128  # d: spatial and semantic reasoning width
     text_channels: int = Field(128, ge=1)  # the projected text embedding (semantic anchor) per class token
     up_channels: tuple[GroupWidth, GroupWidth] = (64, 32)
-    skip_channels: tuple[int, int] = (32, 16)  # projections of the later and the earlier skip level
+    skip_channels: tuple[PositiveInt, PositiveInt] = (32, 16)  # projections of the later and the earlier skip level
     layers: int = Field(2, ge=0)  # semantic reasoning transformer layers
     heads: int = Field(4, ge=1)
     pool: int = Field(4, ge=1)  # average pooling before semantic reasoning
     kernel: int = Field(7, ge=1)  # first conv on each similarity map (odd)
-
-    @field_validator("skip_channels")
-    @classmethod
-    def _skips_fit(cls, skips: tuple[int, int], info: ValidationInfo) -> tuple[int, int]:
-        """Each up block's transposed conv keeps (input width - skip width) channels."""
-        inputs = (info.data.get("channels"), info.data.get("up_channels", (None,))[0])
-        for skip, width in zip(skips, inputs):
-            if width is not None and not 0 < skip < width:
-                raise ValueError(f"{skips} must each be between 0 and the up block's input width (channels, up_channels[0]) = {inputs}")
-        return skips
 
     @field_validator("heads")
     @classmethod
@@ -116,22 +106,27 @@ class SemanticLayer(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """x2 transposed conv to (in - skip) channels, the projected skip concatenated, two 3x3 conv + GN + ReLU."""
+    """One of SemiVL's upsampling blocks (paper §3.4): a learned 2x2 transposed convolution doubles the
+    resolution of every class's map, the image's skip features join by concatenation, and two 3x3
+    convolutions with GroupNorm fuse both to ``out_channels``. A convolution over [map ‖ skip] is the sum of
+    one convolution per part, so the skip's part is computed once per image and added to each of its
+    classes' maps instead of copying the skip N times."""
 
     def __init__(self, in_channels: int, out_channels: int, skip_channels: int):
         super().__init__()
-        self.up = nn.ConvTranspose2d(in_channels, in_channels - skip_channels, kernel_size=2, stride=2)
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), *norm_relu(out_channels),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), *norm_relu(out_channels),
-        )  # fmt: skip
+        self.upsample = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.fuse_map = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.fuse_skip = nn.Conv2d(skip_channels, out_channels, 3, padding=1, bias=False)
+        self.refine = nn.Sequential(
+            *norm_relu(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), *norm_relu(out_channels)
+        )
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        """x (B*N, C, h, w) per-class maps; skip (B, S, h', w') shared by the N classes of each image."""
-        x = self.up(x)
-        skip = F.interpolate(skip, x.shape[-2:], mode="bilinear", align_corners=True)
-        skip = skip.repeat_interleave(x.shape[0] // skip.shape[0], dim=0)
-        return self.conv(torch.cat((x, skip), dim=1))
+    def forward(self, maps: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """maps (B*N, C, h, w), N per image; skip (B, S, h', w') -> (B*N, out_channels, 2h, 2w)."""
+        upsampled = self.upsample(maps)
+        skip = F.interpolate(skip, upsampled.shape[-2:], mode="bilinear", align_corners=False)
+        per_class = self.fuse_map(upsampled).unflatten(0, (skip.shape[0], -1))  # (B, N, out, 2h, 2w)
+        return self.refine((per_class + self.fuse_skip(skip).unsqueeze(1)).flatten(0, 1))
 
 
 class VLGHead(Decoder):
