@@ -21,7 +21,8 @@ import time
 
 from unimatch.config import load_config
 from unimatch.data import list_dataset
-from unimatch.engine import TrainResult, train
+from unimatch.engine import TrainResult
+from unimatch.jobs import train
 from unimatch.methods import method_labels, single_training_methods
 from unimatch.tracking import tracker_from_config
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import psutil
 
 from unimatch.config import load_config
-from unimatch.engine import train
+from unimatch.jobs import train
 from unimatch.tracking import Tracker
 
 MIB = 2**20

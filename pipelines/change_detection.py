@@ -23,7 +23,8 @@ from unimatch.config import validate
 from unimatch.methods import METHODS
 
 from .cli import run_main
-from .common import Table, Variant, resolve_base, split_column, table_dag
+from .common import table_dag
+from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 DEFAULT_CONFIG = "configs/change_detection.yaml"
 DEFAULT_METHODS = ("labeled_only", "unimatch_v2")

@@ -27,13 +27,13 @@ import yaml
 from pydantic import BaseModel
 
 from unimatch import jobs
-from unimatch.config import ConfigError, ExperimentConfig, flatten, validate
-from unimatch.errors import run_guarded
+from unimatch.config import ExperimentConfig, flatten, validate
+from unimatch.errors import ConfigError, run_guarded
 from unimatch.foundation import load_foundation_config
 from unimatch.io_atomic import write_text_atomic
-from unimatch.jobs import Evaluation, PseudoLabelSet, SplitSet, StabilityRanking, TrainedModel
+from unimatch.jobs import Evaluation, PretrainedEncoder, PseudoLabelSet, SplitSet, StabilityRanking, TrainedModel
 
-from .common import Table, Variant, needs_pretraining, resolve_base, run_tags, split_column, variant_config
+from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
 
 PARAMS_FILE = Path("params.yaml")
 RecordT = TypeVar("RecordT", bound=BaseModel)
@@ -67,6 +67,10 @@ class Stage:
     @property
     def splits_file(self) -> Path:
         return Path(self.base["split"]["dir"]) / "splits.json"
+
+    @property
+    def encoder_file(self) -> Path:
+        return Path(self.base["pretrain"]["dir"]) / "encoder.json"
 
     def run_dir(self, method: str) -> str:
         return f"runs/{self.experiment}/{method}"
@@ -122,14 +126,21 @@ def splits(stage: Stage) -> None:
 def pretrain(stage: Stage) -> None:
     """Pre-train the shared encoder; ``encoder.json`` names it (null when the config needs none)."""
     encoder = None
-    if needs_pretraining(stage.base):
-        encoder = jobs.pretrain(_read(SplitSet, stage.splits_file), validate(stage.base), stage.tags).model_dump()
-    write_text_atomic(Path(stage.base["pretrain"]["dir"]) / "encoder.json", json.dumps(encoder, indent=2) + "\n")
+    base = validate(stage.base)
+    if jobs.pretraining_needed(base):
+        encoder = jobs.pretrain(_read(SplitSet, stage.splits_file), base, stage.tags).model_dump()
+    write_text_atomic(stage.encoder_file, json.dumps(encoder, indent=2) + "\n")
+
+
+def _encoder(stage: Stage) -> PretrainedEncoder | None:
+    """The pretrain stage's encoder (None when the config pre-trains none)."""
+    record = json.loads(stage.encoder_file.read_text(encoding="utf-8"))
+    return None if record is None else PretrainedEncoder.model_validate(record)
 
 
 def train(stage: Stage, method: str) -> None:
     config = validate(stage.config(method, stage.run_dir(method)))
-    model = jobs.train_variant(_read(SplitSet, stage.splits_file), config, method, stage.tags)
+    model = jobs.train_variant(_read(SplitSet, stage.splits_file), config, method, stage.tags, encoder=_encoder(stage))
     _write(stage.model_file(method), model)
     _write_metrics(stage.outputs / "train" / f"{method}.json", model.metrics)
 

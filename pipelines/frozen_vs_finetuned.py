@@ -9,7 +9,8 @@ from __future__ import annotations
 from zenml import pipeline
 
 from .cli import run_main
-from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, split_column, table_dag
+from .common import DEFAULT_CONFIG, table_dag
+from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 VARIANTS = (
     Variant("finetuned", ["method.name=unimatch_v2", "model.frozen=false"]),

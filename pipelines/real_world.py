@@ -22,7 +22,8 @@ from unimatch.config import load_config
 from unimatch.data import generate_embedded, list_dataset
 
 from .cli import run_main
-from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, table_dag
+from .common import DEFAULT_CONFIG, table_dag
+from unimatch.jobs import Table, Variant, resolve_base
 
 SETTINGS = ("labeled only", "+ extra unlabeled")
 

@@ -27,7 +27,8 @@ from steps.tracking import store_uri, tracker_step_options
 from unimatch.config import validate
 
 from .cli import run_main
-from .common import DEFAULT_CONFIG, Table, Variant, resolve_base, run_tags, split_column, train_options, variant_config
+from .common import DEFAULT_CONFIG, train_options
+from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
 
 ROWS = ["labeled_only", "st", "st++"]
 SNAPSHOTS = 3  # ST++'s K: the teacher at T/3, 2T/3 and T iterations

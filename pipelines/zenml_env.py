@@ -31,6 +31,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Installed into the virtual environment by `make venv`: Python runs a .pth file's import line at every
 # start, so the `zenml` command itself (which never imports this package) gets the same defaults.
 HOOK_FILE = "unimatch_zenml_project.pth"
+SOURCE_ROOT_VARIABLE = "ZENML_CUSTOM_SOURCE_ROOT"  # zenml.constants.ENV_ZENML_CUSTOM_SOURCE_ROOT
 
 
 def environment_defaults(root: Path = PROJECT_ROOT) -> dict[str, str]:
@@ -61,13 +62,14 @@ def install_startup_hook(site_dir: Path | None = None, root: Path = PROJECT_ROOT
 
 
 def configure() -> None:
-    """Set the ZenML environment defaults (no-op for variables the caller already set), then pin the
-    source root; zenml is imported only after the variables are set."""
+    """Set the ZenML environment defaults (no-op for variables the caller already set) and pin the source
+    root, without importing zenml: the DVC stage commands in this package run without it."""
     for key, value in environment_defaults().items():
         os.environ.setdefault(key, value)
-    from zenml.utils import source_utils
-
-    source_utils.set_custom_source_root(str(PROJECT_ROOT))
+    os.environ[SOURCE_ROOT_VARIABLE] = str(PROJECT_ROOT)  # read by zenml.utils.source_utils on import
+    source_utils = sys.modules.get("zenml.utils.source_utils")
+    if source_utils is not None:  # zenml came first (e.g. a test imported a step): pin it there too
+        source_utils.set_custom_source_root(str(PROJECT_ROOT))
 
 
 def ensure_repository() -> None:

@@ -18,7 +18,7 @@ def pretrain_encoder(splits: SplitSet, config: ExperimentConfig, tags: dict[str,
     """Pre-train the encoder of ``config`` (``pretrain.method``) on the training images of ``splits``,
     as its own MLflow run (tag ``kind=pretrain``, loss curve and reconstructions).
 
-    The library caches the weights by a digest of what decides them, so the training steps that follow
-    find this file; should it be deleted while this step stays cached, they pre-train it again.
+    The training steps take this step's output as an input; should the file be deleted or changed while
+    this step stays cached, they pre-train it again.
     """
     return jobs.pretrain(splits, config, tags)

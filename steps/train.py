@@ -9,7 +9,7 @@ from zenml import get_step_context, log_metadata, step
 from unimatch import jobs
 from unimatch.config import ExperimentConfig
 
-from .artifacts import SplitSet, TrainedModel, TrainedModelMaterializer
+from .artifacts import PretrainedEncoder, SplitSet, TrainedModel, TrainedModelMaterializer
 from .cache import LIBRARY_CACHE_POLICY
 from .tracking import store_uri
 
@@ -18,8 +18,11 @@ MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER)
-def train_model(splits: SplitSet, config: ExperimentConfig, name: str, tags: dict[str, str]) -> Annotated[TrainedModel, "model"]:
-    """Train ``config`` (fully resolved: method, budget, output_dir) on ``splits``.
+def train_model(
+    splits: SplitSet, config: ExperimentConfig, name: str, tags: dict[str, str], encoder: PretrainedEncoder | None = None
+) -> Annotated[TrainedModel, "model"]:
+    """Train ``config`` (fully resolved: method, budget, output_dir) on ``splits``, from ``encoder`` (the
+    pre-training step's output) when the table pre-trains one.
 
     ``tags`` (table, sweep values...) are added to the standard run tags. The GPU request, when any,
     is attached by the pipeline as ``ResourceSettings``. With ``train.gpus`` > 1 the training runs in
@@ -29,7 +32,7 @@ def train_model(splits: SplitSet, config: ExperimentConfig, name: str, tags: dic
     When the pipeline configures a ZenML Model, this step's run is one of its versions: the stored
     checkpoint is linked to it as its model artifact, with the MLflow run and registered model as metadata.
     """
-    trained = jobs.train_variant(splits, config, name, tags, tracking_uri=store_uri())
+    trained = jobs.train_variant(splits, config, name, tags, tracking_uri=store_uri(), encoder=encoder)
     if get_step_context().model_version is not None:
         log_metadata(metadata=model_version_metadata(trained), infer_model=True)
     return trained

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from unimatch.config import ConfigError, load_config
+from unimatch.config import load_config
 from unimatch.data import LabeledDataset, Sample, StrongLabeledDataset, generate_embedded
 from unimatch.engine import Trainer, update_ema
 from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.engine.evaluate import checkpoint_model
+from unimatch.errors import ConfigError
 from unimatch.methods import method_class
 from unimatch.models import build_segmentor
 from unimatch.models.allspark import AllSpark, ChannelAttention, _attend

@@ -13,14 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
-from unimatch.config import ConfigError, load_config
+from unimatch.config import load_config
 from unimatch.data import DataError, Sample
 from unimatch.data.change import (
-    ChangeEvalDataset, ChangeLabeledDataset, ChangeUnlabeledDataset, image_b, read_change_mask, read_names_split, write_names_split,
+    ChangeEvalDataset,
+    ChangeLabeledDataset,
+    ChangeUnlabeledDataset,
+    image_b,
+    read_change_mask,
+    read_names_split,
+    write_names_split,
 )  # fmt: skip
 from unimatch.data.embedded_change import generate_embedded_change
-from unimatch.metrics import ConfusionMatrix
+from unimatch.errors import ConfigError
 from unimatch.methods import cutmix_images
+from unimatch.metrics import ConfusionMatrix
 from unimatch.models import build_segmentor
 from unimatch.tasks import change_scores, task_for
 

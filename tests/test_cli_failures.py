@@ -18,7 +18,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from unimatch.config import load_config
-from unimatch.data import generate_embedded, prepare_splits, read_split
+from unimatch.data import generate_embedded, read_split
+from unimatch.engine.data import prepare_splits
 
 PROJECT = Path(__file__).resolve().parents[1]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}

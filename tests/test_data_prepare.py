@@ -8,15 +8,8 @@ import numpy as np
 import pytest
 
 from unimatch.config import ExperimentConfig
-from unimatch.data import (
-    DataError,
-    class_names,
-    extra_unlabeled_samples,
-    palette,
-    prepare_splits,
-    read_split,
-    write_split,
-)
+from unimatch.data import DataError, class_names, palette, read_split, write_split
+from unimatch.engine.data import extra_unlabeled_samples, prepare_splits
 
 
 def _config(root: Path, tmp_path: Path, **dataset: object) -> ExperimentConfig:
@@ -95,7 +88,7 @@ def test_extra_unlabeled_pools(folder_dataset: Path, tmp_path: Path) -> None:
 def test_class_names(folder_dataset: Path, tmp_path: Path) -> None:
     assert class_names("pascal", None, 21)[:2] == ["background", "aeroplane"]
     assert len(class_names("cityscapes", None, 19)) == 19
-    assert class_names(_config(folder_dataset, tmp_path)) == ["bg", "foo", "bar"]
+    assert class_names(_config(folder_dataset, tmp_path).dataset) == ["bg", "foo", "bar"]
     assert class_names("ade20k", tmp_path, 3) == ["class_0", "class_1", "class_2"]
     with pytest.raises(DataError, match=r"dataset.nclass"):
         class_names("folder", folder_dataset, 4)

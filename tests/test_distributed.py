@@ -12,14 +12,15 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from unimatch.config import ConfigError, load_config
+from unimatch.config import load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import TrainingError
 from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.engine.distributed import weights_checksum
 from unimatch.engine.evaluate import evaluate_checkpoint
-from unimatch.engine.launch import launch_torchrun
 from unimatch.engine.stream import StreamPositions
+from unimatch.errors import ConfigError
+from unimatch.jobs import launch_torchrun
 from unimatch.tracking import tracker_from_config
 
 PROJECT = Path(__file__).resolve().parents[1]

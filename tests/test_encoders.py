@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unimatch.config import ConfigError, load_config
+from unimatch.config import load_config
+from unimatch.errors import ConfigError
 from unimatch.evaluation import predict_image
 from unimatch.models import ENCODERS, build_segmentor, load_encoder_weights
 from unimatch.models.dpt import pyramid_factors

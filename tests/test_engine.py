@@ -8,8 +8,9 @@ import torch
 from unimatch.cli import main as cli_main
 from unimatch.config import load_config
 from unimatch.data import DataError, generate_embedded
-from unimatch.engine import Trainer, TrainingError, train
+from unimatch.engine import Trainer, TrainingError
 from unimatch.engine.checkpoint import load_checkpoint
+from unimatch.jobs import train
 from unimatch.models import CheckpointError
 from unimatch.tracking import Tracker
 

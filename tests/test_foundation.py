@@ -104,7 +104,7 @@ def test_supervised_pretraining_smoke_run_learns_and_publishes_its_digest(tmp_pa
 
 
 def test_foundation_config_errors_name_the_key(tmp_path: Path) -> None:
-    from unimatch.config import ConfigError
+    from unimatch.errors import ConfigError
 
     with pytest.raises(ConfigError, match="iterations"):
         load_foundation_config(SHIPPED_CONFIG, ["iterations=0"])

@@ -18,8 +18,8 @@ from PIL import Image
 
 from unimatch.config import load_config
 from unimatch.data import generate_embedded
-from unimatch.engine import train
 from unimatch.engine.evaluate import checkpoint_model
+from unimatch.jobs import train
 from unimatch.tracking import PARENT_RUN_TAG, tracker_from_config, using_store
 
 PROJECT = Path(__file__).resolve().parents[1]

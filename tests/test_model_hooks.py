@@ -8,14 +8,17 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from unimatch.config import ConfigError, DecoderSettings, load_config
-from unimatch.engine import Trainer, train, update_ema
+from unimatch.config import load_config
+from unimatch.engine import Trainer, update_ema
 from unimatch.engine.evaluate import checkpoint_model
+from unimatch.errors import ConfigError
+from unimatch.jobs import train
 from unimatch.methods import METHODS, register_method
 from unimatch.methods.fixmatch import FixMatch
 from unimatch.models import build_segmentor, encoder_entry, read_checkpoint
 from unimatch.models.decoders import DECODERS, Decoder, register_decoder
 from unimatch.models.dpt import DPTHead
+from unimatch.settings import DecoderSettings
 
 
 def test_the_default_decoder_is_dpt_bit_for_bit():

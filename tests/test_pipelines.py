@@ -244,8 +244,8 @@ def test_change_detection_reports_table14_and_draws_pair_overlays(project: Path)
 
 
 def test_encoder_variants_take_each_encoders_defaults_unless_set() -> None:
-    from pipelines.common import resolve_base, variant_config
     from pipelines.encoder_comparison import encoder_variants
+    from unimatch.jobs import resolve_base, variant_config
 
     def configs(config: str, overrides: list[str], encoders: list[str]) -> list[dict]:
         base = resolve_base(config, overrides, False, None, "table9")
@@ -262,7 +262,7 @@ def test_encoder_variants_take_each_encoders_defaults_unless_set() -> None:
 
 
 def test_variant_run_directories_are_keyed_by_config() -> None:
-    from pipelines.common import Variant, resolve_base, variant_config
+    from unimatch.jobs import Variant, resolve_base, variant_config
 
     base = resolve_base(str(PROJECT / "configs" / "embedded.yaml"), [], False, None, "table5")
     one = variant_config(base, Variant("fixmatch", ["method.name=fixmatch"]))

@@ -12,8 +12,9 @@ from PIL import Image
 from skimage.color import label2rgb
 
 from unimatch import predict
-from unimatch.config import ConfigError, ExperimentConfig, load_config
+from unimatch.config import ExperimentConfig, load_config
 from unimatch.data import DataError, palette
+from unimatch.errors import ConfigError
 from unimatch.predict import (
     FONT_PX,
     PAD_PX,

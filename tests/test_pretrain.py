@@ -8,9 +8,16 @@ import torch
 from unimatch import pretrain as pretraining
 from unimatch.config import load_config
 from unimatch.data import generate_embedded
-from unimatch.engine import build_model, train
+from unimatch.engine import build_model
+from unimatch.jobs import train
 from unimatch.models.encoders import build_encoder
-from unimatch.pretrain import MaskedAutoencoder, patchify, pretrained_encoder, reconstruction_loss, training_images
+from unimatch.pretrain import (
+    MaskedAutoencoder,
+    patchify,
+    pretrained_encoder,
+    reconstruction_loss,
+    training_images,
+)
 from unimatch.tracking import Tracker
 
 

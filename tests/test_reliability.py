@@ -18,11 +18,14 @@ import torch
 from conftest import start_paused_after_first_evaluation
 from mlflow import MlflowClient
 
-from unimatch.config import ConfigError, load_config
-from unimatch.data import DataError, generate_embedded, prepare_splits, read_split
-from unimatch.engine import Trainer, TrainingError, train
+from unimatch.config import load_config
+from unimatch.data import DataError, generate_embedded, read_split
+from unimatch.engine import Trainer, TrainingError
 from unimatch.engine.checkpoint import load_checkpoint, previous_path
+from unimatch.engine.data import prepare_splits
+from unimatch.errors import ConfigError
 from unimatch.io_atomic import atomic_write, write_text_atomic
+from unimatch.jobs import train
 from unimatch.models import CheckpointError
 
 PROJECT = Path(__file__).resolve().parents[1]

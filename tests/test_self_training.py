@@ -9,14 +9,26 @@ import torch
 from torch import nn
 
 from unimatch.config import load_config
-from unimatch.data import IGNORE_INDEX, cutout, generate_embedded, list_dataset
+from unimatch.data import (
+    IGNORE_INDEX,
+    cutout,
+    generate_embedded,
+    list_dataset,
+    read_pseudo_labels,
+)
 from unimatch.engine import Trainer
 from unimatch.methods import method_class
 from unimatch.methods.base import Pools
 from unimatch.models import build_segmentor
 from unimatch.self_training import (
-    mask_miou, rank_by_stability, read_pseudo_labels, split_reliable, stability_scores, subset_pseudo_labels, tta_probabilities,
-    write_label_next, write_pseudo_labels,
+    mask_miou,
+    rank_by_stability,
+    split_reliable,
+    stability_scores,
+    subset_pseudo_labels,
+    tta_probabilities,
+    write_label_next,
+    write_pseudo_labels,
 )  # fmt: skip
 
 
@@ -116,7 +128,7 @@ def test_students_start_from_the_configured_weights_not_the_teacher(dataset, tmp
 
 
 def test_a_student_without_pseudo_labels_names_the_key(dataset, tmp_path):
-    from unimatch.config import ConfigError
+    from unimatch.errors import ConfigError
 
     cfg = load_config("configs/embedded.yaml", [f"dataset.root={dataset}", "dataset.crop_size=42", f"output_dir={tmp_path}",
                                                  "split.labeled=4", "tracking.enabled=false", "method.name=st++"])  # fmt: skip

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from unimatch.cli import main as cli_main
-from unimatch.config import ConfigError, load_config
+from unimatch.config import load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import Trainer
+from unimatch.errors import ConfigError
 from unimatch.methods.base import Progress
 from unimatch.methods.semivl import guidance_labels, guidance_loss
 from unimatch.models import CheckpointError, build_segmentor

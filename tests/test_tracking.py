@@ -16,7 +16,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
-from unimatch.config import ExperimentConfig, TrackingConfig
+from unimatch.config import ExperimentConfig
+from unimatch.settings import TrackingConfig
 from unimatch.tracking import (
     TRUNCATION_MARKER,
     MlflowTracker,

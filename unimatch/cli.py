@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # imported lazily at run time: `unimatch --help` must not wait for torch
     from .config import ExperimentConfig
-    from .engine import TrainResult
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
 MODEL_HELP = ("checkpoint file (.pth: ours or the authors' released UniMatch V2), or an MLflow model of the config's "
@@ -22,7 +21,7 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=fixmatch train.epochs=2")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> ExperimentConfig:
     from .config import load_config
 
     path = args.config
@@ -42,7 +41,7 @@ def cmd_make_data(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    from .data import prepare_splits
+    from .engine.data import prepare_splits
 
     cfg = _load(args)
     splits = prepare_splits(cfg)
@@ -53,114 +52,52 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_check_data(args: argparse.Namespace) -> None:
-    from .data import extra_unlabeled_samples, prepare_splits
-    from .tasks import task_for
+    from .jobs.commands import check_data
 
-    cfg = _load(args)
-    root, level, task = Path(cfg.dataset.root), "decode" if args.decode else "headers", task_for(cfg.dataset.name)
-    splits = prepare_splits(cfg)
-    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
-    found = task.check_training_data(task.read_split(splits.labeled, root), unlabeled, task.read_split(splits.val, root),
-                                     cfg.dataset.nclass, level, progress=not args.no_progress)
+    found = check_data(_load(args), args.decode, progress=not args.no_progress)
     for problem in found.problems:
         print(problem)
     found.raise_if_bad()
-    print(f"{found.files} files checked ({level}): no problems")
-
-
-def _train_in_this_process(cfg: ExperimentConfig, args: argparse.Namespace) -> TrainResult | None:
-    """Train here (one rank of it under torchrun); the result on rank 0, None on the other ranks."""
-    from .engine import resumable_run_id, train
-    from .engine.distributed import init_distributed, shutdown_distributed
-    from .io_atomic import check_output_dir
-    from .tracking import Tracker, tracker_from_config
-
-    check_output_dir(cfg.output_dir, "output_dir")  # before a run is opened: a FAILED run would be noise
-    ctx = init_distributed(cfg.train.device)
-    try:
-        run_id = args.mlflow_run_id or resumable_run_id(cfg)
-        tracker = tracker_from_config(cfg, tags={"kind": "train"}, resume_run_id=run_id) if ctx.is_main else Tracker()
-        with tracker:
-            result = train(cfg, tracker, progress=not args.no_progress)
-    finally:
-        shutdown_distributed()
-    return result if ctx.is_main else None
+    print(f"{found.files} files checked ({'decode' if args.decode else 'headers'}): no problems")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .engine.distributed import launched_by_torchrun
-    from .engine.launch import launch_torchrun, write_result
+    from .jobs import run_training
 
-    cfg = _load(args)
-    if cfg.train.gpus > 1 and not launched_by_torchrun():
-        result = launch_torchrun(cfg, run_id=args.mlflow_run_id, progress=not args.no_progress)  # rank 0 prints
-    else:
-        result = _train_in_this_process(cfg, args)
-        if result is None:
-            return
-        print(f"best EMA mIoU {result.metrics['best_miou_ema']:.2f} | checkpoint {result.best_checkpoint}")
-    if args.result:
-        write_result(result, args.result)
+    result = run_training(_load(args), {"kind": "train"}, run_id=args.mlflow_run_id, progress=not args.no_progress)
+    if result is not None:  # rank 0
+        print(result.summary())
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from .pretrain import pretrained_encoder
-    from .tracking import tracker_from_config
+    from .jobs.commands import pretrain_encoder
 
-    cfg = _load(args)
-    if cfg.pretrain.method == "none":
-        raise SystemExit(f"error: pretrain.method is 'none' in {args.config}; set pretrain.method=mae")
-    cfg.tracking.run_name = cfg.tracking.run_name or f"pretrain-{cfg.pretrain.method}-{cfg.model.encoder}"
-    with tracker_from_config(cfg, tags={"kind": "pretrain"}) as tracker:
-        path = pretrained_encoder(cfg, tracker, progress=not args.no_progress)
-    print(f"pre-trained encoder {path}")
+    print(f"pre-trained encoder {pretrain_encoder(_load(args), progress=not args.no_progress)}")
 
 
 def cmd_foundation(args: argparse.Namespace) -> None:
-    from .foundation import load_foundation_config, train_foundation
-    from .tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri
+    from .foundation import load_foundation_config
+    from .jobs.commands import foundation_encoder
 
-    cfg = load_foundation_config(args.config, args.overrides)
-    tracker: Tracker = Tracker()
-    if not args.no_tracking:
-        uri = resolve_tracking_uri(args.uri)
-        check_tracking_uri(uri)
-        tracker = MlflowTracker(uri, "foundation", f"foundation-{cfg.route}-{cfg.encoder}", {"kind": "foundation"})
-    with tracker:
-        path = train_foundation(cfg, tracker, progress=not args.no_progress)
+    settings = load_foundation_config(args.config, args.overrides)
+    path = foundation_encoder(settings, args.uri, tracked=not args.no_tracking, progress=not args.no_progress)
     print(f"foundation encoder {path}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .engine.evaluate import prepare_evaluation, run_evaluation
-    from .tracking import tracker_from_config
+    from .jobs.commands import evaluate
 
-    cfg = _load(args)
-    prepared = prepare_evaluation(cfg, args.checkpoint, args.split, args.weights)  # before a run is opened
-    tags = {"kind": "eval", "checkpoint": str(args.checkpoint)}
-    with tracker_from_config(cfg, tags=tags, parent_run_id=prepared.run_id) as tracker:
-        result = run_evaluation(cfg, prepared, tracker, progress=not args.no_progress)
+    result = evaluate(_load(args), args.checkpoint, args.split, args.weights, progress=not args.no_progress)
     print(f"mIoU {result.miou:.2f}")
     for name, iou in result.per_class_iou.items():
         print(f"  {name:24s} {iou:6.2f}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .engine import resolve_device
-    from .engine.evaluate import load_model_source
-    from .config import ConfigError
-    from .predict import predict_folder
-    from .tasks import task_for
+    from .jobs.commands import predict
 
-    cfg = _load(args)
-    pairs = task_for(cfg.dataset.name).input_images == 2
-    if pairs != (args.input_b is not None):
-        wanted = "compares image pairs: give the B images with --input-b" if pairs else "takes single images: drop --input-b"
-        raise ConfigError(f"--input-b: the model of dataset.name={cfg.dataset.name} {wanted}")
-    device = resolve_device(cfg.train.device)
-    model = load_model_source(cfg, args.checkpoint, args.weights)[0].to(device)
-    written = predict_folder(model, args.input, args.output, cfg, device, args.limit, not args.no_progress, masks_dir=args.masks,
-                             second_dir=args.input_b)
+    written = predict(_load(args), args.checkpoint, args.weights, args.input, args.output, args.limit, args.masks,
+                      args.input_b, progress=not args.no_progress)  # fmt: skip
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
@@ -241,7 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
                            "multi-GPU with train.gpus=N or under torchrun")
     _config_args(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    train.add_argument("--result", metavar="FILE", help="also write the result (checkpoints, metrics, MLflow run id) as JSON")
     train.add_argument("--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one")
     train.set_defaults(func=cmd_train)
 

@@ -1,6 +1,8 @@
 """Experiment configuration: layered YAML files validated by pydantic, plus ``key=value`` overrides.
 
-A YAML file may name parent files under ``inherit:`` (paths relative to itself); parents are merged
+The experiment (:class:`ExperimentConfig`) assembles the plain sections of :mod:`unimatch.settings` and
+checks them against the registries: encoder, decoder and method names, each method's and decoder's own
+settings, sizes that suit the encoder. A YAML file may name parent files under ``inherit:`` (paths relative to itself); parents are merged
 first, in order, then the file itself, then the command-line overrides. Unknown keys are rejected and
 every error names the offending key.
 """
@@ -11,86 +13,42 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
 
-from .errors import UnimatchError
+from .data.layouts import layout_task
+from .errors import ConfigError
+from .methods import method_class
+from .models.decoders import decoder_entry
+from .models.encoders import encoder_entry
+from .settings import (
+    DatasetSettings,
+    DecoderSettings,
+    EvalConfig,
+    MethodSettings,
+    ModelSettings,
+    PretrainConfig,
+    Section,
+    SplitConfig,
+    TrackingConfig,
+    TrainConfig,
+)
 
 
-
-class ConfigError(UnimatchError, ValueError):
-    """A configuration that cannot be used; the message names the file and key."""
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DatasetConfig(Section):
-    # change detection (bi-temporal A/B/label pairs): levir-cd, whu-cd, change (your own), embedded-cd
-    name: Literal["pascal", "cityscapes", "ade20k", "coco", "folder", "embedded", "levir-cd", "whu-cd", "change", "embedded-cd"] = "embedded"
-    root: str = "data/embedded"
-    nclass: int = Field(7, ge=2)
-    crop_size: int = Field(112, gt=0)
-    # Split files in the community format (IMAGE_PATH MASK_PATH); null = created by ``split`` below.
-    labeled_split: str | None = None
-    unlabeled_split: str | None = None
-    val_split: str | None = None
-    # Real-world setting: extra unlabeled pools (split files or image folders) added to the unlabeled set.
-    extra_unlabeled: list[str] = Field(default_factory=list)
-    # Labeled-only's reference schedule (the authors' supervised.py): labeled samples per epoch, the labeled
-    # list tiled to this many (Pascal and Cityscapes 3000, ADE20K 6000, COCO 30000); null: none declared.
-    labeled_epoch_samples: int | None = Field(None, ge=1)
-    # Checked before training: file headers and sizes (cheap), full decodes and label values, or nothing.
-    preflight: Literal["headers", "decode", "off"] = "headers"
+class DatasetConfig(DatasetSettings):
+    """The ``dataset`` section, checked against the layouts' tasks."""
 
     @model_validator(mode="after")
     def _change_detection_is_binary(self) -> "DatasetConfig":
-        from .data.layouts import layout_task  # the layouts declare their task (imports the data layer)
-
         if layout_task(self.name) == "change_detection" and self.nclass != 2:
             raise ValueError(f"dataset.nclass: {self.nclass}, but change detection ('{self.name}') has 2 classes (unchanged, changed)")
         return self
 
 
-class SplitConfig(Section):
-    labeled: float = Field(24, gt=0, description="labeled images: a count (>= 1) or a fraction (< 1)")
-    seed: int = 0
-    dir: str | None = None  # where created split files go; default <output_dir>/splits
-
-
-def encoder_entry(name: str):
-    """The registry entry of encoder ``name`` (imported here: the registry pulls in timm)."""
-    from .models.encoders import encoder_entry as lookup
-
-    return lookup(name)
-
-
-def decoder_entry(name: str):
-    """The registry entry of decoder ``name`` (imported here: the registry pulls in torch)."""
-    from .models.decoders import decoder_entry as lookup
-
-    return lookup(name)
-
-
-class DecoderSettings(Section):
-    """A decoder's config section (``model.decoder_settings``): the fields its registered ``Settings`` declares."""
-
-
-class ModelConfig(Section):
-    encoder: str = "tiny"  # a registered encoder: `unimatch encoders` lists them
-    decoder: str = "dpt"  # a registered decoder (dpt: UniMatch V2's; segformer: SegFormer's all-MLP head)
-    # the decoder's own settings, validated against its registered Settings (dpt has none)
-    decoder_settings: SerializeAsAny[DecoderSettings] = Field(default_factory=dict, validate_default=True)
-    weights: str | None = None  # the encoder's released weights file (e.g. dinov2_vitb14_pretrain.pth)
-    init_checkpoint: str | None = None  # a whole segmentor (ours or the authors' released UniMatch V2)
-    hub_download: bool = False  # online only: fetch DINOv2 weights from torch.hub when weights is null
-    frozen: bool = False
-    use_bn: bool = False
-    drop_position: Literal["encoder-decoder", "decoder-classifier"] = "encoder-decoder"
-    undropped_fraction: float = Field(0.5, ge=0.0, le=1.0)
+class ModelConfig(ModelSettings):
+    """The ``model`` section, its encoder, decoder and decoder settings checked against the registries."""
 
     @field_validator("encoder")
     @classmethod
@@ -113,29 +71,6 @@ class ModelConfig(Section):
         return decoder_entry(info.data["decoder"]).Settings.model_validate(value or {})
 
 
-def method_class(name: str):
-    """The registered method ``name`` (imported here: the registry pulls in torch)."""
-    from .methods import method_class as lookup
-
-    return lookup(name)
-
-
-class MethodSettings(Section):
-    """A method's config section: its ``name`` and the fields its registered class declares (its
-    ``Settings``), so a key exists only where it means something."""
-
-    name: str
-
-
-class PseudoLabelSettings(MethodSettings):
-    """What every method that learns from a teacher's pseudo labels reads."""
-
-    threshold: float = Field(0.95, ge=0.0, le=1.0)
-    unlabeled_weight: float = Field(1.0, ge=0.0)
-    teacher: Literal["ema", "student"] | None = None  # null: the encoder's default (BEiT: student)
-    ema_decay: float = Field(0.996, ge=0.0, lt=1.0)
-
-
 DEFAULT_METHOD = "unimatch_v2"
 
 
@@ -149,84 +84,6 @@ def follow_method_name(section: dict[str, Any], name: Any) -> dict[str, Any]:
     except ValueError:  # an unknown name: validation reports it with the choices
         return {**section, "name": name}
     return {**{key: value for key, value in section.items() if key in fields}, "name": name}
-
-
-class TrainConfig(Section):
-    epochs: int = Field(8, ge=1)
-    max_iters: int | None = Field(None, ge=1)  # cap on total iterations (quick runs, tests)
-    batch_size: int = Field(4, ge=1)  # per step and process: this many labeled and this many unlabeled images
-    lr: float | None = Field(None, gt=0)  # encoder learning rate; null: the encoder's default (DINOv2 5e-6)
-    lr_multiplier: float | None = Field(None, gt=0)  # decoder lr = lr * lr_multiplier; null: the encoder's (DINOv2 40)
-    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: AllSpark's recipe (with momentum below)
-    weight_decay: float = Field(0.01, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)  # adamw
-    momentum: float = Field(0.9, ge=0, lt=1)  # sgd
-    poly_power: float = Field(0.9, ge=0)
-    labeled_loss: Literal["ce", "ohem"] = "ce"
-    ohem_threshold: float = Field(0.7, gt=0, le=1)
-    ohem_min_kept: int = Field(200000, ge=1)
-    amp: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    seed: int = 0
-    deterministic: bool = False
-    num_workers: int = Field(2, ge=0)
-    eval_every: int = Field(1, ge=1)  # epochs
-    log_every: int = Field(20, ge=1)  # iterations
-    checkpoint_every: int = Field(100, ge=1)  # iterations between resumable checkpoints
-    # K > 0: the weights also kept at K evenly spaced iterations, the last at the end of training, as
-    # checkpoints/snapshot_<k>of<K>.pth (ST++'s stability snapshots: K = 3)
-    snapshots: int = Field(0, ge=0)
-    resume: bool = True  # continue from <output_dir>/checkpoints/latest.pth when it exists
-    max_bad_steps: int = Field(0, ge=0)  # non-finite losses skipped before training stops
-    device: str = "auto"
-    # > 1: `unimatch train` and the ZenML step start this many processes (one per GPU) through torchrun;
-    # batch_size is per process. Under an existing torchrun launch, torchrun's WORLD_SIZE decides.
-    gpus: int = Field(1, ge=1)
-    compile: bool = False  # torch.compile the ViT blocks (for CUDA; the first steps take minutes)
-
-
-class PretrainConfig(Section):
-    """Self-supervised encoder pre-training (unimatch/pretrain.py) for settings without DINOv2 weights."""
-
-    method: Literal["none", "mae"] = "none"  # mae: used when model.weights and model.init_checkpoint are unset
-    iterations: int = Field(3000, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1.5e-3, gt=0)
-    weight_decay: float = Field(0.05, ge=0)
-    warmup_iters: int = Field(100, ge=0)
-    mask_ratio: float = Field(0.75, gt=0, lt=1)
-    min_scale: float = Field(0.3, gt=0, le=1)  # smallest random-resized-crop area share
-    decoder_dim: int = Field(64, ge=8)
-    decoder_depth: int = Field(2, ge=1)
-    seed: int = 0
-    log_every: int = Field(50, ge=1)
-    checkpoint_every: int = Field(500, ge=1)
-    dir: str = "runs/pretrain"  # cache: <dir>/<dataset>-<encoder>-<method>-<digest>/encoder.pth
-
-
-class EvalConfig(Section):
-    mode: Literal["original", "sliding"] = "original"
-    window: int | None = None  # sliding window size; default crop_size
-    stride_ratio: float = Field(2 / 3, gt=0, le=1)
-    batch_size: int = Field(1, ge=1)
-    # Unlabeled images with ground truth on which the teacher's pseudo labels are scored every epoch
-    # (pseudo/* metrics); 0 switches it off. Their masks are never used for training.
-    pseudo_label_images: int = Field(400, ge=0)
-    # "original" mode runs one attention pass over the whole image: above this many patch tokens
-    # (default ~ 1800x1800 px) an image is predicted in sliding windows instead.
-    max_tokens: int = Field(16384, ge=1)
-
-
-class TrackingConfig(Section):
-    uri: str | None = None  # default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory
-    experiment: str = "unimatch"
-    run_name: str | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
-    enabled: bool = True
-    # The best EMA model of a training as an MLflow model (artifact "model": mlflow.pytorch.load_model),
-    # registered as a version of `registered_model` (default: the experiment name) whose aliases
-    # `best` and `best-<method>` follow the highest best_miou_ema.
-    log_model: bool = True
-    registered_model: str | None = None
 
 
 # Settings that default to the encoder's declaration (registry field) when a config leaves them null.
@@ -281,7 +138,12 @@ def config_digest(cfg: ExperimentConfig) -> str:
     flat = flatten(cfg.to_dict())
     kept = {key: value for key, value in flat.items()
             if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}  # fmt: skip
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    return tree_digest(kept)
+
+
+def tree_digest(tree: dict[str, Any], length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of ``tree`` as canonical JSON."""
+    return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:length]
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -294,6 +156,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def lookup(tree: dict[str, Any], dotted: str) -> Any:
+    """``tree['a']['b']`` for ``'a.b'``."""
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

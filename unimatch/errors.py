@@ -69,3 +69,7 @@ def run_guarded(main: Callable[[], Any], anticipated: tuple[type[BaseException],
     finally:
         signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class ConfigError(UnimatchError, ValueError):
+    """A configuration that cannot be used; the message names the file and key."""

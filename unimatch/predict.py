@@ -20,11 +20,12 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from skimage.color import label2rgb
 
-from .config import ConfigError, ExperimentConfig
+from .config import ExperimentConfig
 from .data import DataError, Sample, check_samples, list_image_folder, palette, read_image, read_mask
 from .data import class_names as dataset_class_names
 from .data.change import CHANGED, pair_tensor, read_change_mask
 from .data.transforms import normalize
+from .errors import ConfigError
 from .evaluation import exceeds_token_budget, predict_image
 from .io_atomic import atomic_write, check_output_dir
 from .progress import progress_bar
@@ -212,7 +213,7 @@ def predict_folder(
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be a positive number, got {limit}")
     nclass, window = cfg.dataset.nclass, cfg.eval.window or cfg.dataset.crop_size
-    names = dataset_class_names(cfg) if class_names is None else list(class_names)
+    names = dataset_class_names(cfg.dataset) if class_names is None else list(class_names)
     if len(names) != nclass:
         raise ConfigError(f"class_names: {len(names)} names given for dataset.nclass={nclass} classes")
     output_dir = check_output_dir(output_dir, "--output")

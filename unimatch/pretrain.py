@@ -30,10 +30,12 @@ from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ConfigError, ExperimentConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, extra_unlabeled_samples, prepare_splits, read_image
-from .data.prepare import SplitFormat
+from .config import ExperimentConfig
+from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
+from .data.layouts import SplitFormat
 from .data.splits import Sample
+from .engine.data import extra_unlabeled_samples, prepare_splits
+from .errors import ConfigError
 from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
 from .models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
 from .models.encoders.dinov2 import PATCH_SIZE

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_split
+from .data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_pseudo_labels, read_split
 from .data.splits import relative_path
 from .evaluation import exceeds_token_budget, predict_original, predict_sliding
 from .io_atomic import atomic_write, write_text_atomic
@@ -98,11 +98,6 @@ def write_pseudo_labels(
     matrix = confusion.numpy()
     miou = mean_iou(matrix) if matrix.sum() else None
     return PseudoLabelResult(split_file, len(lines), miou)
-
-
-def read_pseudo_labels(path: str | Path, root: str | Path) -> list[Sample]:
-    """The (image, pseudo mask) samples of a split file written by :func:`write_pseudo_labels` (or a subset)."""
-    return read_split(path, root, mask_root=Path(path).parent)
 
 
 def subset_pseudo_labels(path: str | Path, root: str | Path, images: set[str], out_dir: str | Path) -> Path:

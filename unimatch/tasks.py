@@ -17,10 +17,8 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import DataCheck, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, check_samples, check_training_data, class_names
-from .data import change
-from .data.layouts import layout_task
-from .data.prepare import SplitFormat
+from .data import DataCheck, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, change, check_samples, check_training_data, class_names
+from .data.layouts import SplitFormat, layout_task
 from .metrics import iou_per_class
 
 

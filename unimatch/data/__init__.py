@@ -9,8 +9,7 @@ from .embedded import generate_embedded
 from .errors import DataError
 from .io import IGNORE_INDEX, read_image, read_mask, read_pair
 from .layouts import list_dataset, list_image_folder
-from .prepare import SplitFiles, extra_unlabeled_samples, prepare_splits
-from .splits import Sample, check_disjoint, create_split, read_split, write_split
+from .splits import Sample, check_disjoint, create_split, read_pseudo_labels, read_split, write_split
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,7 +41,6 @@ __all__ = [
     "LabeledDataset",
     "Sample",
     "StrongLabeledDataset",
-    "SplitFiles",
     "UnlabeledDataset",
     "augment",
     "check_crop_size",
@@ -53,16 +51,15 @@ __all__ = [
     "create_split",
     "cutmix_box",
     "cutout",
-    "extra_unlabeled_samples",
     "generate_embedded",
     "list_dataset",
     "list_image_folder",
     "normalize",
     "palette",
-    "prepare_splits",
     "read_image",
     "read_mask",
     "read_pair",
+    "read_pseudo_labels",
     "read_split",
     "strong",
     "strong_pipeline",

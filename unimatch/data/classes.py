@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import DatasetConfig, ExperimentConfig
+from ..settings import DatasetSettings
 from .errors import DataError
 
 PASCAL_CLASSES = (
@@ -29,17 +29,15 @@ def _names_file(path: Path) -> list[str]:
 
 
 def class_names(
-    cfg_or_name: ExperimentConfig | DatasetConfig | str, root: str | Path | None = None, nclass: int | None = None
+    dataset: DatasetSettings | str, root: str | Path | None = None, nclass: int | None = None
 ) -> list[str]:
     """Names of the ``nclass`` classes: built in for pascal and cityscapes, else ``ROOT/classes.txt``
     (one name per line) when present, else ``class_0``, ``class_1``, ..."""
-    if isinstance(cfg_or_name, ExperimentConfig):
-        cfg_or_name = cfg_or_name.dataset
     name: str
-    if isinstance(cfg_or_name, DatasetConfig):
-        name, root, nclass = cfg_or_name.name, cfg_or_name.root, cfg_or_name.nclass
+    if isinstance(dataset, DatasetSettings):
+        name, root, nclass = dataset.name, dataset.root, dataset.nclass
     else:
-        name = cfg_or_name
+        name = dataset
     if nclass is None:
         raise DataError("class_names: nclass is required with a dataset name")
     names_file = Path(root) / NAMES_FILE if root is not None else None

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .change import list_pairs
+from .change import image_b, list_pairs, read_names_split, write_names_split
 from .errors import DataError
-from .splits import Sample
+from .splits import Sample, read_split, write_split
 
 SUBSETS = ("train", "val")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -140,3 +140,25 @@ def list_image_folder(folder: str | Path) -> list[Sample]:
     if not samples:
         raise DataError(f"{folder}: no images found")
     return samples
+
+
+class SplitFormat:
+    """How split files read and write: ``IMAGE MASK`` paths, or bare pair names (``pairs``: change detection)."""
+
+    def __init__(self, pairs: bool) -> None:
+        self.pairs = pairs
+
+    @classmethod
+    def of(cls, dataset: str) -> SplitFormat:
+        return cls(layout_task(dataset) == "change_detection")
+
+    def read(self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False) -> list[Sample]:
+        reader = read_names_split if self.pairs else read_split
+        return reader(path, root, require_masks=require_masks, allow_empty=allow_empty)
+
+    def write(self, path: str | Path, samples: list[Sample], root: str | Path, allow_empty: bool = False) -> None:
+        (write_names_split if self.pairs else write_split)(path, samples, root, allow_empty)
+
+    def images(self, sample: Sample) -> tuple[Path, ...]:
+        """The image files of a sample: the image, or a pair's A and B."""
+        return (sample.image, image_b(sample)) if self.pairs else (sample.image,)

@@ -168,3 +168,8 @@ def create_split(samples: Sequence[Sample], labeled: float, seed: int) -> tuple[
     labeled_set = [sample for index, sample in enumerate(ordered) if index in chosen]
     unlabeled_set = [sample for index, sample in enumerate(ordered) if index not in chosen]
     return labeled_set, unlabeled_set
+
+
+def read_pseudo_labels(path: str | Path, root: str | Path) -> list[Sample]:
+    """The (image, pseudo mask) samples of a split file written by ``write_pseudo_labels`` (:mod:`unimatch.self_training`) (or a subset)."""
+    return read_split(path, root, mask_root=Path(path).parent)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..methods import LabeledBatch, Method, UnlabeledBatch
 from .setup import resolve_device
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..config import TrainConfig
 from ..models import Segmentor
+from ..settings import TrainConfig
 
 
 def build_optimizer(model: Segmentor, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -8,9 +8,11 @@ import warnings
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config import ConfigError, ExperimentConfig, MethodSettings, ModelConfig
+from ..config import ExperimentConfig, ModelConfig
+from ..errors import ConfigError
 from ..methods import method_class
 from ..models import Segmentor, build_segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
+from ..settings import MethodSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,21 +16,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..config import ConfigError, ExperimentConfig, ModelConfig, PseudoLabelSettings, config_digest
-from ..data import DataError, Sample, extra_unlabeled_samples, prepare_splits
-from ..errors import UnimatchError
+from ..config import ExperimentConfig, lookup
+from ..data import DataError, Sample
+from ..errors import ConfigError, UnimatchError
 from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from ..io_atomic import check_output_dir, remove_stale_temps
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..methods.base import Pools, Progress
-from ..pretrain import pretrained_encoder
 from ..progress import progress_bar
+from ..settings import PseudoLabelSettings
 from ..tasks import task_for
-from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, write_curves
+from ..tracking import Tracker
 from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
+from .data import extra_unlabeled_samples, prepare_splits
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
-from .evaluate import checkpoint_model
 from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
@@ -55,13 +55,13 @@ class TrainResult:
     metrics: dict[str, float]
     run_id: str | None
     history: dict[str, list[tuple[int, float]]] = field(repr=False, default_factory=dict)
-    registered_model: str | None = None  # models:/NAME/VERSION of the best EMA model, when registered
+    iterations: int = 0
+    class_names: list[str] = field(default_factory=list)
+    best_confusion: np.ndarray | None = field(repr=False, default=None)  # the EMA's, when this session saw its best epoch
+    registered_model: str | None = None  # models:/NAME/VERSION of the best EMA model, set by the job that publishes it
 
-
-def _lookup(tree: dict[str, Any], dotted: str) -> Any:
-    for part in dotted.split("."):
-        tree = tree[part]
-    return tree
+    def summary(self) -> str:
+        return f"best EMA mIoU {self.metrics['best_miou_ema']:.2f} | checkpoint {self.best_checkpoint}"
 
 
 def _read_later(flag: torch.Tensor) -> Callable[[], bool]:
@@ -81,7 +81,10 @@ def _read_later(flag: torch.Tensor) -> Callable[[], bool]:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True):
+    def __init__(
+        self, cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True, encoder_weights: str | None = None
+    ):
+        """``encoder_weights``: a pre-trained encoder that replaces ``cfg.model.weights`` (the job resolves it)."""
         self.cfg = cfg
         # Under torchrun every rank trains; rank 0 alone tracks, shows progress and writes files.
         self.dist = init_distributed(cfg.train.device)
@@ -101,7 +104,7 @@ class Trainer:
             raise ConfigError(f"method.name: {cfg.method.name} is not defined for {self.task.name} (dataset.name={cfg.dataset.name}); "
                               f"it supports {', '.join(self.method.tasks)}")
         self._build_data()
-        model_cfg = self._with_pretrained_encoder(cfg.model)
+        model_cfg = cfg.model if encoder_weights is None else cfg.model.model_copy(update={"weights": encoder_weights})
         model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images)
         self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
         self.method.on_device(self.model, model_cfg, self.device)
@@ -123,6 +126,7 @@ class Trainer:
         # that metric's best and the task's other metrics at that epoch (Table 14: IoU_c and its OA)
         self.best = {f"{metric}_{model}": -1.0 for metric in {"miou", self.task.headline} for model in ("ema", "student")}
         self.history: dict[str, list[tuple[int, float]]] = {}
+        self.best_confusion: np.ndarray | None = None
         self.step_seconds: list[float] = []  # compute time of each step of this process's run
         self._resume_if_possible()
         if self.dist.enabled:
@@ -195,17 +199,6 @@ class Trainer:
             picks = np.random.default_rng(self.cfg.split.seed).choice(len(with_truth), limit, replace=False)
             with_truth = [with_truth[i] for i in sorted(picks)]
         return with_truth
-
-    def _with_pretrained_encoder(self, model_cfg: ModelConfig) -> ModelConfig:
-        """``model_cfg`` with ``weights`` set to the self-supervised encoder of ``pretrain`` (rank 0 trains or
-        finds it in the cache, the others then read it) when no weights or checkpoint are given."""
-        if self.cfg.pretrain.method == "none" or model_cfg.weights or model_cfg.init_checkpoint:
-            return model_cfg
-        path = pretrained_encoder(self.cfg, self.tracker, self.progress) if self.dist.is_main else None
-        self.dist.barrier()
-        path = path or pretrained_encoder(self.cfg, progress=False)
-        self.tracker.log_params({"pretrain.encoder": str(path)})
-        return model_cfg.model_copy(update={"weights": str(path)})
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -295,9 +288,9 @@ class Trainer:
     def _check_same_experiment(self, theirs: dict[str, Any], path: Path) -> None:
         mine = self.cfg.to_dict()
         changed = [
-            f"{key}: checkpoint {_lookup(theirs, key)!r}, now {_lookup(mine, key)!r}"
+            f"{key}: checkpoint {lookup(theirs, key)!r}, now {lookup(mine, key)!r}"
             for key in RESUME_KEYS
-            if _lookup(theirs, key) != _lookup(mine, key)
+            if lookup(theirs, key) != lookup(mine, key)
         ]
         if changed:
             raise TrainingError(f"{path} was written by a different experiment ({'; '.join(changed)}); use another output_dir or train.resume=false")
@@ -481,13 +474,10 @@ class Trainer:
         metrics = {**{f"best_{key}": value for key, value in self.best.items()}, "final_miou_ema": final,
                    **self._size_and_speed()}  # fmt: skip
         self.tracker.log_metrics(metrics, step=self.iteration)
-        registered = None
-        if self.dist.is_main:
-            self._write_figures()
-            registered = self._publish_model()
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
-        return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history, registered)
+        return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history,
+                           self.iteration, self.class_names, self.best_confusion)
 
     def _size_and_speed(self) -> dict[str, float]:
         """Parameter counts (millions) and the mean compute time of a training step (Table 9's columns)."""
@@ -498,47 +488,7 @@ class Trainer:
         steps = self.step_seconds[min(len(self.step_seconds) // 10, 20):]
         return {**sizes, "mean_step_seconds": float(np.mean(steps))} if steps else sizes
 
-    def _publish_model(self) -> str | None:
-        """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``); the
-        registered version's URI, None when nothing was registered (now)."""
-        cfg = self.cfg
-        if not cfg.tracking.log_model or self.tracker.run_id is None:
-            return None
-        crop = cfg.dataset.crop_size
-        metadata = {
-            "class_names": self.class_names, "nclass": cfg.dataset.nclass, "dataset": cfg.dataset.name,
-            "method": cfg.method.name, "encoder": cfg.model.encoder, "crop_size": crop, "iteration": self.iteration,
-            "best_miou_ema": self.best["miou_ema"], "config_digest": config_digest(cfg),
-            "input": f"float32 (B, {3 * self.task.input_images}, H, W): {self.task.input_images} RGB image(s) normalised with the "
-                     "ImageNet mean and std, stacked on channels; output: (B, nclass, H, W) logits",
-        }  # fmt: skip
-        model = checkpoint_model(cfg, self.best_path, "ema").eval()
-        example = np.zeros((1, 3 * self.task.input_images, crop, crop), dtype=np.float32)
-        if not self.tracker.log_model(model, example, metadata):
-            return self.tracker.registered_model_uri()  # logged by an earlier, finished attempt
-        name = cfg.tracking.registered_model or cfg.tracking.experiment
-        version = self.tracker.register_model(name, self.best["miou_ema"], cfg.method.name)
-        log.info("model logged and registered as %s version %s", name, version)
-        return f"models:/{name}/{version}"
-
-    def _write_figures(self) -> None:
-        figures = self.output_dir / "figures"
-        figures.mkdir(parents=True, exist_ok=True)
-        plot_training_curves(self.history, figures / "training_curves.png")
-        self.tracker.log_artifact(figures / "training_curves.png", "figures")
-        for path in write_curves(self.history, self.output_dir / "curves"):  # what `dvc plots diff` overlays
-            self.tracker.log_artifact(path, "curves")
-        confusion = getattr(self, "best_confusion", None)
-        if confusion is not None:
-            plot_confusion_matrix(confusion, self.class_names, figures / "confusion_matrix.png")
-            self.tracker.log_artifact(figures / "confusion_matrix.png", "figures")
-
 
 def resumable_run_id(cfg: ExperimentConfig) -> str | None:
     """The MLflow run of the interrupted training that ``cfg`` would resume (None: it starts afresh)."""
     return recorded_run_id(Path(cfg.output_dir) / "checkpoints" / "latest.pth") if cfg.train.resume else None
-
-
-def train(cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True) -> TrainResult:
-    """Train ``cfg.method`` on ``cfg.dataset``; resumes from ``<output_dir>/checkpoints/latest.pth``."""
-    return Trainer(cfg, tracker, progress).fit()

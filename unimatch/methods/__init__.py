@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import MethodSettings
+from ..settings import MethodSettings
 from .base import (
-    METHODS, LabeledBatch, Method, Progress, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, method_class,
-    pixel_loss, pseudo_label, register_method,
+    METHODS,
+    LabeledBatch,
+    Method,
+    Progress,
+    PseudoLabels,
+    StepLosses,
+    UnlabeledBatch,
+    cutmix_images,
+    cutmix_pseudo,
+    method_class,
+    pixel_loss,
+    pseudo_label,
+    register_method,
 )  # fmt: skip
+
 # Registration order is the report's row order.
 from .labeled_only import LabeledOnly  # isort: skip
 from .fixmatch import FixMatch  # isort: skip

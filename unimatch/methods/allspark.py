@@ -18,10 +18,11 @@ import torch
 from pydantic import Field
 from torch.utils.data import Dataset
 
-from ..config import ConfigError, PseudoLabelSettings
 from ..data import Sample, StrongLabeledDataset
+from ..errors import ConfigError
 from ..models import Segmentor
 from ..models.allspark import AllSpark as AllSparkModule
+from ..settings import PseudoLabelSettings
 from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, eval_logits, mask_ratio, pixel_loss, pseudo_labels_of, register_method
 
 if TYPE_CHECKING:

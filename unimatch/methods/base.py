@@ -20,11 +20,11 @@ from pydantic import create_model
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import MethodSettings, ModelConfig, PseudoLabelSettings
 from ..data import Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
 from ..registry import Registry
+from ..settings import MethodSettings, ModelSettings, PseudoLabelSettings
 
 if TYPE_CHECKING:
     from ..tasks import SegmentationTask as Task
@@ -189,7 +189,7 @@ class Method:
         evaluation, prediction, checkpoints) it gets the same modules. Default: the segmentor unchanged."""
         return model
 
-    def on_device(self, model: Segmentor, model_cfg: ModelConfig, device: torch.device) -> None:
+    def on_device(self, model: Segmentor, model_cfg: ModelSettings, device: torch.device) -> None:
         """Called once the trained model is on ``device``: build what the steps need besides it (e.g. a frozen
         copy of the pre-trained encoder from ``model_cfg.weights``), kept by the method, outside the model and
         its checkpoints. Default: nothing."""

@@ -6,7 +6,8 @@ from typing import Literal
 
 import torch
 
-from ..config import ConfigError, MethodSettings
+from ..errors import ConfigError
+from ..settings import MethodSettings
 from .base import LabeledBatch, Method, Pools, Schedule, StepLosses, register_method
 
 

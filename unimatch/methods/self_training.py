@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 from pydantic import Field
 from torch.utils.data import ConcatDataset, Dataset
 
-from ..config import ConfigError, MethodSettings
-from ..data import LabeledDataset, Sample, StrongLabeledDataset
-from ..self_training import read_pseudo_labels
+from ..data import LabeledDataset, Sample, StrongLabeledDataset, read_pseudo_labels
+from ..errors import ConfigError
+from ..settings import MethodSettings
 from .base import Pools, Schedule, register_method
 from .labeled_only import LabeledOnly
 

@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..config import ConfigError, ModelConfig, PseudoLabelSettings
+from ..errors import ConfigError
 from ..models import Segmentor, load_encoder_weights
 from ..models.decoders.vlg import VLGHead
 from ..models.segmentor import random_channel_masks
 from ..models.text import TextEmbeddingError, aggregate_concepts, concept_classes, load_text_embeddings, read_class_concepts
+from ..settings import ModelSettings, PseudoLabelSettings
 from .base import PADDING, LabeledBatch, Method, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label, register_method
 
 IGNORE = 255
@@ -75,7 +76,7 @@ class SemiVL(Method):
                               "(with a CLIP encoder, clip-b16 or clip-tiny, and its text embeddings)")  # fmt: skip
         return model
 
-    def on_device(self, model: Segmentor, model_cfg: ModelConfig, device: torch.device) -> None:
+    def on_device(self, model: Segmentor, model_cfg: ModelSettings, device: torch.device) -> None:
         """The frozen guidance encoder: the pre-trained weights (``model.weights``) or, without them, a copy of the
         encoder as built, before any resume (a resumed run copies the same seeded initialisation)."""
         guide = copy.deepcopy(model.encoder)

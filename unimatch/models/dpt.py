@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DecoderSettings
+from ..settings import DecoderSettings
 from .decoders.base import Decoder, register_decoder
 from .encoders import EncoderEntry, FeatureLevel
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DecoderSettings
+from ..settings import DecoderSettings
 from .decoders import decoder_entry
 from .encoders import encoder_entry
 

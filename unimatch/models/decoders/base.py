@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ...config import DecoderSettings
 from ...registry import Registry
+from ...settings import DecoderSettings
 from ..encoders import EncoderEntry, FeatureLevel
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ...config import DecoderSettings
+from ...settings import DecoderSettings
 from ..encoders import EncoderEntry, FeatureLevel
 from .base import Decoder, register_decoder
 

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 from torch import nn
 
-from ...config import ConfigError, DecoderSettings
+from ...errors import ConfigError
+from ...settings import DecoderSettings
 from ..encoders import EncoderEntry, FeatureLevel
 from ..text import TextEmbeddingError, aggregate_concepts, concept_classes, load_text_embeddings, random_text_embeddings, read_class_concepts
 from .base import Decoder, register_decoder

@@ -1,4 +1,4 @@
-"""The units of work of the table pipelines, shared by the ZenML steps and the DVC stage commands.
+"""The units of work of the table pipelines, shared by the ZenML steps, the DVC stage commands and the CLI.
 
 Each job takes a validated config and the records of the jobs before it, does one thing through the
 library, and returns a record (a pydantic model) that names its files by content. The ZenML steps in
@@ -10,18 +10,40 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from .config import ExperimentConfig, apply_overrides, validate
-from .data import generate_embedded, prepare_splits, read_split
-from .data.change import read_names_split
-from .data.prepare import SplitFormat
-from .errors import UnimatchError
-from .foundation import FoundationConfig
-from .models.weights import sha256_file
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from ..config import ExperimentConfig, apply_overrides, validate
+from ..data import generate_embedded, read_split, write_split
+from ..data.change import read_names_split
+from ..data.layouts import SplitFormat
+from ..engine import resolve_device
+from ..engine.data import prepare_splits
+from ..engine.evaluate import checkpoint_model, evaluate_checkpoint
+from ..errors import UnimatchError
+from ..foundation import FoundationConfig, train_foundation
+from ..models.weights import sha256_file
+from ..predict import predict_folder
+from ..pretrain import pretrained_encoder
+from ..report import report
+from ..self_training import (
+    Inference,
+    predicted_masks,
+    rank_by_stability,
+    split_reliable,
+    stability_scores,
+    subset_pseudo_labels,
+    write_label_next,
+    write_pseudo_labels,
+)
+from ..tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
+from .training import run_training
 
 
 class StaleArtifactError(UnimatchError):
@@ -69,6 +91,11 @@ class SplitSet(BaseModel):
 class PretrainedEncoder(BaseModel):
     path: str  # <pretrain.dir>/<dataset>-<encoder>-<method>-<digest>/encoder.pth
     sha256: str
+
+    def intact(self) -> str | None:
+        """The weights file when it is unchanged since pre-training wrote it; None when it was deleted or
+        changed (a cached step outliving its file): training then pre-trains it again."""
+        return self.path if Path(self.path).is_file() and sha256_file(self.path) == self.sha256 else None
 
 
 class FoundationEncoder(BaseModel):
@@ -162,9 +189,6 @@ def create_splits(cfg: ExperimentConfig) -> SplitSet:
 
 def pretrain(splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True) -> PretrainedEncoder:
     """The self-supervised encoder of ``cfg.pretrain`` on the training images, as its own MLflow run."""
-    from .pretrain import pretrained_encoder
-    from .tracking import tracker_from_config
-
     cfg = splits.applied_to(cfg, f"tracking.run_name=pretrain-{cfg.pretrain.method}")
     with tracker_from_config(cfg, tags={**tags, "kind": "pretrain"}) as tracker:
         path = pretrained_encoder(cfg, tracker, progress=progress)
@@ -174,9 +198,6 @@ def pretrain(splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], p
 def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) -> FoundationEncoder:
     """The embedded world's released encoder, pre-trained on the foundation corpus, as an MLflow run
     (experiment ``foundation``, tag ``kind=foundation``)."""
-    from .foundation import train_foundation
-    from .tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri
-
     uri = resolve_tracking_uri(None)
     check_tracking_uri(uri)
     with MlflowTracker(uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}) as tracker:
@@ -188,21 +209,15 @@ def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) 
 
 def train_variant(
     splits: SplitSet, cfg: ExperimentConfig, name: str, tags: Mapping[str, str], tracking_uri: str | None = None,
-    progress: bool = True,
+    progress: bool = True, encoder: PretrainedEncoder | None = None,
 ) -> TrainedModel:
     """Train ``cfg`` (fully resolved: method, budget, output_dir) on ``splits`` as one MLflow run,
     resumed (run included) from the run directory's ``latest.pth`` after an interruption; with
-    ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0 logs)."""
-    from .engine import resumable_run_id, train
-    from .engine.launch import launch_torchrun
-    from .tracking import tracker_from_config
-
+    ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0 logs).
+    ``encoder``: the pre-training job's encoder, when the table pre-trains one."""
     cfg = splits.applied_to(cfg)
-    with tracker_from_config(cfg, tags=tags, resume_run_id=resumable_run_id(cfg)) as tracker:
-        if cfg.train.gpus > 1:
-            result = launch_torchrun(cfg, run_id=tracker.run_id, tracking_uri=tracking_uri, progress=progress)
-        else:
-            result = train(cfg, tracker, progress=progress)
+    result = run_training(cfg, dict(tags), tracking_uri=tracking_uri, encoder=encoder.intact() if encoder else None,
+                          progress=progress)  # fmt: skip
     snapshots = sorted(result.output_dir.glob("checkpoints/snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1].split("of")[0]))
     return TrainedModel(name=name, method=cfg.method.name, run_dir=str(result.output_dir),
                         checkpoint=str(result.best_checkpoint), sha256=sha256_file(result.best_checkpoint),
@@ -212,7 +227,7 @@ def train_variant(
 
 def train_student(
     splits: SplitSet, pseudo_labels: list[PseudoLabelSet], cfg: ExperimentConfig, name: str, tags: Mapping[str, str],
-    tracking_uri: str | None = None, progress: bool = True, keyed_dir: bool = True,
+    tracking_uri: str | None = None, progress: bool = True, keyed_dir: bool = True, encoder: PretrainedEncoder | None = None,
 ) -> TrainedModel:
     """An ST / ST++ student (``cfg.method``) on the labeled split and ``pseudo_labels``. ``keyed_dir``: its run
     directory is keyed by their content too, so that other pseudo labels never resume this student (DVC,
@@ -222,16 +237,12 @@ def train_student(
     files = "[" + ",".join(p.split.path for p in pseudo_labels) + "]"
     key = hashlib.sha256("".join(p.split.sha256 for p in pseudo_labels).encode()).hexdigest()[:8]
     cfg = derive(cfg, f"method.pseudo_labels={files}", *([f"output_dir={cfg.output_dir}-{key}"] if keyed_dir else []))
-    return train_variant(splits, cfg, name, tags, tracking_uri, progress)
+    return train_variant(splits, cfg, name, tags, tracking_uri, progress, encoder)
 
 
 def pseudo_label(model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str,
                  progress: bool = True) -> PseudoLabelSet:  # fmt: skip
     """Hard pseudo labels of ``images`` by ``model`` (its best checkpoint) with multi-scale + flip TTA."""
-    from .engine import resolve_device
-    from .engine.evaluate import checkpoint_model
-    from .self_training import write_pseudo_labels
-
     images.verify()
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
@@ -241,9 +252,7 @@ def pseudo_label(model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, 
     return PseudoLabelSet(name=name, split=SplitFile.of(result.split_file), miou=result.miou)
 
 
-def _inference(cfg: ExperimentConfig):
-    from .self_training import Inference
-
+def _inference(cfg: ExperimentConfig) -> Inference:
     return Inference(cfg.eval.window or cfg.dataset.crop_size, cfg.eval.max_tokens)
 
 
@@ -251,11 +260,6 @@ def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConf
                    progress: bool = True) -> StabilityRanking:  # fmt: skip
     """ST++: score each of ``images`` by how much the teacher's earlier snapshots agree with its final one,
     split them into the reliable (most stable) half and the rest, and write the label-next list."""
-    from .data import write_split
-    from .engine import resolve_device
-    from .engine.evaluate import checkpoint_model
-    from .self_training import predicted_masks, rank_by_stability, split_reliable, stability_scores, write_label_next
-
     if len(teacher.snapshots) < 2:
         raise UnimatchError(f"the teacher {teacher.run_dir} kept {len(teacher.snapshots)} snapshot(s); ST++ compares "
                             "earlier ones with the final one: train it with train.snapshots=3")  # fmt: skip
@@ -277,8 +281,6 @@ def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConf
 def select_pseudo_labels(pseudo: PseudoLabelSet, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str) -> PseudoLabelSet:
     """The pseudo labels of ``pseudo`` for the images of ``images``, copied to ``out_dir`` (ST++'s reliable
     half keeps the teacher's labels)."""
-    from .self_training import subset_pseudo_labels
-
     pseudo.split.verify()
     images.verify()
     wanted = {sample.name for sample in read_split(images.path, cfg.dataset.root, require_masks=False)}
@@ -289,11 +291,6 @@ def select_pseudo_labels(pseudo: PseudoLabelSet, images: SplitFile, cfg: Experim
 def evaluate_trained(model: TrainedModel, splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str],
                      progress: bool = True) -> Evaluation:  # fmt: skip
     """mIoU of ``model`` (EMA weights) on the val split, as an MLflow run nested under its training run."""
-    import math
-
-    from .engine.evaluate import evaluate_checkpoint
-    from .tracking import tracker_from_config
-
     cfg = splits.applied_to(cfg, f"tracking.run_name=eval-{model.name}")
     eval_tags = {**tags, "kind": "eval", "checkpoint_sha256": model.sha256}
     with tracker_from_config(cfg, tags=eval_tags, parent_run_id=model.mlflow_run_id) as tracker:
@@ -307,9 +304,6 @@ def evaluate_trained(model: TrainedModel, splits: SplitSet, cfg: ExperimentConfi
 def check_runs_exist(uri: str, evaluations: list[Evaluation]) -> None:
     """Cached training steps point at runs logged earlier; a deleted tracking store would otherwise
     produce an empty table without a word."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     client = MlflowClient(tracking_uri=uri)
     for evaluation in evaluations:
         if evaluation.train_run_id is None:
@@ -327,9 +321,6 @@ def build_report(
 ) -> ReportFiles:
     """``<out_dir>/<layout>.{md,csv,html}`` from the runs of ``experiment`` matching ``filter_tags``
     (``uri`` None: the library's default store), after checking the evaluated runs are there."""
-    from .report import report
-    from .tracking import resolve_tracking_uri
-
     uri = resolve_tracking_uri(uri)
     check_runs_exist(uri, evaluations)
     paths = report(uri, experiment, layout, out_dir, filter_tags=dict(filter_tags), expected_rows=expected_rows,
@@ -343,10 +334,6 @@ def export_predictions(model: TrainedModel, cfg: ExperimentConfig, input_dir: st
     """Label maps and overlays of ``model`` (EMA weights) on the images under ``input_dir``; with
     ``masks_dir``, ground truth beside each prediction; with ``second_dir``, image pairs (change detection:
     ``input_dir`` holds A, ``second_dir`` B), restricted to the pairs of ``split_file`` when given."""
-    from .engine import resolve_device
-    from .engine.evaluate import checkpoint_model
-    from .predict import predict_folder
-
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
     only = [sample.name for sample in read_names_split(split_file, cfg.dataset.root)] if split_file else None

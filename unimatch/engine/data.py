@@ -1,4 +1,5 @@
-"""Turning an experiment configuration into validated split files (and extra unlabeled pools)."""
+"""The engine's data assembly: an experiment configuration turned into validated split files (and extra
+unlabeled pools)."""
 
 from __future__ import annotations
 
@@ -6,37 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ExperimentConfig
-from .change import image_b, read_names_split, write_names_split
-from .embedded import generate_embedded
-from .embedded_change import generate_embedded_change
-from .errors import DataError
-from .layouts import layout_task, list_dataset, list_image_folder
-from .splits import Sample, check_disjoint, create_split, read_split, write_split
+from ..data import DataError, Sample, check_disjoint, create_split, generate_embedded, list_dataset, list_image_folder
+from ..data.embedded_change import generate_embedded_change
+from ..data.layouts import SplitFormat
 
 # Datasets the project generates itself, written on first use when their root does not exist.
 GENERATED = {"embedded": generate_embedded, "embedded-cd": generate_embedded_change}
-
-
-class SplitFormat:
-    """How split files read and write: ``IMAGE MASK`` paths, or bare pair names (``pairs``: change detection)."""
-
-    def __init__(self, pairs: bool) -> None:
-        self.pairs = pairs
-
-    @classmethod
-    def of(cls, dataset: str) -> "SplitFormat":
-        return cls(layout_task(dataset) == "change_detection")
-
-    def read(self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False) -> list[Sample]:
-        reader = read_names_split if self.pairs else read_split
-        return reader(path, root, require_masks=require_masks, allow_empty=allow_empty)
-
-    def write(self, path: str | Path, samples: list[Sample], root: str | Path, allow_empty: bool = False) -> None:
-        (write_names_split if self.pairs else write_split)(path, samples, root, allow_empty)
-
-    def images(self, sample: Sample) -> tuple[Path, ...]:
-        """The image files of a sample: the image, or a pair's A and B."""
-        return (sample.image, image_b(sample)) if self.pairs else (sample.image,)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,70 @@
+"""The command line's jobs: one experiment config (or foundation recipe) in, one tracked result out.
+``unimatch``'s subcommands parse their arguments and print; everything else happens here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ExperimentConfig
+from ..data import DataCheck
+from ..engine import resolve_device
+from ..engine.data import extra_unlabeled_samples, prepare_splits
+from ..engine.evaluate import load_model_source, prepare_evaluation, run_evaluation
+from ..errors import ConfigError
+from ..evaluation import EvalResult
+from ..foundation import FoundationConfig, train_foundation
+from ..predict import predict_folder
+from ..pretrain import pretrained_encoder
+from ..tasks import task_for
+from ..tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
+
+
+def check_data(cfg: ExperimentConfig, decode: bool, progress: bool = True) -> DataCheck:
+    """Every file of the experiment's splits (and extra unlabeled pools) checked: headers, or full decodes."""
+    root, task = Path(cfg.dataset.root), task_for(cfg.dataset.name)
+    splits = prepare_splits(cfg)
+    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+    return task.check_training_data(task.read_split(splits.labeled, root), unlabeled, task.read_split(splits.val, root),
+                                    cfg.dataset.nclass, "decode" if decode else "headers", progress=progress)  # fmt: skip
+
+
+def pretrain_encoder(cfg: ExperimentConfig, progress: bool = True) -> Path:
+    """The self-supervised encoder of ``cfg.pretrain`` as its own MLflow run (``kind=pretrain``)."""
+    if cfg.pretrain.method == "none":
+        raise ConfigError("pretrain.method is 'none'; set pretrain.method=mae")
+    cfg.tracking.run_name = cfg.tracking.run_name or f"pretrain-{cfg.pretrain.method}-{cfg.model.encoder}"
+    with tracker_from_config(cfg, tags={"kind": "pretrain"}) as tracker:
+        return pretrained_encoder(cfg, tracker, progress=progress)
+
+
+def foundation_encoder(settings: FoundationConfig, uri: str | None, tracked: bool = True, progress: bool = True) -> Path:
+    """The foundation encoder of ``settings``, as an MLflow run of experiment ``foundation`` unless not ``tracked``."""
+    tracker = Tracker()
+    if tracked:
+        uri = resolve_tracking_uri(uri)
+        check_tracking_uri(uri)
+        tracker = MlflowTracker(uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"})
+    with tracker:
+        return train_foundation(settings, tracker, progress=progress)
+
+
+def evaluate(cfg: ExperimentConfig, source: str, split: str | None, weights: str, progress: bool = True) -> EvalResult:
+    """mIoU of a checkpoint or MLflow model on ``split`` (default: the val split), as an evaluation run
+    nested under the run that trained it; nothing is opened until the model and the split have loaded."""
+    prepared = prepare_evaluation(cfg, source, split, weights)
+    tags = {"kind": "eval", "checkpoint": str(source)}
+    with tracker_from_config(cfg, tags=tags, parent_run_id=prepared.run_id) as tracker:
+        return run_evaluation(cfg, prepared, tracker, progress=progress)
+
+
+def predict(cfg: ExperimentConfig, source: str, weights: str, input_dir: str, output_dir: str, limit: int | None = None,
+            masks_dir: str | None = None, second_dir: str | None = None, progress: bool = True) -> list[Path]:
+    """Label maps and overlays of a checkpoint or MLflow model on the images under ``input_dir`` (with
+    ``second_dir``: the B images of change-detection pairs)."""
+    pairs = task_for(cfg.dataset.name).input_images == 2
+    if pairs != (second_dir is not None):
+        wanted = "compares image pairs: give the B images with --input-b" if pairs else "takes single images: drop --input-b"
+        raise ConfigError(f"--input-b: the model of dataset.name={cfg.dataset.name} {wanted}")
+    device = resolve_device(cfg.train.device)
+    model = load_model_source(cfg, source, weights)[0].to(device)
+    return predict_folder(model, input_dir, output_dir, cfg, device, limit, progress, masks_dir=masks_dir, second_dir=second_dir)
