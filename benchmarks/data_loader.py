@@ -3,14 +3,15 @@ unlabeled images, two strong views and two CutMix boxes at crop 518.
 
 1. Through the engine's own loader (SampleStream, StreamPositions, make_loader) with N worker processes;
    the last lines compare the rates with what a GPU consumes at the training-step targets.
-2. Per core, against the reference: the project's datasets and a faithful rendition of the authors' PIL /
-   torchvision pipeline (UniMatch V2 ``dataset/semi.py`` + ``dataset/transform.py``, below) on the same
-   JPEGs, in this process with one thread for torch and OpenCV, each batch collated as a worker would.
-   Best of --repeats runs, since other processes may share the cores.
+2. Per core, against the reference (with ``--reference PATH``, a checkout of the authors' UniMatch-V2
+   repository): the project's datasets and the authors' own ``SemiDataset`` (``dataset/semi.py``, their PIL /
+   torchvision pipeline, imported from the checkout) on the same JPEGs, in this process with one thread for
+   torch and OpenCV, each batch collated as a worker would. Best of --repeats runs, since other processes
+   may share the cores. Without --reference this part is skipped, saying so.
 
     python benchmarks/data_loader.py                                   # 8 workers, crop 518, batches of 8
     python benchmarks/data_loader.py --workers 1 --crop 112 --batch 2 --batches 3 --images 8   # a quick check
-    python benchmarks/data_loader.py --no-loader --compare 64 --repeats 3   # only ours vs reference, per core
+    python benchmarks/data_loader.py --no-loader --reference ~/src/UniMatch-V2 --compare 64 --repeats 3   # only ours vs reference
 
 It writes its own JPEGs (crops of scikit-image's sample photos) and masks to a temporary folder. Loader
 timing starts after the first batches, once the workers are up.
@@ -22,17 +23,16 @@ import argparse
 import math
 import os
 import random
+import sys
 import tempfile
 import time
-from copy import deepcopy
 from pathlib import Path
 
 import cv2
 import numpy as np
 import skimage
 import torch
-import torchvision.transforms as T
-from PIL import Image, ImageFilter, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
 from unimatch.data import LabeledDataset, Sample, UnlabeledDataset
@@ -43,6 +43,7 @@ from unimatch.engine.stream import SampleStream, StreamPositions
 PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 NCLASS = 21
 STEP_TARGETS = {"DINOv2-S": 0.08, "DINOv2-B": 0.19}  # s/iter per GPU (benchmarks/train_step.py)
+REFERENCE_REPOSITORY = "https://github.com/LiheYoung/UniMatch-V2"
 
 
 def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Sample]:
@@ -65,107 +66,17 @@ def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0)
     return samples
 
 
-# ---- the reference: the authors' PIL / torchvision pipeline, as released (UniMatch V2, dataset/transform.py) ----
+def reference_datasets(checkout: Path, samples: list[Sample], crop: int, folder: Path) -> dict[str, Dataset]:
+    """The authors' own ``SemiDataset`` (UniMatch V2 ``dataset/semi.py``, imported from ``checkout``) in modes
+    train_l and train_u, on the same JPEGs and masks, listed in an id file of its format."""
+    if not (checkout / "dataset" / "semi.py").is_file():
+        raise SystemExit(f"--reference {checkout}: no dataset/semi.py there; give a checkout of {REFERENCE_REPOSITORY}")
+    sys.path.insert(0, str(checkout))
+    from dataset.semi import SemiDataset
 
-
-def ref_resize(img: Image.Image, mask: Image.Image, ratio_range: tuple[float, float]) -> tuple[Image.Image, Image.Image]:
-    w, h = img.size
-    long_side = random.randint(int(max(h, w) * ratio_range[0]), int(max(h, w) * ratio_range[1]))
-    if h > w:
-        oh, ow = long_side, int(1.0 * w * long_side / h + 0.5)
-    else:
-        ow, oh = long_side, int(1.0 * h * long_side / w + 0.5)
-    return img.resize((ow, oh), Image.BILINEAR), mask.resize((ow, oh), Image.NEAREST)
-
-
-def ref_crop(img: Image.Image, mask: Image.Image, size: int, ignore_value: int = 255) -> tuple[Image.Image, Image.Image]:
-    w, h = img.size
-    padw, padh = max(size - w, 0), max(size - h, 0)
-    img = ImageOps.expand(img, border=(0, 0, padw, padh), fill=0)
-    mask = ImageOps.expand(mask, border=(0, 0, padw, padh), fill=ignore_value)
-    w, h = img.size
-    x, y = random.randint(0, w - size), random.randint(0, h - size)
-    return img.crop((x, y, x + size, y + size)), mask.crop((x, y, x + size, y + size))
-
-
-def ref_hflip(img: Image.Image, mask: Image.Image, p: float = 0.5) -> tuple[Image.Image, Image.Image]:
-    if random.random() < p:
-        return img.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
-    return img, mask
-
-
-REF_TO_TENSOR = T.Compose([T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
-
-
-def ref_normalize(img: Image.Image, mask: Image.Image | None = None):
-    img = REF_TO_TENSOR(img)
-    if mask is not None:
-        return img, torch.from_numpy(np.array(mask)).long()
-    return img
-
-
-def ref_blur(img: Image.Image, p: float = 0.5) -> Image.Image:
-    if random.random() < p:
-        sigma = np.random.uniform(0.1, 2.0)
-        img = img.filter(ImageFilter.GaussianBlur(radius=sigma))
-    return img
-
-
-def ref_cutmix_box(img_size: int, p: float = 0.5, size_min: float = 0.02, size_max: float = 0.4,
-                   ratio_1: float = 0.3, ratio_2: float = 1 / 0.3) -> torch.Tensor:
-    mask = torch.zeros(img_size, img_size)
-    if random.random() > p:
-        return mask
-    size = np.random.uniform(size_min, size_max) * img_size * img_size
-    while True:
-        ratio = np.random.uniform(ratio_1, ratio_2)
-        cutmix_w, cutmix_h = int(np.sqrt(size / ratio)), int(np.sqrt(size * ratio))
-        x, y = np.random.randint(0, img_size), np.random.randint(0, img_size)
-        if x + cutmix_w <= img_size and y + cutmix_h <= img_size:
-            break
-    mask[y : y + cutmix_h, x : x + cutmix_w] = 1
-    return mask
-
-
-class ReferenceDataset(Dataset):
-    """``SemiDataset.__getitem__`` for modes train_l and train_u (dataset/semi.py)."""
-
-    def __init__(self, samples: list[Sample], mode: str, size: int) -> None:
-        self.samples, self.mode, self.size = samples, mode, size
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, item: int):
-        sample = self.samples[item]
-        img = Image.open(sample.image).convert("RGB")
-        if self.mode == "train_u":
-            mask = Image.fromarray(np.zeros((img.size[1], img.size[0]), dtype=np.uint8))
-        else:
-            mask = Image.fromarray(np.array(Image.open(sample.mask)))
-        img, mask = ref_resize(img, mask, (0.5, 2.0))
-        ignore_value = 254 if self.mode == "train_u" else 255
-        img, mask = ref_crop(img, mask, self.size, ignore_value)
-        img, mask = ref_hflip(img, mask, p=0.5)
-        if self.mode == "train_l":
-            return ref_normalize(img, mask)
-        img_w, img_s1, img_s2 = deepcopy(img), deepcopy(img), deepcopy(img)
-        if random.random() < 0.8:
-            img_s1 = T.ColorJitter(0.5, 0.5, 0.5, 0.25)(img_s1)
-        img_s1 = T.RandomGrayscale(p=0.2)(img_s1)
-        img_s1 = ref_blur(img_s1, p=0.5)
-        cutmix_box1 = ref_cutmix_box(img_s1.size[0], p=0.5)
-        if random.random() < 0.8:
-            img_s2 = T.ColorJitter(0.5, 0.5, 0.5, 0.25)(img_s2)
-        img_s2 = T.RandomGrayscale(p=0.2)(img_s2)
-        img_s2 = ref_blur(img_s2, p=0.5)
-        cutmix_box2 = ref_cutmix_box(img_s2.size[0], p=0.5)
-        ignore_mask = Image.fromarray(np.zeros((mask.size[1], mask.size[0])))
-        img_s1, ignore_mask = ref_normalize(img_s1, ignore_mask)
-        img_s2 = ref_normalize(img_s2)
-        mask = torch.from_numpy(np.array(mask)).long()
-        ignore_mask[mask == 254] = 255
-        return ref_normalize(img_w), img_s1, img_s2, ignore_mask, cutmix_box1, cutmix_box2
+    ids = folder / "reference_ids.txt"
+    ids.write_text("".join(f"{sample.image.name} {sample.mask.name}\n" for sample in samples))
+    return {mode: SemiDataset("pascal", str(folder), mode, crop, str(ids)) for mode in ("train_l", "train_u")}
 
 
 def per_core_rate(dataset: Dataset, count: int, batch: int, repeats: int) -> float:
@@ -184,14 +95,14 @@ def per_core_rate(dataset: Dataset, count: int, batch: int, repeats: int) -> flo
     return best
 
 
-def compare_with_reference(samples: list[Sample], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def compare_with_reference(samples: list[Sample], reference: dict[str, Dataset], args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     """{stream: (ours, reference)} samples/s on one core (torch and OpenCV set to one thread from here on)."""
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     count = max(args.batch, args.compare // args.batch * args.batch)
     pairs = {
-        "labeled": (LabeledDataset(samples, NCLASS, args.crop), ReferenceDataset(samples, "train_l", args.crop)),
-        "unlabeled": (UnlabeledDataset(samples, args.crop), ReferenceDataset(samples, "train_u", args.crop)),
+        "labeled": (LabeledDataset(samples, NCLASS, args.crop), reference["train_l"]),
+        "unlabeled": (UnlabeledDataset(samples, args.crop), reference["train_u"]),
     }
     return {
         name: tuple(per_core_rate(dataset, count, args.batch, args.repeats) for dataset in datasets)
@@ -235,7 +146,8 @@ def main() -> None:
     parser.add_argument("--compare", type=int, default=64, help="samples per timed run of ours vs reference (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of the comparison, best kept (default 3)")
     parser.add_argument("--no-loader", action="store_true", help="skip the loader measurement")
-    parser.add_argument("--no-compare", action="store_true", help="skip ours vs reference")
+    parser.add_argument("--reference", type=Path, metavar="PATH",
+                        help=f"a checkout of {REFERENCE_REPOSITORY}: its dataset/semi.py is the per-core baseline")
     args = parser.parse_args()
     args.warmup = args.workers + 1 if args.warmup is None else args.warmup
     args.batches = args.batches or 25 * max(args.workers, 1)
@@ -248,7 +160,10 @@ def main() -> None:
             "labeled (weak)": samples_per_second(LabeledDataset(samples, NCLASS, args.crop), args, device),
             "unlabeled (weak + 2 strong + 2 CutMix boxes)": samples_per_second(UnlabeledDataset(samples, args.crop), args, device),
         }
-        comparison = {} if args.no_compare else compare_with_reference(samples, args)
+        comparison = {}
+        if args.reference:
+            reference = reference_datasets(args.reference, samples, args.crop, Path(folder))
+            comparison = compare_with_reference(samples, reference, args)
     workers = f"{args.workers} loader workers on " if rates else ""
     print(f"\n{args.images} JPEGs of {args.size[0]}x{args.size[1]} | crop {args.crop} | batch {args.batch} | "
           f"{workers}a {os.cpu_count()}-core machine")
@@ -256,6 +171,8 @@ def main() -> None:
         print_loader_rates(rates, args, cores)
     if comparison:
         print_comparison(comparison, args)
+    else:
+        print(f"\nOurs vs the reference skipped: give --reference PATH, a checkout of {REFERENCE_REPOSITORY}")
 
 
 def print_loader_rates(rates: dict[str, float], args: argparse.Namespace, cores: int) -> None:
