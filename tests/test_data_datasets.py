@@ -3,6 +3,7 @@ albumentations pipelines being what the training datasets run, and their seeding
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import albumentations as A
@@ -17,6 +18,7 @@ from unimatch.data import (
     EvalDataset,
     LabeledDataset,
     Sample,
+    StrongLabeledDataset,
     UnlabeledDataset,
     list_dataset,
     normalize,
@@ -78,6 +80,34 @@ def test_training_datasets_run_their_albumentations_pipelines(folder_dataset: Pa
     weak, strong1, strong2, ignore, _, _ = unlabeled[0]
     assert torch.equal(weak, normalize(image)) and not ignore.any()  # no padding: the crop is inside the image
     assert torch.equal(strong1, normalize(255 - image)) and torch.equal(strong2, normalize(255 - image))
+
+
+def test_strong_labeled_dataset_cuts_out_one_ignored_box_of_random_pixels(folder_dataset: Path) -> None:
+    """ST's CutOut: with probability 1/2 one solid box (2-40 % of the crop) whose pixels are replaced and whose
+    labels become 255; everything outside the box is the crop as it was."""
+    samples = [s for s in list_dataset("folder", folder_dataset, "train") if s.mask is not None]
+    dataset = StrongLabeledDataset(samples, 3, 28, cutout=True)
+    dataset.weak, dataset.strong = A.Compose([A.Crop(0, 2, 28, 30)]), A.Compose([])  # below the 255 rows; deterministic
+    image, mask = normalize(read_image(samples[0].image)[2:30, :28]), torch.from_numpy(read_mask(samples[0].mask, 3)[2:30, :28].astype(np.int64))
+    assert (mask != 255).all()
+    boxes = 0
+    for seed in range(20):
+        random.seed(seed)
+        out_image, out_mask = dataset[0]
+        box = out_mask == 255
+        if not box.any():
+            assert torch.equal(out_image, image) and torch.equal(out_mask, mask)
+            continue
+        boxes += 1
+        rows, cols = torch.nonzero(box, as_tuple=True)
+        height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert int(box.sum()) == height * width and 0.02 * 28 * 28 - (height + width + 1) <= height * width <= 0.4 * 28 * 28
+        assert torch.equal(out_mask[~box], mask[~box]) and torch.equal(out_image[:, ~box], image[:, ~box])
+        assert (out_image[:, box] != image[:, box]).float().mean() > 0.9  # new pixels, uniformly drawn
+    assert 4 <= boxes <= 16  # p = 0.5
+    plain = StrongLabeledDataset(samples, 3, 28, cutout=False)
+    plain.weak, plain.strong = dataset.weak, dataset.strong
+    assert all(torch.equal(plain[0][1], mask) for _ in range(10))  # AllSpark's labeled crops: no CutOut
 
 
 def batches_equal(first: list, second: list) -> bool:

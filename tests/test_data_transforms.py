@@ -338,6 +338,51 @@ def test_cutmix_boxes_fit_and_have_the_right_area(size: int) -> None:
     assert len({tuple(torch.nonzero(b)[0].tolist()) for b in boxes}) > 10  # positions vary
 
 
+class ScriptedRng:
+    """A ``random``-like source that returns planned draws, in order, for ``random``, ``uniform`` and ``randint``."""
+
+    def __init__(self, *draws: float) -> None:
+        self.draws = list(draws)
+
+    def random(self) -> float:
+        return self.draws.pop(0)
+
+    def uniform(self, low: float, high: float) -> float:
+        value = self.draws.pop(0)
+        assert low <= value <= high
+        return value
+
+    def randint(self, low: int, high: int) -> int:
+        return int(self.uniform(low, high))
+
+
+def test_cutmix_box_by_hand_and_its_aspect_ratio_is_height_over_width() -> None:
+    # area 0.12 of 100 x 100 = 1200 px at aspect 3: width int(sqrt(1200 / 3)) = 20, height int(sqrt(1200 * 3)) = 60;
+    # the first position (left 90, top 50) does not fit, the second draw (aspect 1/3: 60 wide, 20 tall) at (10, 5) does.
+    box = cutmix_box(100, p=1.0, rng=ScriptedRng(0.0, 0.12, 3.0, 90, 50, 1 / 3, 10, 5))
+    expected = torch.zeros(100, 100, dtype=torch.int64)
+    expected[5:25, 10:70] = 1
+    assert torch.equal(box, expected)
+    tall = cutmix_box(100, p=1.0, rng=ScriptedRng(0.0, 0.12, 3.0, 10, 5))
+    assert tall[5:65, 10:30].all() and int(tall.sum()) == 60 * 20
+
+
+def test_cutmix_box_aspect_ratios_span_the_range_both_ways() -> None:
+    rng = random.Random(1)
+    ratios = []
+    for _ in range(400):
+        rows, cols = torch.nonzero(cutmix_box(112, p=1.0, rng=rng), as_tuple=True)
+        ratios.append((int(rows.max() - rows.min()) + 1) / (int(cols.max() - cols.min()) + 1))
+    assert min(ratios) >= 0.3 * 0.8 and max(ratios) <= 1 / 0.3 / 0.8  # within 0.3-3.3, up to int() truncation
+    assert sum(r < 0.5 for r in ratios) > 5 and sum(r > 2 for r in ratios) > 5  # wide and tall boxes both occur
+
+
+def test_cutmix_box_that_cannot_fit_is_an_error_naming_the_draw() -> None:
+    # 100 % of a 10 x 10 crop at aspect 3 is 5 wide and 17 tall: no position fits.
+    with pytest.raises(ValueError, match=r"no cutmix box of area \(1.0, 1.0\) and ratio \(3.0, 3.0\) fits a 10x10 crop"):
+        cutmix_box(10, p=1.0, area=(1.0, 1.0), ratio=(3.0, 3.0), rng=random.Random(0), max_tries=50)
+
+
 def test_cutmix_probability() -> None:
     rng = random.Random(0)
     assert all(cutmix_box(56, p=0.0, rng=rng).sum() == 0 for _ in range(100))
