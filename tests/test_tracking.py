@@ -135,6 +135,20 @@ def test_exception_marks_run_failed(store: str) -> None:
     assert MlflowClient(store).get_run(tracker.run_id).info.status == "FAILED"
 
 
+def test_metrics_go_to_mlflow_in_batches_of_its_limit_and_all_arrive(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.utils.validation import MAX_METRICS_PER_BATCH
+
+    count = 2 * MAX_METRICS_PER_BATCH + 7
+    with MlflowTracker(store, "unit", run_name="many") as tracker:
+        sent = []
+        log_batch = tracker._client.log_batch
+        monkeypatch.setattr(tracker._client, "log_batch", lambda run_id, **kinds: sent.append(len(kinds["metrics"])) or log_batch(run_id, **kinds))
+        tracker.log_metrics({f"val/iou/class_{index}": index / 10 for index in range(count)}, step=3)
+    assert sent == [MAX_METRICS_PER_BATCH, MAX_METRICS_PER_BATCH, 7]
+    logged = MlflowClient(store).get_run(tracker.run_id).data.metrics
+    assert len(logged) == count and logged["val/iou/class_1234"] == pytest.approx(123.4)
+
+
 class _Unavailable(BaseHTTPRequestHandler):
     """A tracking server that answers every request 503 (a transient error MLflow's client retries), counting them."""
 
