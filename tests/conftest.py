@@ -101,3 +101,19 @@ def start_paused_after_first_evaluation(args: list[str], marker: Path, **popen):
             raise AssertionError(f"the run ended (exit {process.returncode}) before its first evaluation")
         time.sleep(0.05)
     return process
+
+
+@pytest.fixture
+def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The matplotlib figures saved during the test, in order (their files are written as usual), so that a test
+    can check what a figure shows instead of only that a PNG exists."""
+    from matplotlib.figure import Figure
+
+    saved, savefig = [], Figure.savefig
+
+    def keep(figure, *args, **kwargs):
+        saved.append(figure)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved

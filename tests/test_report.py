@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from unimatch.report import ReportError, build_table, collect_runs, report, to_markdown
+from unimatch.report import ReportError, build_table, collect_runs, plot_pseudo_label_quality, report, to_markdown
 
 BASE_TAGS = {"dataset": "pascal", "encoder": "small", "streams": "complementary", "frozen": "false", "kind": "train"}
 METHOD_ROWS = ["labeled-only", "FixMatch", "UniMatch V1", "UniMatch V2", "AllSpark", "ST", "ST++", "SemiVL"]  # every registered method, in order
@@ -154,6 +154,54 @@ def test_sweep_and_streams_layouts() -> None:
     table = build_table(streams, "streams")
     assert table.index[-1] == "complementary dropout (ours)"
     assert table.loc["(b) two image streams", "92"] == "79.0"
+
+
+def test_frozen_layout_is_table_7() -> None:
+    runs = _runs(
+        {"tags.method": "unimatch_v2", "tags.split": "1464", "tags.frozen": "false", "metrics.best_miou_ema": 85.0},
+        {"tags.method": "unimatch_v2", "tags.split": "92", "tags.frozen": "true", "metrics.best_miou_ema": 70.0},
+        {"tags.method": "unimatch_v2", "tags.split": "92", "tags.frozen": "true", "metrics.best_miou_ema": 71.2},
+        {"tags.method": "unimatch_v2", "tags.split": "1464", "tags.frozen": "true", "metrics.best_miou_ema": 77.0},
+        {"tags.method": "fixmatch", "tags.split": "92", "tags.frozen": "true", "metrics.best_miou_ema": 1.0},  # not UniMatch V2
+        {"tags.method": "unimatch_v2", "tags.split": "92", "tags.frozen": "true", "tags.streams": "single",
+         "metrics.best_miou_ema": 2.0},  # a Table 6 variant
+    )
+    table = build_table(runs, "frozen")
+    assert list(table.index) == ["finetuned", "frozen"] and list(table.columns) == ["92", "1464"]
+    assert table.loc["finetuned"].tolist() == ["", "85.0"]
+    assert table.loc["frozen"].tolist() == ["70.6 (n=2)", "77.0"]  # the mean of two seeds, then their count
+    assert table.attrs["context"] == {"dataset": "pascal", "encoder": "small"}
+    assert "Finished runs used: 4 in 3 cell(s), 1-2 per cell." in table.attrs["footnote"]
+
+
+def test_pseudo_label_figure_draws_each_measured_runs_history(tmp_path: Path, saved_figures: list) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("quality", artifact_location=(tmp_path / "artifacts").as_uri())
+
+    def run(name: str, **history: list[tuple[int, float]]) -> None:
+        run_id = client.create_run(experiment_id, run_name=name, tags={**BASE_TAGS, "method": name}).info.run_id
+        for key, points in history.items():
+            for step, value in points:
+                client.log_metric(run_id, f"pseudo/{key}", value, step=step)
+        client.set_terminated(run_id)
+
+    run("fixmatch", precision=[(20, 90.0), (10, 80.0)], foreground_recall=[(10, 1.5), (20, 3.0)], mask_ratio=[(10, 50.0), (20, 60.0)])
+    run("unimatch_v2", precision=[(10, 85.0)], foreground_recall=[(10, 2.0)], mask_ratio=[(10, 55.0)])
+    run("labeled_only")  # nothing measured: not drawn
+    runs = collect_runs(uri, ["quality"])
+    path = plot_pseudo_label_quality(uri, runs, tmp_path / "quality.png")
+    assert path == tmp_path / "quality.png" and path.is_file()
+    (figure,) = saved_figures
+    precision, recall = figure.axes
+
+    def lines(ax):
+        return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+
+    assert "precision" in precision.get_title() and "foreground" in recall.get_title()
+    assert lines(precision) == {"fixmatch": ([10, 20], [80.0, 90.0]), "unimatch_v2": ([10], [85.0])}  # by step
+    assert lines(recall) == {"fixmatch": ([10, 20], [1.5, 3.0]), "unimatch_v2": ([10], [2.0])}
+    assert plot_pseudo_label_quality(uri, runs[runs["tags.method"] == "labeled_only"], tmp_path / "none.png") is None
 
 
 def test_unknown_layout() -> None:

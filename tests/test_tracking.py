@@ -50,7 +50,7 @@ def _config(uri: str, **tracking: object) -> ExperimentConfig:
     return ExperimentConfig(tracking=TrackingConfig(uri=uri, experiment="unit", **tracking))
 
 
-def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Path) -> None:
+def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Path, saved_figures: list) -> None:
     cfg = _config(store, tags={"owner": "ci", "kind": "overridden"})
     with tracker_from_config(cfg, tags={"kind": "train", "note": "first"}) as tracker:
         tracker.log_metrics({"train/loss": 1.5, "train/lr": 5e-6}, step=10)
@@ -80,7 +80,12 @@ def test_tracker_logs_params_metrics_tags_and_artifacts(store: str, tmp_path: Pa
     artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
     assert artifacts.is_relative_to(Path(store.removeprefix("sqlite:///")).parent)  # not ./mlruns
     assert yaml.safe_load((artifacts / "config.yaml").read_text()) == cfg.to_dict()
-    assert (artifacts / "plots" / "curves.png").read_bytes().startswith(b"\x89PNG")
+    assert (artifacts / "plots" / "curves.png").is_file()
+    (curves,) = saved_figures  # the logged figure draws the history it was given
+    panels = {ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+              for ax in curves.axes if ax.get_title()}  # fmt: skip
+    assert {key: lines for key, lines in panels.items() if lines} == {
+        "loss": {"train/loss": ([10, 20], [1.5, 1.25])}, "validation mIoU (%)": {"val/miou_ema": ([1, 2], [55.0, 60.0])}}
 
 
 def test_labeled_only_run_logs_only_the_settings_it_reads(store: str) -> None:
@@ -241,7 +246,12 @@ def test_curves_are_csv_tables_by_iteration_and_by_epoch(tmp_path: Path) -> None
     assert validation.read_text().splitlines() == ["epoch,miou_ema,miou_student,precision", "1,55.0,50.0,", "2,60.0,58.0,90.0"]
 
 
-def test_plot_confusion_matrix_handles_empty_rows(tmp_path: Path) -> None:
+def test_plot_confusion_matrix_shows_rows_normalised_and_empty_rows_as_zeros(tmp_path: Path, saved_figures: list) -> None:
     confusion = np.array([[8, 2, 0], [0, 0, 0], [1, 0, 9]])
     path = plot_confusion_matrix(confusion, ["road", "sky", "car"], tmp_path / "sub" / "confusion.png")
-    assert path.read_bytes().startswith(b"\x89PNG")
+    assert path.is_file()
+    (figure,) = saved_figures
+    ax = figure.axes[0]
+    assert np.array_equal(np.asarray(ax.images[0].get_array()), [[0.8, 0.2, 0.0], [0.0, 0.0, 0.0], [0.1, 0.0, 0.9]])
+    assert [label.get_text() for label in ax.get_yticklabels()] == ["road", "sky", "car"]  # rows: ground truth
+    assert [text.get_text() for text in ax.texts][:3] == ["0.80", "0.20", "0.00"]
