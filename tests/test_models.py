@@ -115,19 +115,41 @@ def test_missing_or_unexpected_encoder_key_is_named(tmp_path):
         load_encoder_weights(build_segmentor("tiny", 5), path)
 
 
+# The head's parameter names in UniMatch V2's released checkpoints (DPTHead: projects, resize_layers with an
+# identity at index 2, scratch.layerN_rn without bias, refinenetN with out_conv and two residual units,
+# output_conv = [3x3 conv, ReLU, 1x1 classifier]), all under "module.head.".
+WB = ("weight", "bias")
+RELEASED_HEAD_KEYS = {
+    *(f"head.projects.{i}.{p}" for i in range(4) for p in WB),
+    *(f"head.resize_layers.{i}.{p}" for i in (0, 1, 3) for p in WB),
+    *(f"head.scratch.layer{i}_rn.weight" for i in range(1, 5)),
+    *(f"head.scratch.refinenet{i}.out_conv.{p}" for i in range(1, 5) for p in WB),
+    *(f"head.scratch.refinenet{i}.resConfUnit{u}.conv{c}.{p}" for i in range(1, 5) for u in (1, 2) for c in (1, 2) for p in WB),
+    *(f"head.scratch.output_conv.{i}.{p}" for i in (0, 2) for p in WB),
+}
+
+
 def test_released_unimatch_v2_checkpoint_loads(tmp_path):
-    source = build_segmentor("tiny", 5)
-    released = {}
-    for key, value in source.state_dict().items():
-        key = key.replace("encoder.", "backbone.", 1).replace("head.classifier.", "head.scratch.output_conv.2.")
-        released["module." + key] = value
-    released["module.backbone.mask_token"] = torch.zeros(1, 96)
+    """A checkpoint in the released layout ("module." prefix, DINOv2 under "backbone.", the head's keys above) loads
+    strictly; its classifier, set to zero weights and biases 0..4, makes every pixel's logits 0..4."""
+    generator = torch.Generator().manual_seed(0)
+    encoder = {k: torch.randn(v.shape, generator=generator) for k, v in build_segmentor("tiny", 5).encoder.state_dict().items()}
+    shapes = {k: v.shape for k, v in build_segmentor("tiny", 5).head.state_dict().items()}
+    released = {"module.backbone.mask_token": torch.zeros(1, 96), **{f"module.backbone.{k}": v for k, v in encoder.items()}}
+    for key in RELEASED_HEAD_KEYS:
+        ours = key.replace("head.scratch.output_conv.2.", "head.classifier.").removeprefix("head.")
+        released[f"module.{key}"] = 0.02 * torch.randn(shapes.pop(ours), generator=generator)
+    assert not shapes  # the released names cover the whole head
+    released["module.head.scratch.output_conv.2.weight"].zero_()
+    released["module.head.scratch.output_conv.2.bias"] = torch.arange(5.0)
     path = tmp_path / "unimatch_v2_released.pth"
     torch.save({"model": released, "epoch": 59}, path)
     target = build_segmentor("tiny", 5)
     load_segmentor_weights(target, path)
-    x = torch.randn(1, 3, 56, 56)
-    assert torch.equal(source.eval()(x), target.eval()(x))
+    assert torch.equal(target.encoder.state_dict()["blocks.0.attn.qkv.weight"], encoder["blocks.0.attn.qkv.weight"])
+    with torch.no_grad():
+        logits = target.eval()(torch.randn(1, 3, 56, 56))
+    assert torch.allclose(logits, torch.arange(5.0).view(1, 5, 1, 1).expand_as(logits))
 
 
 def test_checkpoint_of_another_class_count_is_rejected(tmp_path):
