@@ -222,10 +222,9 @@ def test_unimatch_v2_trains_on_pairs_with_the_student_labelling_and_the_ema_eval
     root, trainer, result = trained
     assert trainer.teacher is trainer.model and trainer.ema is not None
     assert isinstance(trainer.val_set, ChangeEvalDataset) and trainer.val_set[0][0].shape[0] == 6
-    for model in ("student", "ema"):
-        assert 0.0 <= result.metrics[f"best_iou_changed_{model}"] <= 100.0
-        assert 50.0 <= result.metrics[f"best_overall_accuracy_{model}"] <= 100.0
-    assert {"val/iou_changed_student", "val/iou_changed_ema"} <= set(result.history)
+    for model in ("student", "ema"):  # one evaluation: the best scores are that evaluation's, as logged
+        ((epoch, iou),) = result.history[f"val/iou_changed_{model}"]
+        assert epoch == 1 and result.metrics[f"best_iou_changed_{model}"] == iou
     assert (root / "run" / "checkpoints" / "best.pth").is_file()
 
 

@@ -47,16 +47,14 @@ class RecordingTracker(Tracker):
 def test_every_method_trains_with_finite_losses(dataset, tmp_path, method):
     tracker = RecordingTracker()
     result = train(small_config(dataset, tmp_path, f"method.name={method}"), tracker, progress=False)
-    losses = [value for _, value in tracker.metrics["train/loss"]]
-    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
-    assert 0 <= result.metrics["best_miou_ema"] <= 100
+    assert [step for step, _ in tracker.metrics["train/loss"]] == [1, 2, 3, 4]  # log_every=1
+    assert result.metrics["best_miou_ema"] == max(value for _, value in result.history["val/miou_ema"])
     assert result.best_checkpoint.exists() and result.last_checkpoint.exists()
     assert (tmp_path / "figures" / "training_curves.png").exists()
     # The unlabeled images have ground truth on disk: the teacher's pseudo labels are scored each epoch.
     coverage = tracker.metrics["pseudo/foreground_coverage"]
-    assert len(coverage) == 1 and 0 <= coverage[0][1] <= 100 and "pseudo/precision" in result.history
+    assert len(coverage) == 1 and result.history["pseudo/foreground_coverage"] == [(1, coverage[0][1])]
     if method != "labeled_only":
-        assert all(0 <= v <= 1 for _, v in tracker.metrics["train/mask_ratio"])
         assert "ema" in load_checkpoint(result.last_checkpoint)
 
 

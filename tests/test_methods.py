@@ -302,16 +302,30 @@ def test_labeled_only_ignores_unlabeled_data(models, batches):
 
 
 @pytest.mark.parametrize("streams", ["complementary", "single", "image_only", "random"])
-def test_v2_variants_train_with_finite_gradients(streams):
+def test_v2_variants_draw_their_streams_dropouts_and_train_encoder_and_decoder(streams, monkeypatch):
+    """Table 6: (a) single: one strong view, random dropout; (b) image_only: two views, no dropout; (c) random:
+    two views, independent random dropouts; ours: two views, complementary dropouts. Gradients reach both parts."""
     torch.manual_seed(0)
-    student = build_segmentor("tiny", NCLASS)
+    student = build_segmentor("tiny", NCLASS, undropped_fraction=0.0)
     teacher = copy.deepcopy(student)
     labeled, unlabeled = _random_batches()
+    drawn = recording(monkeypatch, student, "drop_masks")
     method = build_method(method_class("unimatch_v2").Settings(streams=streams, threshold=0.0), nn.CrossEntropyLoss(ignore_index=255))
-    out = method.step(student.train(), teacher, labeled, unlabeled)
-    out.loss.backward()
-    assert torch.isfinite(out.loss)
-    assert all(torch.isfinite(p.grad).all() for p in student.parameters() if p.grad is not None)
+    method.step(student.train(), teacher, labeled, unlabeled).loss.backward()
+    views = {"single": 1, "image_only": 2, "random": 2, "complementary": 2}[streams]
+    if streams == "image_only":
+        assert drawn == []
+    else:
+        (masks,) = drawn
+        assert masks.shape[0] == 2 * views  # one row per image of each view (2 unlabeled images)
+        assert set(masks.unique().tolist()) == {0.0, 2.0}
+        first, second = masks.chunk(2) if views == 2 else (masks, None)
+        if streams == "complementary":
+            assert torch.equal(first + second, torch.full_like(first, 2.0))
+        elif streams == "random":
+            assert not torch.equal(first + second, torch.full_like(first, 2.0))
+    assert student.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert student.head.classifier.weight.grad.abs().sum() > 0
 
 
 def _random_batches():
