@@ -15,8 +15,8 @@ import gc
 
 import torch
 import torch.nn.functional as F
-
 from common import GIB, describe_device, seconds_per_call
+
 from unimatch.engine import resolve_device
 from unimatch.engine.setup import autocast_dtype, optimize_for_device
 from unimatch.models import ENCODERS, build_segmentor

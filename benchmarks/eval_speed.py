@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import describe_device, seconds_per_call
+
 from unimatch.config import ModelConfig
 from unimatch.engine import build_model, resolve_device
+from unimatch.engine.inference import evaluate
 from unimatch.engine.setup import autocast_dtype, optimize_for_device
 from unimatch.models import ENCODERS
-from unimatch.evaluation import evaluate
 
 PASCAL_CLASSES, CITYSCAPES_CLASSES = 21, 19
 

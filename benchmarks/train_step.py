@@ -24,9 +24,15 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, flop_registry, register_flop_formula, sdpa_backward_flop, sdpa_flop
-
 from common import GIB, describe_device, seconds_per_call, verdict
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop,
+    sdpa_flop,
+)
+
 from unimatch.config import load_config
 from unimatch.data import cutmix_box, generate_embedded
 from unimatch.engine import Trainer

@@ -20,11 +20,11 @@ from zenml import pipeline
 
 from steps import export_predictions
 from unimatch.config import validate
+from unimatch.jobs import Table, Variant, resolve_base, split_column
 from unimatch.methods import METHODS
 
 from .cli import run_main
 from .common import table_dag
-from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 DEFAULT_CONFIG = "configs/change_detection.yaml"
 DEFAULT_METHODS = ("labeled_only", "unimatch_v2")

@@ -21,10 +21,9 @@ from typing import Any, NoReturn
 import yaml
 
 from unimatch.errors import run_guarded
+from unimatch.jobs import QUICK_OVERRIDES
 
 from .common import DEFAULT_CONFIG
-
-from unimatch.jobs import QUICK_OVERRIDES
 from .zenml_env import ensure_repository
 
 PIPELINE_OPTIONS = ("config", "quick", "experiment", "gpu_count")

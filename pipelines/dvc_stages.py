@@ -27,13 +27,24 @@ import yaml
 from pydantic import BaseModel
 
 from unimatch import jobs
+from unimatch.apps.foundation import load_foundation_config
 from unimatch.config import ExperimentConfig, flatten, validate
 from unimatch.errors import ConfigError, run_guarded
-from unimatch.foundation import load_foundation_config
-from unimatch.io_atomic import write_text_atomic
-from unimatch.jobs import Evaluation, PretrainedEncoder, PseudoLabelSet, SplitSet, StabilityRanking, TrainedModel
-
-from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
+from unimatch.jobs import (
+    Evaluation,
+    PretrainedEncoder,
+    PseudoLabelSet,
+    SplitSet,
+    StabilityRanking,
+    Table,
+    TrainedModel,
+    Variant,
+    resolve_base,
+    run_tags,
+    split_column,
+    variant_config,
+)
+from unimatch.utils.atomic import write_text_atomic
 
 PARAMS_FILE = Path("params.yaml")
 RecordT = TypeVar("RecordT", bound=BaseModel)

@@ -19,11 +19,11 @@ from zenml import pipeline
 
 from unimatch.config import ENCODER_DEFAULTS, apply_overrides, read_layers
 from unimatch.errors import ConfigError
+from unimatch.jobs import Table, Variant, resolve_base, split_column
 from unimatch.models.encoders import ENCODERS
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 # Table 9 compares encoders under UniMatch V2's DPT head: the CPU-sized encoders made for it (not clip-tiny,
 # whose levels feed SemiVL's language-guided decoder).

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from unimatch.jobs import Table, Variant, resolve_base, split_column
+
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 VARIANTS = (
     Variant("finetuned", ["method.name=unimatch_v2", "model.frozen=false"]),

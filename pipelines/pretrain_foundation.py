@@ -15,8 +15,8 @@ import sys
 from zenml import pipeline
 
 from steps import train_foundation_encoder
+from unimatch.apps.foundation import load_foundation_config
 from unimatch.errors import run_guarded
-from unimatch.foundation import load_foundation_config
 
 from .cli import run_pipeline
 

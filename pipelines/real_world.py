@@ -20,10 +20,10 @@ from zenml import pipeline
 from steps import make_unlabeled_pool
 from unimatch.config import load_config
 from unimatch.data import generate_embedded, list_dataset
+from unimatch.jobs import Table, Variant, resolve_base
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base
 
 SETTINGS = ("labeled only", "+ extra unlabeled")
 

@@ -20,15 +20,22 @@ from __future__ import annotations
 from zenml import pipeline
 
 from steps import (
-    build_report, create_splits, evaluate_model, pseudo_label_images, rank_by_stability, select_pseudo_labels, train_model,
-    train_student, unlabeled_images,
+    build_report,
+    create_splits,
+    evaluate_model,
+    pseudo_label_images,
+    rank_by_stability,
+    select_pseudo_labels,
+    train_model,
+    train_student,
+    unlabeled_images,
 )  # fmt: skip
 from steps.tracking import store_uri, tracker_step_options
 from unimatch.config import validate
+from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, train_options
-from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
 
 ROWS = ["labeled_only", "st", "st++"]
 SNAPSHOTS = 3  # ST++'s K: the teacher at T/3, 2T/3 and T iterations

@@ -14,11 +14,11 @@ from zenml import pipeline
 
 from steps import export_predictions
 from unimatch.config import validate
+from unimatch.jobs import Table, Variant, resolve_base, split_column
 from unimatch.methods import single_training_methods
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 DEFAULT_METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
 # Folder layouts keep their val images in one directory that predictions can be exported from.

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 from zenml import pipeline
 
+from unimatch.jobs import Table, Variant, resolve_base, split_column
+
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 # method.streams values: ours, then (a) single stream, (b) two image streams, (c) two random dropouts.
 STREAMS = ("complementary", "single", "image_only", "random")

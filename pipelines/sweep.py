@@ -14,11 +14,11 @@ import sys
 
 from zenml import pipeline
 
+from unimatch.jobs import Table, Variant, resolve_base
 from unimatch.tracking import format_number
 
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
-from unimatch.jobs import Table, Variant, resolve_base
 
 DEFAULT_RUN_CONFIG = "configs/zenml/sweep_threshold.yaml"
 DEFAULT_GRID = {"method.threshold": [0.0, 0.7, 0.9, 0.95, 0.98]}

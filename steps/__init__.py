@@ -5,8 +5,8 @@ from .evaluate import evaluate_model
 from .foundation import train_foundation_encoder
 from .predict import export_predictions
 from .pretrain import pretrain_encoder
+from .pseudo_labels import pseudo_label_images, rank_by_stability, select_pseudo_labels, train_student, unlabeled_images
 from .report import build_report
-from .self_training import pseudo_label_images, rank_by_stability, select_pseudo_labels, train_student, unlabeled_images
 from .splits import create_splits
 from .train import train_model
 

@@ -7,7 +7,7 @@ from typing import Annotated
 from zenml import step
 
 from unimatch import jobs
-from unimatch.foundation import FoundationConfig
+from unimatch.apps.foundation import FoundationConfig
 
 from .artifacts import FoundationEncoder
 from .cache import LIBRARY_CACHE_POLICY

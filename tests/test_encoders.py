@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from unimatch.config import load_config
+from unimatch.engine.inference import predict_image
 from unimatch.errors import ConfigError
-from unimatch.evaluation import predict_image
 from unimatch.models import ENCODERS, build_segmentor, load_encoder_weights
 from unimatch.models.dpt import pyramid_factors
 from unimatch.models.encoders import DINOv2Encoder, FeatureLevel, build_encoder, parameter_counts

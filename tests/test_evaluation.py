@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from unimatch.evaluation import evaluate, nearest_multiple, predict_original, predict_sliding, window_starts
+from unimatch.engine.inference import evaluate, nearest_multiple, predict_original, predict_sliding, window_starts
 from unimatch.metrics import ConfusionMatrix, iou_per_class, mean_iou
 
 

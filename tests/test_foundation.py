@@ -13,12 +13,18 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from unimatch.apps.foundation import load_foundation_config, train_foundation
 from unimatch.cli import main as cli_main
 from unimatch.config import load_config
 from unimatch.data.embedded import SHAPES, SUBSETS, render
-from unimatch.data.foundation import FOUNDATION_CLASSES, FOUNDATION_SCENE, FOUNDATION_SHAPES, FOUNDATION_STREAM, FoundationCorpus
-from unimatch.evaluation import PseudoLabelCounts
-from unimatch.foundation import load_foundation_config, train_foundation
+from unimatch.data.foundation_corpus import (
+    FOUNDATION_CLASSES,
+    FOUNDATION_SCENE,
+    FOUNDATION_SHAPES,
+    FOUNDATION_STREAM,
+    FoundationCorpus,
+)
+from unimatch.engine.inference import PseudoLabelCounts
 from unimatch.models import CheckpointError, build_segmentor, load_encoder_weights
 from unimatch.models.weights import CHECKSUMS_FILE, published_digests, sha256_file
 

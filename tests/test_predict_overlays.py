@@ -11,11 +11,8 @@ import torch
 from PIL import Image
 from skimage.color import label2rgb
 
-from unimatch import predict
-from unimatch.config import ExperimentConfig, load_config
-from unimatch.data import DataError, palette
-from unimatch.errors import ConfigError
-from unimatch.predict import (
+from unimatch.apps import predict
+from unimatch.apps.predict import (
     FONT_PX,
     PAD_PX,
     display_factor,
@@ -25,6 +22,9 @@ from unimatch.predict import (
     overlay_panels,
     predict_folder,
 )
+from unimatch.config import ExperimentConfig, load_config
+from unimatch.data import DataError, palette
+from unimatch.errors import ConfigError
 
 NCLASS = 7
 COLOURS = palette(NCLASS)

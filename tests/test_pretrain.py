@@ -5,19 +5,13 @@ import json
 import pytest
 import torch
 
-from unimatch import pretrain as pretraining
+from unimatch.apps import mae as pretraining
+from unimatch.apps.mae import MaskedAutoencoder, patchify, pretrained_encoder, reconstruction_loss, training_images
 from unimatch.config import load_config
 from unimatch.data import generate_embedded
 from unimatch.engine import build_model
 from unimatch.jobs import train
 from unimatch.models.encoders import build_encoder
-from unimatch.pretrain import (
-    MaskedAutoencoder,
-    patchify,
-    pretrained_encoder,
-    reconstruction_loss,
-    training_images,
-)
 from unimatch.tracking import Tracker
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tqdm.std
 
-from unimatch import progress
+from unimatch.utils import progress
 
 
 class FakeClock:

@@ -24,9 +24,9 @@ from unimatch.engine import Trainer, TrainingError
 from unimatch.engine.checkpoint import load_checkpoint, previous_path
 from unimatch.engine.data import prepare_splits
 from unimatch.errors import ConfigError
-from unimatch.io_atomic import atomic_write, write_text_atomic
 from unimatch.jobs import train
 from unimatch.models import CheckpointError
+from unimatch.utils.atomic import atomic_write, write_text_atomic
 
 PROJECT = Path(__file__).resolve().parents[1]
 # One thread per process: on a busy CPU, idle OpenMP threads spin and make these tiny runs many times slower.

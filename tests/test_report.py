@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from unimatch.report import ReportError, build_table, collect_runs, plot_pseudo_label_quality, report, to_markdown
+from unimatch.apps.report import ReportError, build_table, collect_runs, plot_pseudo_label_quality, report, to_markdown
 
 BASE_TAGS = {"dataset": "pascal", "encoder": "small", "streams": "complementary", "frozen": "false", "kind": "train"}
 METHOD_ROWS = ["labeled-only", "FixMatch", "UniMatch V1", "UniMatch V2", "AllSpark", "ST", "ST++", "SemiVL"]  # every registered method, in order

@@ -8,19 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from unimatch.config import load_config
-from unimatch.data import (
-    IGNORE_INDEX,
-    cutout,
-    generate_embedded,
-    list_dataset,
-    read_pseudo_labels,
-)
-from unimatch.engine import Trainer
-from unimatch.methods import method_class
-from unimatch.methods.base import Pools
-from unimatch.models import build_segmentor
-from unimatch.self_training import (
+from unimatch.apps.pseudo_labels import (
     mask_miou,
     rank_by_stability,
     split_reliable,
@@ -30,6 +18,12 @@ from unimatch.self_training import (
     write_label_next,
     write_pseudo_labels,
 )  # fmt: skip
+from unimatch.config import load_config
+from unimatch.data import IGNORE_INDEX, cutout, generate_embedded, list_dataset, read_pseudo_labels
+from unimatch.engine import Trainer
+from unimatch.methods import method_class
+from unimatch.methods.base import Pools
+from unimatch.models import build_segmentor
 
 
 @pytest.fixture(scope="module")

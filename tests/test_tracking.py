@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from unimatch.config import ExperimentConfig
+from unimatch.figures import plot_confusion_matrix, plot_training_curves, write_curves
 from unimatch.settings import TrackingConfig
 from unimatch.tracking import (
     TRUNCATION_MARKER,
@@ -24,13 +25,10 @@ from unimatch.tracking import (
     Tracker,
     TrackingError,
     check_tracking_uri,
-    plot_confusion_matrix,
-    plot_training_curves,
     redact,
     resolve_tracking_uri,
     sanitize_key,
     tracker_from_config,
-    write_curves,
 )
 
 

@@ -13,7 +13,7 @@ from unimatch.data.embedded_change import generate_embedded_change
 from unimatch.engine import Trainer
 from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.engine.losses import OhemCrossEntropy
-from unimatch.evaluation import EvalResult
+from unimatch.engine.inference import EvalResult
 
 
 def scripted_evaluations(trainer: Trainer, *rounds: tuple[float, np.ndarray]) -> list[int]:

@@ -76,7 +76,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_foundation(args: argparse.Namespace) -> None:
-    from .foundation import load_foundation_config
+    from .apps.foundation import load_foundation_config
     from .jobs.commands import foundation_encoder
 
     settings = load_foundation_config(args.config, args.overrides)
@@ -102,7 +102,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from .report import report
+    from .apps.report import report
     from .tracking import resolve_tracking_uri
 
     paths = report(resolve_tracking_uri(args.uri), args.experiment, args.table, args.out)

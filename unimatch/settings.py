@@ -110,7 +110,7 @@ class TrainConfig(Section):
 
 
 class PretrainConfig(Section):
-    """Self-supervised encoder pre-training (unimatch/pretrain.py) for settings without DINOv2 weights."""
+    """Self-supervised encoder pre-training (unimatch/apps/mae.py) for settings without DINOv2 weights."""
 
     method: Literal["none", "mae"] = "none"  # mae: used when model.weights and model.init_checkpoint are unset
     iterations: int = Field(3000, ge=1)

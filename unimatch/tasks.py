@@ -17,7 +17,17 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
-from .data import DataCheck, EvalDataset, LabeledDataset, Sample, UnlabeledDataset, change, check_samples, check_training_data, class_names
+from .data import (
+    DataCheck,
+    EvalDataset,
+    LabeledDataset,
+    Sample,
+    UnlabeledDataset,
+    change,
+    check_samples,
+    check_training_data,
+    class_names,
+)
 from .data.layouts import SplitFormat, layout_task
 from .metrics import iou_per_class
 

@@ -23,12 +23,22 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ..io_atomic import write_text_atomic
-from .check import DataCheck, _header, run_checks
+from ..utils.atomic import write_text_atomic
+from .check import DataCheck, image_header, run_checks
 from .errors import DataError
 from .io import DECODE_ERRORS, IGNORE_INDEX, MASK_MODES, read_image
-from .splits import Sample, _read_text
-from .transforms import LABELED_PAD, UNLABELED_PAD, augment, check_crop_size, cutmix_box, mask_tensor, normalize, strong_pipeline, weak_pipeline
+from .splits import Sample, read_split_text
+from .transforms import (
+    LABELED_PAD,
+    UNLABELED_PAD,
+    augment,
+    check_crop_size,
+    cutmix_box,
+    mask_tensor,
+    normalize,
+    strong_pipeline,
+    weak_pipeline,
+)
 
 FOLDERS = ("A", "B", "label")
 CHANGED = 255  # a changed pixel in the label PNGs (unchanged: 0)
@@ -62,7 +72,7 @@ def read_names_split(
     needs its label file; otherwise a missing label gives a mask-less (unlabeled) pair."""
     path, root = Path(path), Path(root).absolute()
     samples, first_line = [], {}
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_split_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where, fields = f"{path}:{number}", line.split()
@@ -140,7 +150,7 @@ def _check_pair(sample: Sample, with_mask: bool, decode: bool) -> list[str]:
             read_change_pair(sample, with_mask)
             return []
         paths = [sample.image, image_b(sample)] + ([sample.mask] if with_mask and sample.mask is not None else [])
-        sizes = {path: _header(path)[0] for path in paths}
+        sizes = {path: image_header(path)[0] for path in paths}
     except DataError as error:
         return [str(error)]
     except DECODE_ERRORS as error:

@@ -16,10 +16,10 @@ from typing import Literal
 
 from PIL import Image
 
+from ..utils.progress import progress_bar
 from .errors import DataError
 from .io import DECODE_ERRORS, MASK_MODES, read_image, read_mask
 from .splits import Sample
-from ..progress import progress_bar
 
 CheckLevel = Literal["headers", "decode", "off"]
 SHOWN_IN_ERROR = 3  # problems quoted in the one-line error; `unimatch check-data` lists them all
@@ -44,7 +44,7 @@ class DataCheck:
         raise DataError(f"{count} problem(s) in {self.files} files checked: {shown}{hint}")
 
 
-def _header(path: Path) -> tuple[tuple[int, int], str]:
+def image_header(path: Path) -> tuple[tuple[int, int], str]:
     with Image.open(path) as image:
         return image.size, image.mode
 
@@ -56,7 +56,7 @@ def _check_sample(sample: Sample, nclass: int, with_mask: bool, decode: bool) ->
         if decode:
             image_size = read_image(sample.image).shape[1::-1]
         else:
-            image_size, _ = _header(sample.image)
+            image_size, _ = image_header(sample.image)
     except DataError as error:
         return [str(error)]
     except DECODE_ERRORS as error:
@@ -67,7 +67,7 @@ def _check_sample(sample: Sample, nclass: int, with_mask: bool, decode: bool) ->
         if decode:
             mask_size = read_mask(sample.mask, nclass).shape[::-1]
         else:
-            mask_size, mode = _header(sample.mask)
+            mask_size, mode = image_header(sample.mask)
             if mode not in MASK_MODES:
                 return [f"{sample.mask}: mask has mode {mode}; expected a single-channel (L) or palette (P) PNG"]
     except DataError as error:

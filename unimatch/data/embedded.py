@@ -54,13 +54,13 @@ Size = tuple[int, int]  # (width, height)
 Sources = list[np.ndarray]  # background / texture images, uint8 RGB
 
 
-def _star(radii: list[float]) -> Polygon:
+def star_outline(radii: list[float]) -> Polygon:
     """A unit polygon with vertices at equal angular steps and the given radii."""
     step = 2 * math.pi / len(radii)
     return tuple((r * math.cos(i * step), r * math.sin(i * step)) for i, r in enumerate(radii))
 
 
-_CIRCLE = _star([1.0] * 48)
+CIRCLE = star_outline([1.0] * 48)
 _ARM = 0.33  # half width of the cross's arms
 # Outline of a plus sign with arms reaching radius 1.
 _CROSS: Polygon = (
@@ -69,21 +69,21 @@ _CROSS: Polygon = (
 )  # fmt: skip
 # Unit outlines per class, sized to similar areas; the first polygon is filled, the next ones are holes.
 SHAPES: dict[int, tuple[Polygon, ...]] = {
-    1: (_star([0.85] * 48),),  # disk
-    2: (_star([1.0] * 4),),  # square
-    3: (_star([1.15] * 3),),  # triangle
+    1: (star_outline([0.85] * 48),),  # disk
+    2: (star_outline([1.0] * 4),),  # square
+    3: (star_outline([1.15] * 3),),  # triangle
     4: (_CROSS,),
-    5: (_star([1.15, 0.48] * 5),),  # five-pointed star
-    6: (_star([0.95] * 48), _star([0.55] * 48)),  # ring
+    5: (star_outline([1.15, 0.48] * 5),),  # five-pointed star
+    6: (star_outline([0.95] * 48), star_outline([0.55] * 48)),  # ring
 }
 
 
-def _place(outline: Polygon, angle: float, cx: float, cy: float, scale: float) -> Polygon:
+def place_outline(outline: Polygon, angle: float, cx: float, cy: float, scale: float) -> Polygon:
     cos, sin = math.cos(angle), math.sin(angle)
     return tuple((cx + scale * (x * cos - y * sin), cy + scale * (x * sin + y * cos)) for x, y in outline)
 
 
-def _coverage(outlines: tuple[Polygon, ...], size: Size) -> np.ndarray:
+def coverage(outlines: tuple[Polygon, ...], size: Size) -> np.ndarray:
     """Fraction (H, W) of each pixel covered by the shape, from a supersampled rasterisation."""
     width, height = size
     canvas = Image.new("L", (width * SUPERSAMPLE, height * SUPERSAMPLE), 0)
@@ -94,7 +94,7 @@ def _coverage(outlines: tuple[Polygon, ...], size: Size) -> np.ndarray:
     return hits / (255 * SUPERSAMPLE * SUPERSAMPLE)
 
 
-def _load_sources() -> Sources:
+def load_sources() -> Sources:
     folder = Path(skimage.__file__).parent / "data"
     return [np.asarray(Image.open(folder / name).convert("RGB")) for name in BACKGROUND_FILES]
 
@@ -112,7 +112,7 @@ def _crop(rng: np.random.Generator, sources: Sources, size: Size) -> np.ndarray:
     return array[:, ::-1] if rng.random() < 0.5 else array
 
 
-def _background(rng: np.random.Generator, sources: Sources, size: Size) -> np.ndarray:
+def textured_background(rng: np.random.Generator, sources: Sources, size: Size) -> np.ndarray:
     tint, offset = rng.uniform(0.5, 1.2, 3), rng.uniform(-0.1, 0.1)
     return np.clip(_crop(rng, sources, size) * tint + offset, 0, 1)
 
@@ -126,7 +126,7 @@ def class_hue(label: int) -> float:
 class Scene:
     """What a world's images are made of: object outlines per label (1..N, 0 is background), their sizes,
     counts, and whether each class has a typical hue. The benchmark is one scene; the foundation corpus
-    (:mod:`unimatch.data.foundation`) another, with its own shapes."""
+    (:mod:`unimatch.data.foundation_corpus`) another, with its own shapes."""
 
     shapes: dict[int, tuple[Polygon, ...]]
     diameter: tuple[float, float] = DIAMETER
@@ -147,7 +147,7 @@ def _colour(rng: np.random.Generator, label: int, hue_prior: bool = True) -> np.
     return np.array(colorsys.hsv_to_rgb(hue % 1.0, rng.uniform(0.3, 1.0), rng.uniform(0.35, 1.0)))
 
 
-def _appearance(
+def appearance(
     rng: np.random.Generator, sources: Sources, size: Size, centre: tuple[float, float], colour: np.ndarray
 ) -> np.ndarray:
     """Object fill: ``colour`` modulated by a grey texture crop and a linear shading ramp."""
@@ -170,10 +170,10 @@ def _outlines(
     angle = rng.uniform(0, 2 * math.pi)
     if label == 0:
         aspect = rng.uniform(2.5, 4.0)
-        unit: tuple[Polygon, ...] = (tuple((x, y / aspect) for x, y in _CIRCLE),)
+        unit: tuple[Polygon, ...] = (tuple((x, y / aspect) for x, y in CIRCLE),)
     else:
         unit = scene.shapes[label]
-    return tuple(_place(outline, angle, *centre, diameter / 2) for outline in unit), centre
+    return tuple(place_outline(outline, angle, *centre, diameter / 2) for outline in unit), centre
 
 
 def render(
@@ -181,7 +181,7 @@ def render(
 ) -> tuple[np.ndarray, np.ndarray]:
     """One (image uint8 (H, W, 3), mask uint8 (H, W)) pair of ``scene`` (default: the benchmark's)."""
     scene = scene or BENCHMARK
-    image = _background(rng, sources, size)
+    image = textured_background(rng, sources, size)
     mask = np.zeros((size[1], size[0]), dtype=np.uint8)
     count = rng.integers(scene.objects[0], scene.objects[1] + 1)
     labels = [int(rng.integers(1, len(scene.shapes) + 1)) for _ in range(count)]
@@ -190,14 +190,14 @@ def render(
     for label in rng.permutation(labels):
         for _ in range(PLACEMENT_TRIES):
             outlines, centre = _outlines(rng, scene, int(label), size)
-            alpha = _coverage(outlines, size)
+            alpha = coverage(outlines, size)
             if (alpha * covered).sum() <= MAX_OVERLAP * alpha.sum():
                 break
         else:
             continue
         covered = np.maximum(covered, alpha)
         colour = _colour(rng, int(label), scene.hue_prior)
-        fill = _appearance(rng, sources, size, centre, colour)
+        fill = appearance(rng, sources, size, centre, colour)
         image = image * (1 - alpha[..., None]) + fill * alpha[..., None]
         mask[alpha >= 0.5] = label
     noise = rng.integers(-NOISE, NOISE + 1, size=image.shape)
@@ -233,7 +233,7 @@ def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
     }
 
 
-def _read_metadata(root: Path) -> dict | None:
+def read_metadata(root: Path) -> dict | None:
     try:
         return json.loads((root / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -241,7 +241,7 @@ def _read_metadata(root: Path) -> dict | None:
 
 
 def _is_complete(root: Path, meta: dict) -> bool:
-    if _read_metadata(root) != meta:
+    if read_metadata(root) != meta:
         return False
     counts = {"train": meta["n_train"], "val": meta["n_val"]}
     return all(
@@ -255,7 +255,7 @@ def _check_replaceable(root: Path, force: bool) -> None:
     """Refuse to delete a directory that holds something other than an embedded dataset, unless forced."""
     if force or not root.exists():
         return
-    if root.is_dir() and (not any(root.iterdir()) or (_read_metadata(root) or {}).get("generator") == GENERATOR):
+    if root.is_dir() and (not any(root.iterdir()) or (read_metadata(root) or {}).get("generator") == GENERATOR):
         return
     raise DataError(f"{root}: exists and is not an embedded dataset; pass force=True to replace it")
 
@@ -267,7 +267,7 @@ def _save_mask(mask: np.ndarray, path: Path) -> None:
 
 
 def _write_dataset(folder: Path, meta: dict) -> None:
-    sources, size = _load_sources(), tuple(meta["size"])
+    sources, size = load_sources(), tuple(meta["size"])
     for subset, subset_id in SUBSETS.items():
         (folder / "images" / subset).mkdir(parents=True)
         (folder / "masks" / subset).mkdir(parents=True)

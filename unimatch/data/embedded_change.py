@@ -22,7 +22,18 @@ from PIL import Image
 
 from .change import CHANGED, CLASSES, FOLDERS
 from .embedded import (
-    _CIRCLE, SUBSETS, Polygon, Size, Sources, _appearance, _background, _coverage, _load_sources, _place, _read_metadata, write_into_place,
+    CIRCLE,
+    SUBSETS,
+    Polygon,
+    Size,
+    Sources,
+    appearance,
+    coverage,
+    load_sources,
+    place_outline,
+    read_metadata,
+    textured_background,
+    write_into_place,
 )  # fmt: skip
 from .errors import DataError
 
@@ -62,10 +73,10 @@ def _building(rng: np.random.Generator, sources: Sources, canvas: Size, centre: 
     if centre is None:
         centre = (rng.uniform(diameter / 2, canvas[0] - diameter / 2), rng.uniform(diameter / 2, canvas[1] - diameter / 2))
     kind = rng.integers(3)
-    unit = (_rectangle(rng.uniform(0.4, 1.0)), _L_BLOCK, _CIRCLE)[kind]
-    outline = _place(unit, rng.uniform(0, 2 * math.pi), *centre, diameter / 2)
+    unit = (_rectangle(rng.uniform(0.4, 1.0)), _L_BLOCK, CIRCLE)[kind]
+    outline = place_outline(unit, rng.uniform(0, 2 * math.pi), *centre, diameter / 2)
     roof = np.array([rng.uniform(0.25, 0.95) for _ in range(3)])  # roofs of any colour: colour is no cue
-    return Building(outline, centre, _appearance(rng, sources, canvas, centre, roof))
+    return Building(outline, centre, appearance(rng, sources, canvas, centre, roof))
 
 
 def _place_buildings(rng: np.random.Generator, sources: Sources, canvas: Size, count: int, taken: np.ndarray) -> list[tuple[Building, np.ndarray]]:
@@ -74,7 +85,7 @@ def _place_buildings(rng: np.random.Generator, sources: Sources, canvas: Size, c
     for _ in range(count):
         for _ in range(PLACEMENT_TRIES):
             building = _building(rng, sources, canvas)
-            alpha = _coverage((building.outline,), canvas)
+            alpha = coverage((building.outline,), canvas)
             if (alpha * taken).sum() <= MAX_OVERLAP * alpha.sum():
                 break
         else:
@@ -100,7 +111,7 @@ def render_pair(rng: np.random.Generator, sources: Sources, size: Size = SIZE) -
     """One (A uint8 (H, W, 3), B uint8 (H, W, 3), label uint8 (H, W) 0/255) triple."""
     margin = MISREGISTRATION
     canvas = (size[0] + 2 * margin, size[1] + 2 * margin)
-    ground = _background(rng, sources, canvas)
+    ground = textured_background(rng, sources, canvas)
     taken = np.zeros((canvas[1], canvas[0]))
     before = _place_buildings(rng, sources, canvas, int(rng.integers(BUILDINGS[0], BUILDINGS[1] + 1)), taken)
     after, changed = [], np.zeros_like(taken)
@@ -111,7 +122,7 @@ def render_pair(rng: np.random.Generator, sources: Sources, size: Size = SIZE) -
             changed = np.maximum(changed, alpha)
         elif fate < DEMOLISHED + REBUILT:
             new = _building(rng, sources, canvas, building.centre)
-            new_alpha = _coverage((new.outline,), canvas)
+            new_alpha = coverage((new.outline,), canvas)
             after.append((new, new_alpha))
             changed = np.maximum(changed, np.maximum(alpha, new_alpha))
         else:
@@ -151,11 +162,11 @@ def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
 
 def _is_complete(root: Path, meta: dict) -> bool:
     total = meta["n_train"] + meta["n_val"]
-    return _read_metadata(root) == meta and all(len(list((root / folder).iterdir())) == total for folder in FOLDERS)
+    return read_metadata(root) == meta and all(len(list((root / folder).iterdir())) == total for folder in FOLDERS)
 
 
 def _write_dataset(folder: Path, meta: dict) -> None:
-    sources, size = _load_sources(), tuple(meta["size"])
+    sources, size = load_sources(), tuple(meta["size"])
     for name in FOLDERS:
         (folder / name).mkdir(parents=True)
     for subset, subset_id in SUBSETS.items():
@@ -186,7 +197,7 @@ def generate_embedded_change(
     meta = _metadata(seed, n_train, n_val, size)
     if not force and root.is_dir() and _is_complete(root, meta):
         return root
-    if not force and root.exists() and not (root.is_dir() and (not any(root.iterdir()) or (_read_metadata(root) or {}).get("generator") == GENERATOR)):
+    if not force and root.exists() and not (root.is_dir() and (not any(root.iterdir()) or (read_metadata(root) or {}).get("generator") == GENERATOR)):
         raise DataError(f"{root}: exists and is not an embedded change-detection dataset; pass force=True to replace it")
     write_into_place(root, lambda folder: _write_dataset(folder, meta))
     return root

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io_atomic import write_text_atomic
+from ..utils.atomic import write_text_atomic
 from .errors import DataError
 
 
@@ -38,7 +38,7 @@ def _resolve(root: Path, rel: str, where: str) -> Path:
     return root / normal
 
 
-def _read_text(path: Path) -> str:
+def read_split_text(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: split file not found")
     try:
@@ -78,7 +78,7 @@ def read_split(
     mask_root = Path(mask_root).absolute() if mask_root is not None else root
     samples: list[Sample] = []
     first_line: dict[str, int] = {}
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in enumerate(read_split_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -171,5 +171,5 @@ def create_split(samples: Sequence[Sample], labeled: float, seed: int) -> tuple[
 
 
 def read_pseudo_labels(path: str | Path, root: str | Path) -> list[Sample]:
-    """The (image, pseudo mask) samples of a split file written by ``write_pseudo_labels`` (:mod:`unimatch.self_training`) (or a subset)."""
+    """The (image, pseudo mask) samples of a split file written by ``write_pseudo_labels`` (:mod:`unimatch.apps.pseudo_labels`; or a subset)."""
     return read_split(path, root, mask_root=Path(path).parent)

@@ -2,6 +2,7 @@
 
 from .ema import ema_decay, update_ema
 from .setup import build_model, resolve_device
-from .trainer import TrainingError, TrainResult, Trainer, resumable_run_id
+from .checkpoint import TrainingError
+from .trainer import Trainer, TrainResult, resumable_run_id
 
 __all__ = ["TrainResult", "Trainer", "TrainingError", "build_model", "ema_decay", "resolve_device", "resumable_run_id", "update_ema"]

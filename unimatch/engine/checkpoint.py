@@ -13,13 +13,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..io_atomic import atomic_write
+from ..config import lookup
+from ..errors import UnimatchError
 from ..models import CheckpointError, read_checkpoint
+from ..utils.atomic import atomic_write, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
 # What a training checkpoint needs to continue a run; best.pth (weights only) lacks most of them.
 RESUME_ENTRIES = ("model", "optimizer", "iteration", "best", "history", "rng", "config")
+# Changing these between a checkpoint and the run that resumes it would silently mix two experiments.
+RESUME_KEYS = ("dataset.name", "dataset.nclass", "dataset.crop_size", "model.encoder", "method.name", "train.batch_size", "train.seed")
+
+
+class TrainingError(UnimatchError, RuntimeError):
+    """Training cannot go on (non-finite loss, incompatible checkpoint); the last good checkpoint is kept."""
 
 
 def previous_path(path: Path) -> Path:
@@ -136,3 +144,62 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+class CheckpointKeeper:
+    """The checkpoints of one training under ``folder``: ``latest.pth`` (everything to resume, rotated to
+    ``latest.prev.pth``), ``best.pth`` (student and EMA weights of the best epoch) and the ``snapshots``
+    evenly spaced weight snapshots ``snapshot_<k>of<K>.pth``; and resuming from them."""
+
+    def __init__(self, folder: Path, snapshots: int = 0) -> None:
+        self.folder = Path(folder)
+        self.snapshots = snapshots
+        self.saved_iteration = 0  # of the latest.pth written or resumed from
+
+    @property
+    def latest(self) -> Path:
+        return self.folder / "latest.pth"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pth"
+
+    def snapshot(self, k: int) -> Path:
+        return self.folder / f"snapshot_{k}of{self.snapshots}.pth"
+
+    def snapshot_iterations(self, total_iters: int) -> dict[int, int]:
+        """Iteration -> k of the evenly spaced snapshots, the last at the end of training."""
+        return {round(k * total_iters / self.snapshots): k for k in range(1, self.snapshots + 1)}
+
+    def save_latest(self, state: dict[str, Any]) -> None:
+        save_checkpoint(self.latest, state, keep_previous=True)
+        self.saved_iteration = int(state["iteration"])
+
+    def save_weights(self, path: Path, weights: dict[str, Any]) -> None:
+        save_checkpoint(path, weights)
+
+    def remove_stale_temps(self) -> None:
+        """A save killed mid-write leaves its temporary file behind."""
+        for path in (self.latest, self.best):
+            remove_stale_temps(path)
+
+    def resume(self, config: dict[str, Any], set_aside: bool) -> tuple[dict[str, Any], Path] | None:
+        """The state to continue from and its file (``latest.pth``, else ``latest.prev.pth``), checked to
+        come from the same experiment as ``config``; None when there is none."""
+        found = resume_state(self.latest, set_aside=set_aside)
+        if found is None:
+            return None
+        state, path = found
+        changed = [f"{key}: checkpoint {lookup(state['config'], key)!r}, now {lookup(config, key)!r}"
+                   for key in RESUME_KEYS if lookup(state["config"], key) != lookup(config, key)]  # fmt: skip
+        if changed:
+            raise TrainingError(f"{path} was written by a different experiment ({'; '.join(changed)}); "
+                                "use another output_dir or train.resume=false")  # fmt: skip
+        self.saved_iteration = int(state["iteration"])
+        return state, path
+
+    def kept(self) -> str:
+        """What survives a failure now, for its error message."""
+        if not self.latest.exists():
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint {self.latest} (iteration {self.saved_iteration}) is kept"

@@ -1,15 +1,29 @@
 """The engine's data assembly: an experiment configuration turned into validated split files (and extra
-unlabeled pools)."""
+unlabeled pools), and those into what a training reads (:func:`training_data`)."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data import DataError, Sample, check_disjoint, create_split, generate_embedded, list_dataset, list_image_folder
 from ..data.embedded_change import generate_embedded_change
 from ..data.layouts import SplitFormat
+from ..errors import ConfigError
+from ..methods import Method
+from ..methods.base import Pools
+from ..tasks import SegmentationTask
+from .distributed import Distributed
+from .stream import SampleStream
+
+log = logging.getLogger(__name__)
+LABELED_STREAM, UNLABELED_STREAM = 0, 1  # part of each stream's seed
 
 # Datasets the project generates itself, written on first use when their root does not exist.
 GENERATED = {"embedded": generate_embedded, "embedded-cd": generate_embedded_change}
@@ -82,3 +96,86 @@ def extra_unlabeled_samples(cfg: ExperimentConfig) -> list[Sample]:
         else:
             raise DataError(f"dataset.extra_unlabeled[{index}]: {entry} is neither a split file nor a folder")
     return samples
+
+
+@dataclass
+class TrainingData:
+    """What a training reads, assembled from its config: the streams of labeled (and unlabeled) samples
+    with their batch sizes, the val set, the unlabeled images whose pseudo labels are scored, the schedule."""
+
+    class_names: list[str]
+    val_set: Dataset
+    pseudo_set: Dataset | None
+    streams: dict[str, tuple[SampleStream, int]]
+    sizes: dict[str, int]
+    iters_per_epoch: int
+    total_iters: int
+
+
+def training_data(cfg: ExperimentConfig, task: SegmentationTask, method: Method, dist: Distributed, progress: bool = True) -> TrainingData:
+    """The split files (rank 0 writes them first), their samples checked before the first step, the datasets
+    the method builds and the epoch it declares."""
+    splits = prepare_splits(cfg) if dist.is_main else None
+    dist.barrier()
+    splits = splits or prepare_splits(cfg)
+    root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
+    labeled, val = task.read_split(splits.labeled, root), task.read_split(splits.val, root)
+    # Labeled-only reads the unlabeled list too: its "unlabeled" schedule matches the semi-supervised runs.
+    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+    pseudo_samples = pseudo_label_samples(unlabeled, cfg.eval.pseudo_label_images, cfg.split.seed)
+    preflight(task, cfg, labeled, unlabeled, val, pseudo_samples, progress)
+    if method.uses_unlabeled and not unlabeled:
+        raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
+                        "dataset.extra_unlabeled names no pool")  # fmt: skip
+    # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
+    batch, world = cfg.train.batch_size, dist.world
+    labeled_set = method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop, task)
+    pools = Pools(len(labeled), len(labeled_set), len(unlabeled), str(splits.labeled), str(splits.unlabeled),
+                  cfg.dataset.labeled_epoch_samples)  # fmt: skip
+    schedule = method.schedule(pools, batch, world)  # what an epoch is: the method declares it
+    iters_per_epoch, labeled_batch = schedule.iterations_per_epoch, schedule.labeled_batch
+    if iters_per_epoch == 0:
+        ranks = f" x {world} processes" if world > 1 else ""
+        raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {schedule.pool} {schedule.pool_name}")
+    total_iters = iters_per_epoch * cfg.train.epochs
+    if cfg.train.max_iters:
+        total_iters = min(total_iters, cfg.train.max_iters)
+    epochs, seed = cfg.train.epochs, cfg.train.seed
+    streams = {"labeled": (SampleStream(labeled_set, iters_per_epoch * labeled_batch * world, epochs, seed, LABELED_STREAM), labeled_batch)}
+    if method.uses_unlabeled:
+        unlabeled_set = task.unlabeled_dataset(unlabeled, crop)
+        streams["unlabeled"] = (SampleStream(unlabeled_set, iters_per_epoch * batch * world, epochs, seed, UNLABELED_STREAM), batch)
+    val_set = task.eval_dataset(val, nclass)
+    return TrainingData(
+        class_names=task.class_names(cfg.dataset.name, root, nclass), val_set=val_set,
+        pseudo_set=task.eval_dataset(pseudo_samples, nclass) if pseudo_samples else None, streams=streams,
+        sizes={"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(val_set)},
+        iters_per_epoch=iters_per_epoch, total_iters=total_iters,
+    )
+
+
+def preflight(task: SegmentationTask, cfg: ExperimentConfig, labeled: list[Sample], unlabeled: list[Sample], val: list[Sample],
+              pseudo: list[Sample], progress: bool = True) -> None:
+    """Every unreadable file, size mismatch (and, with ``dataset.preflight=decode``, bad label) of the
+    three splits, found before the first step rather than one at a time mid-epoch."""
+    level, nclass = cfg.dataset.preflight, cfg.dataset.nclass
+    started = time.perf_counter()
+    scored = set(pseudo)  # their masks are read every epoch for the pseudo/* metrics: checked with them
+    found = task.check_training_data(labeled, [s for s in unlabeled if s not in scored], val, nclass, level, progress)
+    found.merge(task.check(pseudo, nclass, True, level))
+    found.raise_if_bad(f" (`unimatch check-data` lists every one; dataset.preflight={level})")
+    if level != "off":
+        log.info("preflight (%s): %d files fine in %.1f s", level, found.files, time.perf_counter() - started)
+
+
+def pseudo_label_samples(unlabeled: list[Sample], limit: int, seed: int) -> list[Sample]:
+    """Unlabeled images whose ground truth is on disk (the embedded data; real datasets whose unlabeled
+    split lists masks), at most ``limit`` (``eval.pseudo_label_images``) of them, a fixed seeded choice: the
+    teacher's pseudo labels are scored on them every epoch. The masks are never used for training."""
+    if not limit:
+        return []
+    with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
+    if len(with_truth) > limit:
+        picks = np.random.default_rng(seed).choice(len(with_truth), limit, replace=False)
+        with_truth = [with_truth[i] for i in sorted(picks)]
+    return with_truth

@@ -11,13 +11,14 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ExperimentConfig
-from ..evaluation import EvalResult, evaluate
-from ..io_atomic import check_output_dir
+from ..figures import plot_confusion_matrix
 from ..models import CheckpointError, Segmentor, load_segmentor_weights
 from ..tasks import task_for
-from ..tracking import Tracker, plot_confusion_matrix, redact, resolve_tracking_uri, using_store
+from ..tracking import Tracker, redact, resolve_tracking_uri, using_store
+from ..utils.atomic import check_output_dir
 from .checkpoint import checkpoint_run_id
 from .data import prepare_splits
+from .inference import EvalResult, evaluate
 from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
 
 MODEL_URI_SCHEMES = ("models:/", "runs:/")  # MLflow model URIs accepted wherever a checkpoint is

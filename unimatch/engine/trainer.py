@@ -16,35 +16,27 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from ..config import ExperimentConfig, lookup
-from ..data import DataError, Sample
-from ..errors import ConfigError, UnimatchError
-from ..evaluation import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
-from ..io_atomic import check_output_dir, remove_stale_temps
+from ..config import ExperimentConfig
+from ..errors import ConfigError
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
-from ..methods.base import Pools, Progress
-from ..progress import progress_bar
+from ..methods.base import Progress
 from ..settings import PseudoLabelSettings
 from ..tasks import task_for
 from ..tracking import Tracker
-from .checkpoint import capture_rng, recorded_run_id, restore_rng, resume_state, save_checkpoint, seed_everything
-from .data import extra_unlabeled_samples, prepare_splits
+from ..utils.atomic import check_output_dir
+from ..utils.progress import progress_bar
+from .checkpoint import CheckpointKeeper, TrainingError, capture_rng, recorded_run_id, restore_rng, seed_everything
+from .data import training_data
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
+from .inference import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from .losses import build_labeled_loss
 from .optim import build_optimizer, set_poly_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
-from .stream import SampleStream, StreamPositions
+from .stream import StreamPositions
 
 log = logging.getLogger(__name__)
 
-LABELED_STREAM, UNLABELED_STREAM = 0, 1
-# Changing these between a checkpoint and the run that resumes it would silently mix two experiments.
-RESUME_KEYS = ("dataset.name", "dataset.nclass", "dataset.crop_size", "model.encoder", "method.name", "train.batch_size", "train.seed")
-
-
-class TrainingError(UnimatchError, RuntimeError):
-    """Training cannot go on (non-finite loss, incompatible checkpoint); the last good checkpoint is kept."""
 
 
 @dataclass
@@ -93,7 +85,7 @@ class Trainer:
         self.device = self.dist.device
         self.amp_dtype = autocast_dtype(cfg.train.amp, self.device)
         self.output_dir = check_output_dir(cfg.output_dir, "output_dir")
-        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.checkpoints = CheckpointKeeper(self.output_dir / "checkpoints", cfg.train.snapshots)
         seed_everything(cfg.train.seed)
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -103,7 +95,9 @@ class Trainer:
         if self.task.name not in self.method.tasks:
             raise ConfigError(f"method.name: {cfg.method.name} is not defined for {self.task.name} (dataset.name={cfg.dataset.name}); "
                               f"it supports {', '.join(self.method.tasks)}")
-        self._build_data()
+        data = training_data(cfg, self.task, self.method, self.dist, self.progress)
+        self.class_names, self.val_set, self.pseudo_set, self.streams = data.class_names, data.val_set, data.pseudo_set, data.streams
+        self.sizes, self.iters_per_epoch, self.total_iters = data.sizes, data.iters_per_epoch, data.total_iters
         model_cfg = cfg.model if encoder_weights is None else cfg.model.model_copy(update={"weights": encoder_weights})
         model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images)
         self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
@@ -120,7 +114,7 @@ class Trainer:
             if self.ema is not None:
                 compile_blocks(self.ema)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.iteration = self.saved_iteration = 0
+        self.iteration = 0
         self.bad_steps = 0
         # best mIoU per model; for a task whose headline is another metric (change detection: IoU_c) also
         # that metric's best and the task's other metrics at that epoch (Table 14: IoU_c and its OA)
@@ -132,73 +126,6 @@ class Trainer:
         if self.dist.enabled:
             self._check_replicas()  # every rank resumed from the same checkpoint, or none did
         self._seed_rank_stream()
-
-    # ----------------------------------------------------------------- data
-    def _build_data(self) -> None:
-        cfg = self.cfg
-        splits = prepare_splits(cfg) if self.dist.is_main else None  # rank 0 writes the split files first
-        self.dist.barrier()
-        splits = splits or prepare_splits(cfg)
-        root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
-        task = self.task
-        labeled, val = task.read_split(splits.labeled, root), task.read_split(splits.val, root)
-        self.class_names = task.class_names(cfg.dataset.name, root, nclass)
-        self.val_set = task.eval_dataset(val, nclass)
-        # Labeled-only reads the unlabeled list too: its "unlabeled" schedule matches the semi-supervised runs.
-        unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
-        pseudo_samples = self._pseudo_label_samples(unlabeled)
-        self.pseudo_set = task.eval_dataset(pseudo_samples, nclass) if pseudo_samples else None
-        self._preflight(labeled, unlabeled, val, pseudo_samples)
-        if self.uses_unlabeled and not unlabeled:
-            raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
-                            "dataset.extra_unlabeled names no pool")
-        # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
-        batch, world = cfg.train.batch_size, self.dist.world
-        labeled_set = self.method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop, task)
-        pools = Pools(len(labeled), len(labeled_set), len(unlabeled), str(splits.labeled), str(splits.unlabeled),
-                      cfg.dataset.labeled_epoch_samples)  # fmt: skip
-        schedule = self.method.schedule(pools, batch, world)  # what an epoch is: the method declares it
-        self.iters_per_epoch, labeled_batch = schedule.iterations_per_epoch, schedule.labeled_batch
-        if self.iters_per_epoch == 0:
-            ranks = f" x {world} processes" if world > 1 else ""
-            raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {schedule.pool} {schedule.pool_name}")
-        self.total_iters = self.iters_per_epoch * cfg.train.epochs
-        if cfg.train.max_iters:
-            self.total_iters = min(self.total_iters, cfg.train.max_iters)
-        self.streams = {
-            "labeled": (SampleStream(labeled_set, self.iters_per_epoch * labeled_batch * world, cfg.train.epochs, cfg.train.seed, LABELED_STREAM), labeled_batch),
-        }
-        if self.uses_unlabeled:
-            self.streams["unlabeled"] = (
-                SampleStream(task.unlabeled_dataset(unlabeled, crop), self.iters_per_epoch * batch * world, cfg.train.epochs, cfg.train.seed, UNLABELED_STREAM),
-                batch,
-            )
-        self.sizes = {"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(self.val_set)}
-
-    def _preflight(self, labeled: list[Sample], unlabeled: list[Sample], val: list[Sample], pseudo: list[Sample]) -> None:
-        """Every unreadable file, size mismatch (and, with ``dataset.preflight=decode``, bad label) of the
-        three splits, found before the first step rather than one at a time mid-epoch."""
-        level, nclass = self.cfg.dataset.preflight, self.cfg.dataset.nclass
-        started = time.perf_counter()
-        scored = set(pseudo)  # their masks are read every epoch for the pseudo/* metrics: checked with them
-        found = self.task.check_training_data(labeled, [s for s in unlabeled if s not in scored], val, nclass, level, self.progress)
-        found.merge(self.task.check(pseudo, nclass, True, level))
-        found.raise_if_bad(f" (`unimatch check-data` lists every one; dataset.preflight={level})")
-        if level != "off":
-            log.info("preflight (%s): %d files fine in %.1f s", level, found.files, time.perf_counter() - started)
-
-    def _pseudo_label_samples(self, unlabeled: list[Sample]) -> list[Sample]:
-        """Unlabeled images whose ground truth is on disk (the embedded data; real datasets whose unlabeled
-        split lists masks), at most ``eval.pseudo_label_images`` of them, a fixed seeded choice: the
-        teacher's pseudo labels are scored on them every epoch. The masks are never used for training."""
-        limit = self.cfg.eval.pseudo_label_images
-        if not limit:
-            return []
-        with_truth = [s for s in unlabeled if s.mask is not None and s.mask.is_file()]
-        if len(with_truth) > limit:
-            picks = np.random.default_rng(self.cfg.split.seed).choice(len(with_truth), limit, replace=False)
-            with_truth = [with_truth[i] for i in sorted(picks)]
-        return with_truth
 
     @property
     def uses_unlabeled(self) -> bool:
@@ -220,15 +147,8 @@ class Trainer:
         return labeled, UnlabeledBatch(*(to(t) for t in next(iterators["unlabeled"])))
 
     # ----------------------------------------------------------------- checkpoints
-    @property
-    def latest_path(self) -> Path:
-        return self.checkpoint_dir / "latest.pth"
-
-    @property
-    def best_path(self) -> Path:
-        return self.checkpoint_dir / "best.pth"
-
     def _state(self) -> dict[str, Any]:
+        """What latest.pth holds: everything to continue this run."""
         state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -245,55 +165,30 @@ class Trainer:
             state["ema"] = self.ema.state_dict()
         return state
 
-    def save_latest(self) -> None:
-        save_checkpoint(self.latest_path, self._state(), keep_previous=True)
-        self.saved_iteration = self.iteration
-
-    def _save_best(self) -> None:
-        self._save_weights(self.best_path)
-
-    def _save_weights(self, path: Path) -> None:
-        ema = (self.ema or self.model).state_dict()
-        save_checkpoint(path, {"model": self.model.state_dict(), "ema": ema, "config": self.cfg.to_dict(), "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best), "run_id": self.tracker.run_id})
-
-    def snapshot_path(self, k: int) -> Path:
-        return self.checkpoint_dir / f"snapshot_{k}of{self.cfg.train.snapshots}.pth"
-
-    def snapshot_iterations(self) -> dict[int, int]:
-        """Iteration -> k of the ``train.snapshots`` evenly spaced snapshots, the last at the end of training."""
-        count = self.cfg.train.snapshots
-        return {round(k * self.total_iters / count): k for k in range(1, count + 1)}
+    def _weights(self) -> dict[str, Any]:
+        """What best.pth and the snapshots hold: student and EMA weights (the student's when no EMA is kept)."""
+        return {"model": self.model.state_dict(), "ema": (self.ema or self.model).state_dict(), "config": self.cfg.to_dict(),
+                "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best),
+                "run_id": self.tracker.run_id}  # fmt: skip
 
     def _resume_if_possible(self) -> None:
         """Continue from latest.pth, or from latest.prev.pth when the newest is missing or unusable."""
-        if self.dist.is_main:  # a save killed mid-write leaves its temporary file behind
-            for path in (self.latest_path, self.best_path):
-                remove_stale_temps(path)
-        found = resume_state(self.latest_path, set_aside=self.dist.is_main) if self.cfg.train.resume else None
+        if self.dist.is_main:
+            self.checkpoints.remove_stale_temps()
+        found = self.checkpoints.resume(self.cfg.to_dict(), set_aside=self.dist.is_main) if self.cfg.train.resume else None
         if found is None:
             return
         state, path = found
-        self._check_same_experiment(state["config"], path)
         self.model.load_state_dict(state["model"])
         if "ema" in state and self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.iteration = self.saved_iteration = int(state["iteration"])
+        self.iteration = int(state["iteration"])
         self.bad_steps = int(state.get("bad_steps", 0))  # absent from checkpoints of earlier versions
         self.best = dict(state["best"])
         self.history = {k: [tuple(p) for p in v] for k, v in state["history"].items()}
         restore_rng(state["rng"])
         log.warning("resuming %s from iteration %d/%d", path, self.iteration, self.total_iters)
-
-    def _check_same_experiment(self, theirs: dict[str, Any], path: Path) -> None:
-        mine = self.cfg.to_dict()
-        changed = [
-            f"{key}: checkpoint {lookup(theirs, key)!r}, now {lookup(mine, key)!r}"
-            for key in RESUME_KEYS
-            if lookup(theirs, key) != lookup(mine, key)
-        ]
-        if changed:
-            raise TrainingError(f"{path} was written by a different experiment ({'; '.join(changed)}); use another output_dir or train.resume=false")
 
     # ----------------------------------------------------------------- training
     def _checkpoint(self, best: bool = False) -> None:
@@ -303,8 +198,8 @@ class Trainer:
             self._check_replicas()
         if self.dist.is_main:
             if best:
-                self._save_best()
-            self.save_latest()
+                self.checkpoints.save_weights(self.checkpoints.best, self._weights())
+            self.checkpoints.save_latest(self._state())
         self._seed_rank_stream()
 
     def _check_replicas(self) -> str:
@@ -339,7 +234,7 @@ class Trainer:
             self.bad_steps += 1
             if self.bad_steps > self.cfg.train.max_bad_steps:
                 raise TrainingError(
-                    f"non-finite loss ({losses.loss.item()}) at iteration {self.iteration}; {self._what_is_kept()} "
+                    f"non-finite loss ({losses.loss.item()}) at iteration {self.iteration}; {self.checkpoints.kept()} "
                     f"(train.max_bad_steps={self.cfg.train.max_bad_steps} bad steps allowed; lower train.lr?)"
                 )
             log.warning("skipping iteration %d: non-finite loss", self.iteration)
@@ -348,11 +243,6 @@ class Trainer:
         if self.ema is not None:
             update_ema(self.model, self.ema, ema_decay(self.iteration, self.cfg.method.ema_decay))
         return losses, lr
-
-    def _what_is_kept(self) -> str:
-        if not self.latest_path.exists():
-            return "no checkpoint was written yet"
-        return f"the last good checkpoint {self.latest_path} (iteration {self.saved_iteration}) is kept"
 
     def _record(self, name: str, step: int, value: float) -> None:
         self.history.setdefault(name, []).append((step, value))
@@ -439,7 +329,7 @@ class Trainer:
         iterators = self._iterators()
         window, metrics, lr = [], {}, 0.0
         started = time.time()
-        snapshots = self.snapshot_iterations()
+        snapshots = self.checkpoints.snapshot_iterations(self.total_iters)
         bar = progress_bar(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress)
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
@@ -457,7 +347,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", mask=f"{metrics['train/mask_ratio']:.2f}")
             epoch = math.ceil(self.iteration / self.iters_per_epoch)
             if self.iteration in snapshots and self.dist.is_main:
-                self._save_weights(self.snapshot_path(snapshots[self.iteration]))  # e.g. ST++'s teacher at T/3, 2T/3, T
+                self.checkpoints.save_weights(self.checkpoints.snapshot(snapshots[self.iteration]), self._weights())  # e.g. ST++'s teacher at T/3, 2T/3, T
             if epoch_done and (epoch % cfg.train.eval_every == 0 or self.iteration == self.total_iters):
                 summary = self._end_epoch(epoch, metrics, started)
                 if self.dist.is_main:
@@ -468,7 +358,7 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        if self.dist.from_main(not self.best_path.exists()):  # resumed after the last evaluation, or never evaluated
+        if self.dist.from_main(not self.checkpoints.best.exists()):  # resumed after the last evaluation, or never evaluated
             self._end_epoch(math.ceil(self.iteration / self.iters_per_epoch), {}, time.time())
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
         metrics = {**{f"best_{key}": value for key, value in self.best.items()}, "final_miou_ema": final,
@@ -476,7 +366,7 @@ class Trainer:
         self.tracker.log_metrics(metrics, step=self.iteration)
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
-        return TrainResult(self.output_dir, self.best_path, self.latest_path, metrics, self.tracker.run_id, self.history,
+        return TrainResult(self.output_dir, self.checkpoints.best, self.checkpoints.latest, metrics, self.tracker.run_id, self.history,
                            self.iteration, self.class_names, self.best_confusion)
 
     def _size_and_speed(self) -> dict[str, float]:

@@ -14,8 +14,8 @@ from .training import pretraining_needed, run_training, train
 from .units import (
     Evaluation,
     FoundationEncoder,
-    PretrainedEncoder,
     Predictions,
+    PretrainedEncoder,
     PseudoLabelSet,
     ReportFiles,
     SplitFile,

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..apps.foundation import FoundationConfig, train_foundation
+from ..apps.mae import pretrained_encoder
+from ..apps.predict import predict_folder
 from ..config import ExperimentConfig
 from ..data import DataCheck
 from ..engine import resolve_device
 from ..engine.data import extra_unlabeled_samples, prepare_splits
 from ..engine.evaluate import load_model_source, prepare_evaluation, run_evaluation
+from ..engine.inference import EvalResult
 from ..errors import ConfigError
-from ..evaluation import EvalResult
-from ..foundation import FoundationConfig, train_foundation
-from ..predict import predict_folder
-from ..pretrain import pretrained_encoder
 from ..tasks import task_for
 from ..tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
 

@@ -11,14 +11,15 @@ import logging
 
 import numpy as np
 
+from ..apps.mae import pretrained_encoder
 from ..config import ExperimentConfig, config_digest
 from ..engine import Trainer, TrainResult, resumable_run_id
 from ..engine.distributed import init_distributed, launched_by_torchrun, shutdown_distributed
 from ..engine.evaluate import checkpoint_model
-from ..io_atomic import check_output_dir
-from ..pretrain import pretrained_encoder
+from ..figures import plot_confusion_matrix, plot_training_curves, write_curves
 from ..tasks import task_for
-from ..tracking import Tracker, plot_confusion_matrix, plot_training_curves, tracker_from_config, write_curves
+from ..tracking import Tracker, tracker_from_config
+from ..utils.atomic import check_output_dir
 from .launch import launch_torchrun
 
 log = logging.getLogger(__name__)

@@ -14,25 +14,14 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel
-
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from pydantic import BaseModel
 
-from ..config import ExperimentConfig, apply_overrides, validate
-from ..data import generate_embedded, read_split, write_split
-from ..data.change import read_names_split
-from ..data.layouts import SplitFormat
-from ..engine import resolve_device
-from ..engine.data import prepare_splits
-from ..engine.evaluate import checkpoint_model, evaluate_checkpoint
-from ..errors import UnimatchError
-from ..foundation import FoundationConfig, train_foundation
-from ..models.weights import sha256_file
-from ..predict import predict_folder
-from ..pretrain import pretrained_encoder
-from ..report import report
-from ..self_training import (
+from ..apps.foundation import FoundationConfig, train_foundation
+from ..apps.mae import pretrained_encoder
+from ..apps.predict import predict_folder
+from ..apps.pseudo_labels import (
     Inference,
     predicted_masks,
     rank_by_stability,
@@ -42,6 +31,16 @@ from ..self_training import (
     write_label_next,
     write_pseudo_labels,
 )
+from ..apps.report import report
+from ..config import ExperimentConfig, apply_overrides, validate
+from ..data import generate_embedded, read_split, write_split
+from ..data.change import read_names_split
+from ..data.layouts import SplitFormat
+from ..engine import resolve_device
+from ..engine.data import prepare_splits
+from ..engine.evaluate import checkpoint_model, evaluate_checkpoint
+from ..errors import UnimatchError
+from ..models.weights import sha256_file
 from ..tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
 from .training import run_training
 

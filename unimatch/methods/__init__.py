@@ -28,7 +28,7 @@ from .fixmatch import FixMatch  # isort: skip
 from .unimatch_v1 import UniMatchV1  # isort: skip
 from .unimatch_v2 import UniMatchV2  # isort: skip
 from .allspark import AllSpark  # isort: skip
-from .self_training import SelfTraining, SelfTrainingPlusPlus  # isort: skip
+from .st import SelfTraining, SelfTrainingPlusPlus  # isort: skip
 from .semivl import SemiVL  # isort: skip
 
 

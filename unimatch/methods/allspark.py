@@ -23,7 +23,17 @@ from ..errors import ConfigError
 from ..models import Segmentor
 from ..models.allspark import AllSpark as AllSparkModule
 from ..settings import PseudoLabelSettings
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, eval_logits, mask_ratio, pixel_loss, pseudo_labels_of, register_method
+from .base import (
+    LabeledBatch,
+    Method,
+    StepLosses,
+    UnlabeledBatch,
+    eval_logits,
+    mask_ratio,
+    pixel_loss,
+    pseudo_labels_of,
+    register_method,
+)
 
 if TYPE_CHECKING:
     from ..tasks import SegmentationTask as Task

@@ -23,8 +23,8 @@ from torch.utils.data import Dataset
 from ..data import Sample
 from ..models import Segmentor
 from ..models.segmentor import FeatureDrop
-from ..registry import Registry
 from ..settings import MethodSettings, ModelSettings, PseudoLabelSettings
+from ..utils.registry import Registry
 
 if TYPE_CHECKING:
     from ..tasks import SegmentationTask as Task

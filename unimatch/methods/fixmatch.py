@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label, register_method
+from .base import (
+    LabeledBatch,
+    Method,
+    StepLosses,
+    UnlabeledBatch,
+    cutmix_images,
+    cutmix_pseudo,
+    joint_forward,
+    mask_ratio,
+    pixel_loss,
+    pseudo_label,
+    register_method,
+)
 
 
 @register_method("fixmatch", "FixMatch")

@@ -26,9 +26,28 @@ from ..errors import ConfigError
 from ..models import Segmentor, load_encoder_weights
 from ..models.decoders.vlg import VLGHead
 from ..models.segmentor import random_channel_masks
-from ..models.text import TextEmbeddingError, aggregate_concepts, concept_classes, load_text_embeddings, read_class_concepts
+from ..models.text import (
+    TextEmbeddingError,
+    aggregate_concepts,
+    concept_classes,
+    load_text_embeddings,
+    read_class_concepts,
+)
 from ..settings import ModelSettings, PseudoLabelSettings
-from .base import PADDING, LabeledBatch, Method, PseudoLabels, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label, register_method
+from .base import (
+    PADDING,
+    LabeledBatch,
+    Method,
+    PseudoLabels,
+    StepLosses,
+    UnlabeledBatch,
+    cutmix_images,
+    cutmix_pseudo,
+    mask_ratio,
+    pixel_loss,
+    pseudo_label,
+    register_method,
+)
 
 IGNORE = 255
 CLIP_LOGIT_SCALE = 100.0  # CLIP's temperature on cosine similarities

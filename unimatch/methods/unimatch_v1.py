@@ -6,7 +6,18 @@ from __future__ import annotations
 import torch
 
 from ..models.segmentor import random_channel_masks
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, mask_ratio, pixel_loss, pseudo_label, register_method
+from .base import (
+    LabeledBatch,
+    Method,
+    StepLosses,
+    UnlabeledBatch,
+    cutmix_images,
+    cutmix_pseudo,
+    mask_ratio,
+    pixel_loss,
+    pseudo_label,
+    register_method,
+)
 
 
 @register_method("unimatch_v1", "UniMatch V1")

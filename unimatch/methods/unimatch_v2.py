@@ -10,7 +10,19 @@ from __future__ import annotations
 from typing import Literal
 
 from ..settings import PseudoLabelSettings
-from .base import LabeledBatch, Method, StepLosses, UnlabeledBatch, cutmix_images, cutmix_pseudo, joint_forward, mask_ratio, pixel_loss, pseudo_label, register_method
+from .base import (
+    LabeledBatch,
+    Method,
+    StepLosses,
+    UnlabeledBatch,
+    cutmix_images,
+    cutmix_pseudo,
+    joint_forward,
+    mask_ratio,
+    pixel_loss,
+    pseudo_label,
+    register_method,
+)
 
 STREAM_DROPOUT = {"complementary": "complementary", "single": "random", "image_only": None, "random": "random"}
 

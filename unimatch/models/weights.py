@@ -48,7 +48,7 @@ def published_digests(folder: str | Path) -> dict[str, str]:
 
 def publish_digest(path: str | Path) -> str:
     """Record ``path``'s sha256 in the SHA256SUMS beside it (other entries kept); returns the digest."""
-    from ..io_atomic import write_text_atomic
+    from ..utils.atomic import write_text_atomic
 
     path = Path(path)
     digests = {**published_digests(path.parent), path.name: sha256_file(path)}

@@ -16,8 +16,8 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from ...registry import Registry
 from ...settings import DecoderSettings
+from ...utils.registry import Registry
 from ..encoders import EncoderEntry, FeatureLevel
 
 

@@ -21,7 +21,14 @@ from torch import nn
 from ...errors import ConfigError
 from ...settings import DecoderSettings
 from ..encoders import EncoderEntry, FeatureLevel
-from ..text import TextEmbeddingError, aggregate_concepts, concept_classes, load_text_embeddings, random_text_embeddings, read_class_concepts
+from ..text import (
+    TextEmbeddingError,
+    aggregate_concepts,
+    concept_classes,
+    load_text_embeddings,
+    random_text_embeddings,
+    read_class_concepts,
+)
 from .base import Decoder, register_decoder
 
 GroupWidth = Annotated[int, Field(ge=16, multiple_of=16)]  # GroupNorm with width / 16 groups

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...registry import Registry
+from ...utils.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -20,15 +20,15 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from skimage.color import label2rgb
 
-from .config import ExperimentConfig
-from .data import DataError, Sample, check_samples, list_image_folder, palette, read_image, read_mask
-from .data import class_names as dataset_class_names
-from .data.change import CHANGED, pair_tensor, read_change_mask
-from .data.transforms import normalize
-from .errors import ConfigError
-from .evaluation import exceeds_token_budget, predict_image
-from .io_atomic import atomic_write, check_output_dir
-from .progress import progress_bar
+from ..config import ExperimentConfig
+from ..data import DataError, Sample, check_samples, list_image_folder, palette, read_image, read_mask
+from ..data import class_names as dataset_class_names
+from ..data.change import CHANGED, pair_tensor, read_change_mask
+from ..data.transforms import normalize
+from ..engine.inference import exceeds_token_budget, predict_image
+from ..errors import ConfigError
+from ..utils.atomic import atomic_write, check_output_dir
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 SHORT_SIDE_PX = 360  # small images are upscaled until their short side reaches this ...

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .embedded import SUBSETS, Polygon, Scene, _load_sources, _star, render
+from .embedded import SUBSETS, Polygon, Scene, load_sources, render, star_outline
 from .transforms import normalize
 
 FOUNDATION_STREAM = 7  # second entry of every corpus image's seed; the benchmark's are SUBSETS' values
@@ -55,18 +55,18 @@ def _heart() -> Polygon:
 # Thirteen shapes, none of them a benchmark class (disk, square, triangle, cross, star, ring) at any
 # rotation or scale; tests/test_foundation.py checks that by rasterised overlap.
 FOUNDATION_SHAPES: dict[int, tuple[Polygon, ...]] = {
-    1: (_star([1.0] * 5),),  # pentagon
-    2: (_star([1.0] * 6),),  # hexagon
+    1: (star_outline([1.0] * 5),),  # pentagon
+    2: (star_outline([1.0] * 6),),  # hexagon
     3: (_polygon(_arc(1.0, 0.0, math.pi, 24)),),  # semicircle
-    4: (_star([1.0] * 48), tuple((x + 0.45, y) for x, y in _star([0.85] * 48))),  # crescent: disk minus shifted disk
+    4: (star_outline([1.0] * 48), tuple((x + 0.45, y) for x, y in star_outline([0.85] * 48))),  # crescent: disk minus shifted disk
     5: (_polygon([(-1, -0.25), (0.2, -0.25), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.25), (-1, 0.25)]),),  # arrow
     6: (_polygon([(-0.6, -1), (-0.1, -1), (-0.1, 0.5), (0.7, 0.5), (0.7, 1), (-0.6, 1)]),),  # L
     7: (_polygon([(-1, -1), (1, -1), (1, -0.5), (0.25, -0.5), (0.25, 1), (-0.25, 1), (-0.25, -0.5), (-1, -0.5)]),),  # T
-    8: (_star([1.15, 0.4] * 4),),  # four-pointed star
-    9: (_star([1.1, 0.6] * 6),),  # six-pointed star
+    8: (star_outline([1.15, 0.4] * 4),),  # four-pointed star
+    9: (star_outline([1.1, 0.6] * 6),),  # six-pointed star
     10: (_heart(),),
     11: (_polygon([(-1, -0.45), (0.35, -0.45), (1, 0.45), (-0.35, 0.45)]),),  # parallelogram
-    12: (_star([1.0] * 4), _star([0.6] * 4)),  # square frame (an outline, not the filled square)
+    12: (star_outline([1.0] * 4), star_outline([0.6] * 4)),  # square frame (an outline, not the filled square)
     13: (_polygon([(-1, -0.8), (1, 0.8), (1, -0.8), (-1, 0.8)]),),  # bow tie
 }
 FOUNDATION_CLASSES = (
@@ -95,7 +95,7 @@ class FoundationCorpus(Dataset):
 
     @cached_property
     def _sources(self) -> list[np.ndarray]:  # loaded once per (worker) process
-        return _load_sources()
+        return load_sources()
 
     def __len__(self) -> int:
         return self.size

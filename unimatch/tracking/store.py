@@ -1,41 +1,10 @@
-"""Experiment tracking on MLflow, plus the figures a person would rather look at than numbers.
-
-Run naming conventions (the engine, the evaluation entry point and :mod:`unimatch.report` rely on them):
-
-Metrics (mIoU values are PERCENTAGES, 0-100):
-
-* per logged iteration (step = global iteration): ``train/loss``, ``train/loss_labeled``,
-  ``train/loss_unlabeled``, ``train/mask_ratio``, ``train/lr``, ``train/step_seconds`` (mean compute time
-  of the steps since the last point, data loading excluded)
-* per evaluation (step = global iteration, with ``epoch`` alongside): ``val/miou_ema``,
-  ``val/miou_student``, ``val/iou_ema/<class name>``; where unlabeled images have ground truth, the
-  teacher's pseudo-label quality on them (percent): ``pseudo/precision``, ``pseudo/foreground_coverage``,
-  ``pseudo/foreground_recall``, ``pseudo/mask_ratio`` (:func:`unimatch.evaluation.pseudo_label_quality`)
-* once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``,
-  ``params_encoder_m``, ``params_decoder_m`` (millions), ``mean_step_seconds`` (Table 9's columns)
-* standalone evaluation runs: ``eval/miou``, ``eval/iou/<class name>``
-
-Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes ``{"kind": "eval"}``),
-``dataset``, ``split`` (labeled count or fraction as written, e.g. ``24`` or ``0.0625``), ``method``,
-``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight`` (where the
-method has them: a labeled-only run has none of the three), ``seed``,
-``config_digest`` (:func:`unimatch.config.config_digest`: equal for runs of the same experiment),
-then ``tracking.tags`` from the config and the caller's tags, which win. The report tables also read
-``setting`` (Table 13: ``labeled only`` / ``+ extra unlabeled``) and ``sweep_param`` / ``sweep_value``
-(Figs. 5-6), which the experiment configs set through ``tracking.tags``.
-
-A run that fails gets the tag ``unimatch.error`` (the one-line error); a training's checkpoints record
-its run id, and resuming the training reopens that run.
-
-Params are the flattened config (``train.lr``, ``method.threshold``, ...), numbers written as in
-tags (``24``, not ``24.0``), the ``method`` section holding only the fields of the method's ``Settings``;
-the resolved config is stored as the artifact ``config.yaml``.
-"""
+"""Experiment tracking on MLflow: the store adapter (:class:`Tracker`, :class:`MlflowTracker`), the store's
+URI and its checks, and :func:`tracker_from_config`, which opens a run with the naming rules of
+:mod:`.naming`."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -50,28 +19,28 @@ from urllib.parse import urlsplit
 import numpy as np
 import yaml
 
-from unimatch.config import ExperimentConfig, config_digest, flatten
+from unimatch.config import ExperimentConfig, flatten
 from unimatch.errors import UnimatchError, one_line
-from unimatch.io_atomic import atomic_write
+
+from .naming import (
+    GROUP_TAG,
+    MODEL_ARTIFACT,
+    MODEL_TAG,
+    PARENT_RUN_TAG,
+    REGISTERED_TAG,
+    SCORE_TAG,
+    config_tags,
+    default_run_name,
+    format_number,
+    run_params,
+    sanitize_key,
+    truncate,
+)
 
 log = logging.getLogger(__name__)
 
-# The metric names the engine logs (see the module docstring).
-TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr", "train/step_seconds")
-VAL_METRICS = ("val/miou_ema", "val/miou_student")
-PSEUDO_METRICS = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
-SUMMARY_METRICS = ("best_miou_ema", "best_miou_student", "final_miou_ema")
+
 CHECK_TIMEOUT_S = 5
-TRUNCATION_MARKER = "...[truncated]"
-# MLflow allows ':' too, except on Windows; dropping it keeps one store readable everywhere.
-_BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
-
-
-MODEL_ARTIFACT = "model"
-MODEL_TAG = "unimatch.model"  # set once a run's model is logged: its models:/<model id> URI
-REGISTERED_TAG = "unimatch.registered_model"  # models:/NAME/VERSION of the run's registered model
-SCORE_TAG, GROUP_TAG = "best_miou_ema", "method"  # on registered model versions
-PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run under its parent
 
 
 @contextlib.contextmanager
@@ -160,28 +129,6 @@ def check_tracking_uri(uri: str) -> None:
             f"tracking URI {shown} is not usable: {redact(str(error), uri)}. "
             "Fix tracking.uri / MLFLOW_TRACKING_URI, or set tracking.enabled=false."
         ) from error
-
-
-@functools.lru_cache(maxsize=4096)
-def sanitize_key(key: str) -> str:
-    """A metric/param/tag key MLflow accepts: bad characters become '_', no empty or dot path parts."""
-    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
-
-    parts = [part if part not in (".", "..") else "_" for part in _BAD_KEY_CHARS.sub("_", key).split("/") if part]
-    return "/".join(parts)[:MAX_ENTITY_KEY_LENGTH].rstrip("/") or "_"
-
-
-def _truncate(value: str, limit: int) -> str:
-    return value if len(value) <= limit else value[: limit - len(TRUNCATION_MARKER)] + TRUNCATION_MARKER
-
-
-def format_number(value: Any) -> str:
-    """24 / 24.0 -> '24', 0.0625 -> '0.0625', True -> 'true': tag values that read as they were written."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)) and float(value).is_integer():
-        return str(int(value))
-    return str(value)
 
 
 class Tracker:
@@ -338,7 +285,7 @@ class MlflowTracker(Tracker):
         fresh = {}
         for key, value in flatten(dict(params)).items():
             # One spelling per value, as in tags: 24 (not 24.0), true (not True).
-            key, text = sanitize_key(key), _truncate(format_number(value), MAX_PARAM_VAL_LENGTH)
+            key, text = sanitize_key(key), truncate(format_number(value), MAX_PARAM_VAL_LENGTH)
             old = self._logged_params.get(key)
             if old is None:
                 fresh[key] = text
@@ -380,7 +327,7 @@ class MlflowTracker(Tracker):
     def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
         from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-        return {sanitize_key(key): _truncate(format_number(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
+        return {sanitize_key(key): truncate(format_number(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
@@ -463,35 +410,6 @@ class MlflowTracker(Tracker):
             self.set_tags({"unimatch.status": status})
 
 
-def default_run_name(cfg: ExperimentConfig) -> str:
-    return f"{cfg.method.name}-{cfg.model.encoder}-{cfg.dataset.name}-{format_number(cfg.split.labeled)}"
-
-
-METHOD_TAGS = ("streams", "threshold", "unlabeled_weight")
-
-
-def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
-    """The standard tags of a training run (see the module docstring)."""
-    return {
-        "kind": "train",
-        "dataset": cfg.dataset.name,
-        "split": format_number(cfg.split.labeled),
-        "method": cfg.method.name,
-        "encoder": cfg.model.encoder,
-        "frozen": format_number(cfg.model.frozen),
-        # the method's settings that tables select on, where the method has them
-        **{key: format_number(getattr(cfg.method, key)) for key in METHOD_TAGS if hasattr(cfg.method, key)},
-        "seed": format_number(cfg.train.seed),
-        "config_digest": config_digest(cfg),
-    }
-
-
-def run_params(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The config as MLflow params; the method section holds only what the method reads (no τ or λ on a
-    labeled-only run)."""
-    return cfg.to_dict()
-
-
 def _run_exists(uri: str, run_id: str) -> bool:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -525,84 +443,3 @@ def tracker_from_config(
     tracker.log_params(run_params(cfg))
     tracker.log_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), "config.yaml")
     return tracker
-
-
-_CURVE_PANELS = (  # (title, x label, metric keys)
-    ("loss", "iteration", ("train/loss", "train/loss_labeled", "train/loss_unlabeled")),
-    ("mask ratio (confident pixels)", "iteration", ("train/mask_ratio",)),
-    ("learning rate (encoder)", "iteration", ("train/lr",)),
-    ("validation mIoU (%)", "epoch", VAL_METRICS),
-    ("pseudo labels vs unlabeled ground truth (%)", "epoch", PSEUDO_METRICS),
-)
-
-
-def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: str | Path) -> Path:
-    """A 2x3 PNG of loss, mask ratio, learning rate (vs iteration), validation mIoU and the teacher's
-    pseudo-label quality on unlabeled ground truth (vs epoch).
-
-    ``history`` maps metric name -> [(step, value)], with iterations as steps for ``train/*`` and
-    epochs for ``val/miou_*``."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
-
-    fig = Figure(figsize=(15, 7), layout="constrained")
-    axes = list(fig.subplots(2, 3).flat)
-    axes[len(_CURVE_PANELS)].set_axis_off()
-    for ax, (title, xlabel, keys) in zip(axes, _CURVE_PANELS):
-        ax.set(title=title, xlabel=xlabel)
-        drawn = [key for key in keys if history.get(key)]
-        for key in drawn:
-            steps, values = zip(*history[key], strict=True)
-            ax.plot(steps, values, marker="o" if xlabel == "epoch" else None, label=key)
-        if drawn:
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="gray")
-    return save_figure(fig, path)
-
-
-def write_curves(history: Mapping[str, list[tuple[int, float]]], folder: str | Path) -> list[Path]:
-    """The history as two CSV tables (atomically): ``training.csv`` (one row per logged iteration: loss,
-    mask ratio, lr) and ``validation.csv`` (one row per evaluated epoch: mIoU, pseudo-label quality).
-    Column names are the metric names after the slash."""
-    import pandas as pd
-
-    folder = Path(folder)
-    written = []
-    for name, index, prefixes in (("training", "iteration", ("train/",)), ("validation", "epoch", ("val/miou", "pseudo/"))):
-        series = {key.split("/", 1)[1]: pd.Series(dict(points)) for key, points in history.items()
-                  if key.startswith(prefixes) and points}  # fmt: skip
-        if series:
-            table = pd.DataFrame(series).rename_axis(index).sort_index()
-            written.append(atomic_write(folder / f"{name}.csv", lambda file, t=table: file.write(t.to_csv().encode())))
-    return written
-
-
-def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:
-    """A PNG of the row-normalised confusion matrix (rows: ground truth), annotated when readable."""
-    from matplotlib.figure import Figure
-
-    confusion = np.asarray(confusion, dtype=np.float64)
-    totals = confusion.sum(axis=1, keepdims=True)
-    norm = np.divide(confusion, totals, out=np.zeros_like(confusion), where=totals > 0)
-    n = len(class_names)
-    side = max(4.0, 0.45 * n + 2.5)
-    fig = Figure(figsize=(side, side), layout="constrained")
-    ax = fig.subplots()
-    image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.8)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="ground truth",
-           title="confusion matrix (each row sums to 1)")
-    ax.set_xticklabels(class_names, rotation=45, ha="right")
-    ax.set_yticklabels(class_names)
-    if n <= 30:  # beyond that the numbers overlap and only the colours are readable
-        for (row, col), value in np.ndenumerate(norm):
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > 0.5 else "black")
-    return save_figure(fig, path)
-
-
-def save_figure(fig: Any, path: str | Path) -> Path:
-    """Atomically, like checkpoints and reports: a crash mid-save never leaves a truncated image."""
-    path = Path(path)
-    return atomic_write(path, lambda file: fig.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120))

@@ -30,17 +30,17 @@ from PIL import Image
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .config import ExperimentConfig
-from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
-from .data.layouts import SplitFormat
-from .data.splits import Sample
-from .engine.data import extra_unlabeled_samples, prepare_splits
-from .errors import ConfigError
-from .io_atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
-from .models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
-from .models.encoders.dinov2 import PATCH_SIZE
-from .progress import progress_bar
-from .tracking import Tracker
+from ..config import ExperimentConfig
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
+from ..data.layouts import SplitFormat
+from ..data.splits import Sample
+from ..engine.data import extra_unlabeled_samples, prepare_splits
+from ..errors import ConfigError
+from ..models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
+from ..models.encoders.dinov2 import PATCH_SIZE
+from ..tracking import Tracker
+from ..utils.atomic import atomic_write, remove_stale_temps, write_bytes_atomic, write_text_atomic
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -213,15 +213,15 @@ def _figure(model: MaskedAutoencoder, images: torch.Tensor, keep: torch.Tensor, 
     return buffer.getvalue()
 
 
-def _random_keep(batch: int, patches: int, keep: int, generator: torch.Generator) -> torch.Tensor:
+def random_keep(batch: int, patches: int, keep: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(batch, patches, generator=generator).argsort(1)[:, :keep]
 
 
 def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample], tracker: Tracker | None = None,
                     progress: bool = True) -> Path:
     """Train the MAE on ``samples`` and write ``out/encoder.pth``; resumes from ``out/latest.pth``."""
-    from .engine.checkpoint import previous_path, resume_state, save_checkpoint  # here: the engine imports
-    from .engine.setup import resolve_device  # this module
+    from ..engine.checkpoint import previous_path, resume_state, save_checkpoint  # here: the engine imports
+    from ..engine.setup import resolve_device  # this module
 
     settings, crop = cfg.pretrain, cfg.dataset.crop_size
     device = resolve_device(cfg.train.device)
@@ -248,7 +248,7 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     bar = progress_bar(total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress)
     for iteration in range(start, settings.iterations):
         images = sampler.batch(settings.batch_size).to(device, non_blocking=True)
-        keep = _random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)
+        keep = random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)
         loss = reconstruction_loss(model(images, keep), images, keep)
         lr = warmup_cosine(settings.lr, settings.warmup_iters, settings.iterations, iteration)
         losses.append(descend(optimizer, loss, lr, f"pre-training at iteration {iteration} (lower pretrain.lr)"))
@@ -265,7 +265,7 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     bar.close()
     model.eval()
     figure_images = sampler.batch(4)
-    write_bytes_atomic(out / FIGURE_FILE, _figure(model, figure_images, _random_keep(4, grid * grid, keep_count, generator), device))
+    write_bytes_atomic(out / FIGURE_FILE, _figure(model, figure_images, random_keep(4, grid * grid, keep_count, generator), device))
     summary = {"method": settings.method, "encoder": cfg.model.encoder, "crop_size": crop, "images": len(samples),
                "settings": settings.model_dump(mode="json"), "final_loss": float(np.mean(losses[-settings.log_every:])),
                "seconds_this_session": round(time.time() - started, 1), "losses": losses}

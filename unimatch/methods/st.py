@@ -1,6 +1,6 @@
 """ST and ST++ students (SPEC §11): plain cross-entropy on the labeled images and on pseudo-labelled ones,
 the latter strongly augmented with CutOut. The stages that make the pseudo labels (a supervised teacher,
-test-time-augmented labelling, ST++'s stability ranking) are :mod:`unimatch.self_training`; a student
+test-time-augmented labelling, ST++'s stability ranking) are :mod:`unimatch.apps.pseudo_labels`; a student
 only reads their split files (``method.pseudo_labels``) and starts from the configured initial weights,
 never from the teacher (re-initialised, as the paper)."""
 

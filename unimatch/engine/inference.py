@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
-from .progress import progress_bar
+from ..metrics import IGNORE_INDEX, ConfusionMatrix, iou_per_class, mean_iou
+from ..utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 

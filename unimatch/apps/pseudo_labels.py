@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_pseudo_labels, read_split
-from .data.splits import relative_path
-from .evaluation import exceeds_token_budget, predict_original, predict_sliding
-from .io_atomic import atomic_write, write_text_atomic
-from .metrics import ConfusionMatrix, iou_per_class, mean_iou
+from ..data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_pseudo_labels
+from ..data.splits import relative_path
+from ..engine.inference import exceeds_token_budget, predict_original, predict_sliding
+from ..metrics import ConfusionMatrix, iou_per_class, mean_iou
+from ..utils.atomic import atomic_write, write_text_atomic
+from ..utils.progress import progress_bar
 from .predict import label_png, overlay
-from .progress import progress_bar
 
 TTA_SCALES = (0.5, 0.75, 1.0, 1.5, 2.0)  # the reference's five scales, each also flipped
 RELIABLE_FRACTION = 0.5  # ST++: the most stable half is labelled and learnt first
@@ -156,7 +156,7 @@ def write_label_next(
     where the earlier snapshots disagree with the final model: 0 none, 1 all)."""
     from matplotlib.figure import Figure
 
-    from .tracking import save_figure
+    from ..figures import save_figure
 
     out_dir = Path(out_dir)
     least_first = ranking.iloc[::-1].reset_index(drop=True)

@@ -2,12 +2,12 @@
 
 UniMatch V2 refines a pre-trained representation; it does not build one from a few dozen labels. Real
 datasets get theirs from DINOv2's weights. The embedded world gets its own from
-:class:`~unimatch.data.foundation.FoundationCorpus` (50k images of other shapes, never a benchmark image
+:class:`~unimatch.data.foundation_corpus.FoundationCorpus` (50k images of other shapes, never a benchmark image
 or class), by one of two routes:
 
 * ``supervised``: the encoder with a DPT head segments the corpus's thirteen shapes (the
   ImageNet-supervised premise of UniMatch V1, on a label space disjoint from the benchmark's);
-* ``mae``: masked-image modelling on the same images, no labels at all (:mod:`unimatch.pretrain`'s model).
+* ``mae``: masked-image modelling on the same images, no labels at all (:mod:`unimatch.apps.mae`'s model).
 
 The result is an encoder state dict in the official DINOv2 key layout that ``model.weights`` loads like any
 released checkpoint, a JSON summary (settings, loss curve, held-out corpus mIoU for the supervised route,
@@ -29,17 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .config import apply_overrides, read_layers, validate_as
-from .data.foundation import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
-from .io_atomic import atomic_write, check_output_dir, write_bytes_atomic, write_text_atomic
-from .metrics import ConfusionMatrix, mean_iou
-from .models import build_segmentor
-from .models.encoders import encoder_entry
-from .models.encoders.dinov2 import PATCH_SIZE
-from .models.weights import publish_digest
-from .pretrain import MaskedAutoencoder, _random_keep, descend, reconstruction_loss, vit_encoder, warmup_cosine
-from .progress import progress_bar
-from .tracking import Tracker
+from ..config import apply_overrides, read_layers, validate_as
+from ..data.foundation_corpus import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
+from ..metrics import ConfusionMatrix, mean_iou
+from ..models import build_segmentor
+from ..models.encoders import encoder_entry
+from ..models.encoders.dinov2 import PATCH_SIZE
+from ..models.weights import publish_digest
+from ..tracking import Tracker
+from ..utils.atomic import atomic_write, check_output_dir, write_bytes_atomic, write_text_atomic
+from ..utils.progress import progress_bar
+from .mae import MaskedAutoencoder, descend, random_keep, reconstruction_loss, vit_encoder, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class MaeRoute(nn.Module):
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         patches = self.grid * self.grid
-        keep = _random_keep(images.shape[0], patches, max(1, round(patches * (1 - self.mask_ratio))), generator).to(images.device)
+        keep = random_keep(images.shape[0], patches, max(1, round(patches * (1 - self.mask_ratio))), generator).to(images.device)
         return reconstruction_loss(self.autoencoder(images, keep), images, keep)
 
 
@@ -150,8 +150,8 @@ def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: F
 
     from PIL import Image
 
-    from .data.classes import palette
-    from .data.transforms import normalize
+    from ..data.classes import palette
+    from ..data.transforms import normalize
 
     colours = palette(256)
     rows = []
@@ -172,8 +172,8 @@ def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: F
 
 def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, progress: bool = True) -> Path:
     """Pre-train the encoder of ``cfg`` on the foundation corpus; write ``cfg.output`` (and its .json/.png)."""
-    from .engine.checkpoint import previous_path, resume_state, save_checkpoint  # the engine imports models
-    from .engine.setup import resolve_device
+    from ..engine.checkpoint import previous_path, resume_state, save_checkpoint  # the engine imports models
+    from ..engine.setup import resolve_device
 
     device = resolve_device(cfg.device)
     output = Path(cfg.output)

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import difflib
 import html
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import mlflow
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
-from unimatch.methods import METHODS, method_labels
 from unimatch.errors import UnimatchError
-from unimatch.io_atomic import write_text_atomic
-from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, save_figure
+from unimatch.figures import save_figure
+from unimatch.methods import METHODS, method_labels
+from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, using_store
+from unimatch.utils.atomic import write_text_atomic
 
 DIGEST_TAG = "config_digest"  # equal for runs of the same configuration (unimatch.config.config_digest)
 
@@ -108,15 +111,16 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
 def collect_runs(
     uri: str, experiments: list[str] | None = None, filter_tags: Mapping[str, Any] | None = None
 ) -> pd.DataFrame:
-    """One row per (non-deleted) run: ``run_id``, ``experiment``, ``status``, ``start_time``, ``end_time``,
-    ``tags.<key>``, ``metrics.<key>``. ``experiments`` None: all experiments (a name the store lacks is a
-    ReportError); ``filter_tags``: exact tag matches."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    names = _experiment_names(client, uri, experiments)
-    records = [_record(run, names[run.info.experiment_id]) for run in _search_all(client, list(names))]
-    runs = pd.DataFrame.from_records(records, columns=None if records else ["run_id", "experiment", "status"])
+    """One row per (non-deleted) run, as ``mlflow.search_runs`` gives it (``run_id``, ``status``,
+    ``start_time``, ``end_time``, ``tags.<key>``, ``metrics.<key>``...) plus ``experiment``, its name.
+    ``experiments`` None: all experiments (a name the store lacks is a ReportError); ``filter_tags``:
+    exact tag matches."""
+    names = _experiment_names(MlflowClient(tracking_uri=uri), uri, experiments)
+    with using_store(uri):
+        runs = mlflow.search_runs(list(names), output_format="pandas") if names else pd.DataFrame()
+    if runs.empty:
+        return pd.DataFrame(columns=["run_id", "experiment", "status"])
+    runs.insert(1, "experiment", runs["experiment_id"].map(names))
     for tag, value in (filter_tags or {}).items():
         runs = runs[_column(runs, f"tags.{tag}") == format_number(value)]
     return runs.reset_index(drop=True)
@@ -139,24 +143,6 @@ def _experiment_names(client: Any, uri: str, experiments: list[str] | None) -> d
 def _closest_first(name: str, candidates: Iterable[str]) -> list[str]:
     candidates = sorted(candidates)
     return difflib.get_close_matches(name, candidates, n=len(candidates), cutoff=0.0)
-
-
-def _search_all(client: Any, experiment_ids: list[str]) -> Iterator[Any]:
-    token = None
-    while experiment_ids:
-        page = client.search_runs(experiment_ids, max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def _record(run: Any, experiment: str) -> dict[str, Any]:
-    record = {"run_id": run.info.run_id, "experiment": experiment, "status": run.info.status,
-              "start_time": run.info.start_time, "end_time": run.info.end_time}
-    record.update({f"tags.{key}": value for key, value in run.data.tags.items()})
-    record.update({f"metrics.{key}": value for key, value in run.data.metrics.items()})
-    return record
 
 
 def _column(frame: pd.DataFrame, name: str) -> pd.Series:

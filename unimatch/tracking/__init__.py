@@ -1,0 +1,58 @@
+"""Experiment tracking on MLflow: the store adapter (:mod:`.store`) and the naming rules of runs, metrics and
+tags that the engine, the jobs and the report rely on (:mod:`.naming`). The figures are :mod:`unimatch.figures`."""
+
+from .naming import (
+    METHOD_TAGS,
+    MODEL_ARTIFACT,
+    MODEL_TAG,
+    PARENT_RUN_TAG,
+    PSEUDO_METRICS,
+    REGISTERED_TAG,
+    SUMMARY_METRICS,
+    TRAIN_METRICS,
+    TRUNCATION_MARKER,
+    VAL_METRICS,
+    config_tags,
+    default_run_name,
+    format_number,
+    run_params,
+    sanitize_key,
+)
+from .store import (
+    MlflowTracker,
+    Tracker,
+    TrackingError,
+    check_tracking_uri,
+    redact,
+    resolve_tracking_uri,
+    sqlite_path,
+    tracker_from_config,
+    using_store,
+)
+
+__all__ = [
+    "METHOD_TAGS",
+    "MODEL_ARTIFACT",
+    "MODEL_TAG",
+    "PARENT_RUN_TAG",
+    "PSEUDO_METRICS",
+    "REGISTERED_TAG",
+    "SUMMARY_METRICS",
+    "TRAIN_METRICS",
+    "TRUNCATION_MARKER",
+    "VAL_METRICS",
+    "MlflowTracker",
+    "Tracker",
+    "TrackingError",
+    "check_tracking_uri",
+    "config_tags",
+    "default_run_name",
+    "format_number",
+    "redact",
+    "resolve_tracking_uri",
+    "run_params",
+    "sanitize_key",
+    "sqlite_path",
+    "tracker_from_config",
+    "using_store",
+]
