@@ -32,7 +32,7 @@ DEFAULT_METHODS = ("labeled_only", "unimatch_v2")
 
 def change_methods() -> list[str]:
     """The single-training methods defined for change detection (their registry declaration)."""
-    return [name for name, cls in METHODS.items() if "change_detection" in cls.tasks and cls.stages is None]
+    return [name for name, cls in METHODS.items() if "change_detection" in cls.tasks and not cls.staged]
 
 
 @pipeline(name="change_detection")
@@ -56,14 +56,25 @@ def change_detection(
         dataset, name = base["dataset"], base["tracking"]["experiment"]
         root = Path(dataset["root"])
         val_split = dataset["val_split"] or f"{base['split']['dir']}/val.txt"  # given, or written by create_splits
-        export_predictions(models[predict_method], validate(base), (root / "A").as_posix(),
-                           f"outputs/{name}/predictions/{predict_method}", predict_limit, (root / "label").as_posix(),
-                           (root / "B").as_posix(), val_split)  # fmt: skip
+        export_predictions(
+            models[predict_method],
+            validate(base),
+            (root / "A").as_posix(),
+            f"outputs/{name}/predictions/{predict_method}",
+            predict_limit,
+            (root / "label").as_posix(),
+            (root / "B").as_posix(),
+            val_split,
+        )
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
-    parser.add_argument("--methods", nargs="+", choices=change_methods(),
-                        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=change_methods(),
+        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})",
+    )
     return ("methods",)
 
 

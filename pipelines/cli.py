@@ -38,11 +38,18 @@ def build_parser(description: str, default_config: str = DEFAULT_CONFIG) -> argp
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2")
     parser.add_argument("--config", help=f"experiment YAML (default: {default_config})")
-    parser.add_argument("--quick", action="store_true", default=None, help="smoke-test budget: " + " ".join(QUICK_OVERRIDES))
-    parser.add_argument("--no-cache", action="store_true",
-                        help=f"re-execute every step, training from scratch ({NO_CACHE_OVERRIDE}) instead of reusing results")
+    parser.add_argument(
+        "--quick", action="store_true", default=None, help="smoke-test budget: " + " ".join(QUICK_OVERRIDES)
+    )
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help=f"re-execute every step, training from scratch ({NO_CACHE_OVERRIDE}) instead of reusing results",
+    )
     parser.add_argument("--experiment", help="MLflow experiment (default: <dataset>-<table>[-quick])")
-    parser.add_argument("--gpus", type=int, dest="gpu_count", help="GPUs requested for each training step (ResourceSettings)")
+    parser.add_argument(
+        "--gpus", type=int, dest="gpu_count", help="GPUs requested for each training step (ResourceSettings)"
+    )
     parser.add_argument("--run-config", help="ZenML run configuration YAML (what `zenml pipeline run -c` takes)")
     return parser
 
@@ -73,8 +80,10 @@ def _without_schedule(run_config: str, argv: Sequence[str], scratch: Path) -> st
     if not schedule or orchestrator.config.is_schedulable:
         return run_config
     cron = schedule.get("cron_expression", "<cron expression>")
-    print(f"note: the '{orchestrator.name}' orchestrator ({orchestrator.flavor}) does not support schedules; "
-          "running once now. To repeat it on the schedule, add this crontab line:\n  " + crontab_line(cron, argv))
+    print(
+        f"note: the '{orchestrator.name}' orchestrator ({orchestrator.flavor}) does not support schedules; "
+        "running once now. To repeat it on the schedule, add this crontab line:\n  " + crontab_line(cron, argv)
+    )
     data.pop("schedule")
     copy = scratch / Path(run_config).name
     copy.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -95,8 +104,13 @@ def summarize(run: Any) -> None:
         print(f"report: {files.markdown} (also .csv, .html)")
 
 
-def run_pipeline(pipeline: Any, parameters: dict[str, Any], no_cache: bool = False, run_config: str | None = None,
-                 argv: Sequence[str] = ()) -> Any:
+def run_pipeline(
+    pipeline: Any,
+    parameters: dict[str, Any],
+    no_cache: bool = False,
+    run_config: str | None = None,
+    argv: Sequence[str] = (),
+) -> Any:
     """Run ``pipeline`` with ``parameters`` (and a ZenML run configuration file); returns the run, or
     None when the run was registered as a schedule."""
     ensure_repository()
@@ -113,8 +127,12 @@ def run_pipeline(pipeline: Any, parameters: dict[str, Any], no_cache: bool = Fal
     return run
 
 
-def main(pipeline: Any, description: str, extra_options: Callable[[argparse.ArgumentParser], Sequence[str]] | None = None,
-         argv: Sequence[str] | None = None) -> Any:
+def main(
+    pipeline: Any,
+    description: str,
+    extra_options: Callable[[argparse.ArgumentParser], Sequence[str]] | None = None,
+    argv: Sequence[str] | None = None,
+) -> Any:
     """Entry point of ``python -m pipelines.<module>``; ``extra_options`` adds the pipeline's own
     options and returns their parameter names."""
     default_config = inspect.signature(pipeline.entrypoint).parameters["config"].default
@@ -128,7 +146,11 @@ def main(pipeline: Any, description: str, extra_options: Callable[[argparse.Argu
     return run_pipeline(pipeline, parameters_from(args, names), args.no_cache, args.run_config, [*module, *argv])
 
 
-def run_main(pipeline: Any, description: str, extra_options: Callable[[argparse.ArgumentParser], Sequence[str]] | None = None,
-             argv: Sequence[str] | None = None) -> NoReturn:
+def run_main(
+    pipeline: Any,
+    description: str,
+    extra_options: Callable[[argparse.ArgumentParser], Sequence[str]] | None = None,
+    argv: Sequence[str] | None = None,
+) -> NoReturn:
     """:func:`main` behind the project's error boundary (one line and exit 2 for anticipated errors)."""
     sys.exit(run_guarded(lambda: main(pipeline, description, extra_options, argv)))

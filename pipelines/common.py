@@ -53,6 +53,7 @@ def table_dag(
             splits, config, variant.name, variant_tags, encoder, id=f"train_{key}", after=list(after) or None
         )
         evaluations.append(evaluator(models[variant.name], splits, config, variant_tags, id=f"evaluate_{key}"))
-    build_report(evaluations, store_uri(), experiment, table.layout, f"outputs/{experiment}", tags, table.rows, table.cols)
+    build_report(
+        evaluations, store_uri(), experiment, table.layout, f"outputs/{experiment}", tags, table.rows, table.cols
+    )
     return models
-

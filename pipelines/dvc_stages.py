@@ -162,38 +162,68 @@ def evaluate(stage: Stage, method: str) -> None:
     model = _read(TrainedModel, stage.model_file(method))
     evaluation = jobs.evaluate_trained(model, _read(SplitSet, stage.splits_file), config, stage.tags)
     _write(stage.eval_dir(method).with_suffix(".evaluation.json"), evaluation)
-    _write_metrics(stage.eval_dir(method).with_suffix(".json"), {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou})
+    _write_metrics(
+        stage.eval_dir(method).with_suffix(".json"),
+        {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou},
+    )
 
 
 def report(stage: Stage) -> None:
-    evaluations = [_read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json")) for m in (*stage.methods, *REPORTED_STUDENTS)]
-    jobs.build_report(evaluations, None, stage.experiment, stage.table.layout, str(stage.outputs / "report"),
-                      stage.tags, stage.table.rows, stage.table.cols)
+    evaluations = [
+        _read(Evaluation, stage.eval_dir(m).with_suffix(".evaluation.json"))
+        for m in (*stage.methods, *REPORTED_STUDENTS)
+    ]
+    jobs.build_report(
+        evaluations,
+        None,
+        stage.experiment,
+        stage.table.layout,
+        str(stage.outputs / "report"),
+        stage.tags,
+        stage.table.rows,
+        stage.table.cols,
+    )
 
 
 def st_teacher(stage: Stage) -> None:
-    model = jobs.train_variant(_read(SplitSet, stage.splits_file), stage.teacher_config, "teacher", {**stage.tags, "stage": "teacher"})
+    model = jobs.train_variant(
+        _read(SplitSet, stage.splits_file), stage.teacher_config, "teacher", {**stage.tags, "stage": "teacher"}
+    )
     _write(stage.record("teacher"), model)
 
 
 def st_pseudo_teacher(stage: Stage) -> None:
     splits = _read(SplitSet, stage.splits_file)
-    pseudo = jobs.pseudo_label(_read(TrainedModel, stage.record("teacher")), splits.unlabeled, stage.teacher_config, "teacher",
-                               str(stage.st_dir("st_pseudo_teacher")))  # fmt: skip
+    pseudo = jobs.pseudo_label(
+        _read(TrainedModel, stage.record("teacher")),
+        splits.unlabeled,
+        stage.teacher_config,
+        "teacher",
+        str(stage.st_dir("st_pseudo_teacher")),
+    )
     _write(stage.record("st_pseudo_teacher"), pseudo)
     _write_metrics(stage.outputs / "pseudo_labels" / "teacher.json", {"miou": pseudo.miou})
 
 
 def st_stability(stage: Stage) -> None:
-    ranking = jobs.rank_stability(_read(TrainedModel, stage.record("teacher")), _read(SplitSet, stage.splits_file).unlabeled,
-                                  stage.teacher_config, str(stage.outputs / "stability"))  # fmt: skip
+    ranking = jobs.rank_stability(
+        _read(TrainedModel, stage.record("teacher")),
+        _read(SplitSet, stage.splits_file).unlabeled,
+        stage.teacher_config,
+        str(stage.outputs / "stability"),
+    )
     _write(stage.outputs / "stability" / "stability.json", ranking)
 
 
 def st_select(stage: Stage) -> None:
     ranking = _read(StabilityRanking, stage.outputs / "stability" / "stability.json")
-    pseudo = jobs.select_pseudo_labels(_read(PseudoLabelSet, stage.record("st_pseudo_teacher")), ranking.reliable,
-                                       stage.teacher_config, "reliable", str(stage.st_dir("st_pseudo_reliable")))  # fmt: skip
+    pseudo = jobs.select_pseudo_labels(
+        _read(PseudoLabelSet, stage.record("st_pseudo_teacher")),
+        ranking.reliable,
+        stage.teacher_config,
+        "reliable",
+        str(stage.st_dir("st_pseudo_reliable")),
+    )
     _write(stage.record("st_pseudo_reliable"), pseudo)
 
 
@@ -204,29 +234,50 @@ def st_student_config(stage: Stage, student: str) -> ExperimentConfig:
 def st_train(stage: Stage, student: str) -> None:
     method, sources, tags = STUDENTS[student]
     pseudo = [_read(PseudoLabelSet, stage.record(source)) for source in sources]
-    model = jobs.train_student(_read(SplitSet, stage.splits_file), pseudo, st_student_config(stage, student), method,
-                               {**stage.tags, **tags}, keyed_dir=False)  # fmt: skip
+    model = jobs.train_student(
+        _read(SplitSet, stage.splits_file),
+        pseudo,
+        st_student_config(stage, student),
+        method,
+        {**stage.tags, **tags},
+        keyed_dir=False,
+    )
     _write(stage.record(student), model)
     _write_metrics(stage.outputs / "train" / f"{student}.json", model.metrics)
 
 
 def st_pseudo_round1(stage: Stage) -> None:
     ranking = _read(StabilityRanking, stage.outputs / "stability" / "stability.json")
-    pseudo = jobs.pseudo_label(_read(TrainedModel, stage.record("stpp_round1")), ranking.unreliable,
-                               st_student_config(stage, "stpp_round1"), "round 1", str(stage.st_dir("st_pseudo_round1")))  # fmt: skip
+    pseudo = jobs.pseudo_label(
+        _read(TrainedModel, stage.record("stpp_round1")),
+        ranking.unreliable,
+        st_student_config(stage, "stpp_round1"),
+        "round 1",
+        str(stage.st_dir("st_pseudo_round1")),
+    )
     _write(stage.record("st_pseudo_round1"), pseudo)
     _write_metrics(stage.outputs / "pseudo_labels" / "round1.json", {"miou": pseudo.miou})
 
 
 def st_evaluate(stage: Stage, student: str) -> None:
     config = validate(stage.config(STUDENTS[student][0], str(stage.eval_dir(student))))
-    evaluation = jobs.evaluate_trained(_read(TrainedModel, stage.record(student)), _read(SplitSet, stage.splits_file), config, stage.tags)
+    evaluation = jobs.evaluate_trained(
+        _read(TrainedModel, stage.record(student)), _read(SplitSet, stage.splits_file), config, stage.tags
+    )
     _write(stage.eval_dir(student).with_suffix(".evaluation.json"), evaluation)
-    _write_metrics(stage.eval_dir(student).with_suffix(".json"), {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou})
+    _write_metrics(
+        stage.eval_dir(student).with_suffix(".json"),
+        {"miou": evaluation.miou, "per_class_iou": evaluation.per_class_iou},
+    )
 
 
-ST_STAGES = {"st_teacher": st_teacher, "st_pseudo_teacher": st_pseudo_teacher, "st_stability": st_stability,
-             "st_select": st_select, "st_pseudo_round1": st_pseudo_round1}  # fmt: skip
+ST_STAGES = {
+    "st_teacher": st_teacher,
+    "st_pseudo_teacher": st_pseudo_teacher,
+    "st_stability": st_stability,
+    "st_select": st_select,
+    "st_pseudo_round1": st_pseudo_round1,
+}
 ST_STUDENT_STAGES = {"st_train": st_train, "st_evaluate": st_evaluate}
 
 
@@ -244,26 +295,59 @@ def change_detection(params: dict[str, Any]) -> None:
         config = variant_config(base, Variant(method, [f"method.name={method}"]))
         config["output_dir"] = f"runs/{experiment}/{method}"  # fixed: DVC clears it before a re-run
         model = jobs.train_variant(splits, validate(config), method, tags)
-        evaluations.append(jobs.evaluate_trained(model, splits, validate({**config, "output_dir": str(outputs / "eval" / method)}), tags))
+        evaluations.append(
+            jobs.evaluate_trained(
+                model, splits, validate({**config, "output_dir": str(outputs / "eval" / method)}), tags
+            )
+        )
         metrics[method] = {key: model.metrics[key] for key in CHANGE_METRICS}
-    jobs.build_report(evaluations, None, experiment, table.layout, str(outputs / "report"), tags, table.rows, table.cols)
+    jobs.build_report(
+        evaluations, None, experiment, table.layout, str(outputs / "report"), tags, table.rows, table.cols
+    )
     root = Path(base["dataset"]["root"])
-    jobs.export_predictions(model, validate(base), str(root / "A"), str(outputs / "predictions" / methods[-1]), 16,
-                            str(root / "label"), second_dir=str(root / "B"), split_file=splits.val.path)  # fmt: skip
+    jobs.export_predictions(
+        model,
+        validate(base),
+        str(root / "A"),
+        str(outputs / "predictions" / methods[-1]),
+        16,
+        str(root / "label"),
+        second_dir=str(root / "B"),
+        split_file=splits.val.path,
+    )
     _write_metrics(outputs / "metrics.json", metrics)
 
 
 # Table 14's numbers of each method, as dvc metrics show them: the student's best epoch (IoU_c, and the OA / F1 of
 # that epoch) and the EMA's.
-CHANGE_METRICS = ("best_iou_changed_student", "best_overall_accuracy_student", "best_f1_changed_student",
-                  "best_iou_changed_ema", "best_overall_accuracy_ema")  # fmt: skip
+CHANGE_METRICS = (
+    "best_iou_changed_student",
+    "best_overall_accuracy_student",
+    "best_f1_changed_student",
+    "best_iou_changed_ema",
+    "best_overall_accuracy_ema",
+)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="DVC stage commands (see dvc.yaml).")
-    parser.add_argument("stage", choices=("foundation", "splits", "pretrain", "train", "evaluate", "report", "change_detection",
-                                          *ST_STAGES, *ST_STUDENT_STAGES))
-    parser.add_argument("method", nargs="?", help="the method of a train / evaluate stage; the student of st_train / st_evaluate")
+    parser.add_argument(
+        "stage",
+        choices=(
+            "foundation",
+            "splits",
+            "pretrain",
+            "train",
+            "evaluate",
+            "report",
+            "change_detection",
+            *ST_STAGES,
+            *ST_STUDENT_STAGES,
+        ),
+    )
+    parser.add_argument(
+        "method", nargs="?", help="the method of a train / evaluate stage; the student of st_train / st_evaluate"
+    )
     args = parser.parse_args(argv)
     if not PARAMS_FILE.is_file():
         raise ConfigError(f"{PARAMS_FILE}: not found in {Path.cwd()}; run the stages from the project root (dvc repro)")

@@ -1,6 +1,7 @@
 """Table 9: UniMatch V2 (or the config's method) across encoders, with parameters and step time.
 
-    python -m pipelines.encoder_comparison [--quick] [--encoders tiny resnet-tiny] [--weights NAME=FILE ...] [key=value ...]
+    python -m pipelines.encoder_comparison [--quick] [--encoders tiny resnet-tiny] [--weights NAME=FILE ...]
+        [key=value ...]
     zenml pipeline run pipelines.encoder_comparison.encoder_comparison -c configs/zenml/encoder_comparison.yaml
 
 Each encoder trains with its own declared defaults (learning rates, which model makes the pseudo labels)
@@ -40,8 +41,9 @@ def _set(config: str, overrides: Sequence[str], dotted: str) -> bool:
     return tree is not None
 
 
-def encoder_variants(config: str, overrides: Sequence[str], base: dict[str, Any], encoders: Sequence[str],
-                     weights: dict[str, str]) -> list[Variant]:  # fmt: skip
+def encoder_variants(
+    config: str, overrides: Sequence[str], base: dict[str, Any], encoders: Sequence[str], weights: dict[str, str]
+) -> list[Variant]:
     """One variant per encoder: its weights, sizes rounded down to its size divisor (518 -> 512 for the
     patch-16 ViTs and the CNNs, the crop of the authors' BEiT runs) and, for the settings nobody set, its
     own defaults."""
@@ -81,7 +83,9 @@ def encoder_comparison(
 def _weights(text: str) -> tuple[str, str]:
     name, _, path = text.partition("=")
     if name not in ENCODERS or not path:
-        raise ConfigError(f"weights: expected ENCODER=FILE with a registered encoder ({', '.join(sorted(ENCODERS))}), got '{text}'")
+        raise ConfigError(
+            f"weights: expected ENCODER=FILE with a registered encoder ({', '.join(sorted(ENCODERS))}), got '{text}'"
+        )
     return name, path
 
 
@@ -94,10 +98,19 @@ def _weights_option(text: str) -> str:
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
-    parser.add_argument("--encoders", nargs="+", choices=sorted(ENCODERS),
-                        help=f"encoders to compare (default: the CPU-sized ones, {' '.join(CPU_ENCODERS)})")
-    parser.add_argument("--weights", nargs="+", type=_weights_option, metavar="ENCODER=FILE",
-                        help="released weights per encoder (default: the config's model.weights for its encoder)")
+    parser.add_argument(
+        "--encoders",
+        nargs="+",
+        choices=sorted(ENCODERS),
+        help=f"encoders to compare (default: the CPU-sized ones, {' '.join(CPU_ENCODERS)})",
+    )
+    parser.add_argument(
+        "--weights",
+        nargs="+",
+        type=_weights_option,
+        metavar="ENCODER=FILE",
+        help="released weights per encoder (default: the config's model.weights for its encoder)",
+    )
     return ("encoders", "weights")
 
 

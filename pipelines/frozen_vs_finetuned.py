@@ -1,7 +1,7 @@
 """Table 7: UniMatch V2 with the encoder finetuned vs frozen.
 
-    python -m pipelines.frozen_vs_finetuned [--quick] [--no-cache] [key=value ...]
-    zenml pipeline run pipelines.frozen_vs_finetuned.frozen_vs_finetuned -c configs/zenml/frozen_vs_finetuned.yaml
+python -m pipelines.frozen_vs_finetuned [--quick] [--no-cache] [key=value ...]
+zenml pipeline run pipelines.frozen_vs_finetuned.frozen_vs_finetuned -c configs/zenml/frozen_vs_finetuned.yaml
 """
 
 from __future__ import annotations

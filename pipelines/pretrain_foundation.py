@@ -1,6 +1,7 @@
 """Rebuild the embedded world's foundation encoder (the weights `configs/datasets/embedded.yaml` loads).
 
-    python -m pipelines.pretrain_foundation [--config configs/foundation/embedded-tiny.yaml] [--no-cache] [key=value ...]
+    python -m pipelines.pretrain_foundation [--config configs/foundation/embedded-tiny.yaml] [--no-cache]
+        [key=value ...]
     zenml pipeline run pipelines.pretrain_foundation.pretrain_foundation
 
 One step, cached by the settings and the library's source: the corpus is rendered on the fly, so there
@@ -32,7 +33,9 @@ def pretrain_foundation(config: str = DEFAULT_FOUNDATION_CONFIG, overrides: list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. route=mae iterations=500")
-    parser.add_argument("--config", default=DEFAULT_FOUNDATION_CONFIG, help=f"foundation YAML (default: {DEFAULT_FOUNDATION_CONFIG})")
+    parser.add_argument(
+        "--config", default=DEFAULT_FOUNDATION_CONFIG, help=f"foundation YAML (default: {DEFAULT_FOUNDATION_CONFIG})"
+    )
     parser.add_argument("--no-cache", action="store_true", help="re-run the step even when its cache key matches")
     args = parser.parse_args()
     run_pipeline(pretrain_foundation, {"config": args.config, "overrides": args.overrides}, args.no_cache)

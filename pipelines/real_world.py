@@ -39,7 +39,11 @@ def labeled_images(config: str, overrides: Sequence[str]) -> int:
 def variants(pool: list[str]) -> list[Variant]:
     return [
         Variant("labeled_only", ["method.name=labeled_only"], {"setting": SETTINGS[0]}),
-        Variant("unimatch_v2-extra", ["method.name=unimatch_v2", f"dataset.extra_unlabeled={pool}"], {"setting": SETTINGS[1]}),
+        Variant(
+            "unimatch_v2-extra",
+            ["method.name=unimatch_v2", f"dataset.extra_unlabeled={pool}"],
+            {"setting": SETTINGS[1]},
+        ),
     ]
 
 

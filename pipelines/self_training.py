@@ -29,7 +29,7 @@ from steps import (
     train_model,
     train_student,
     unlabeled_images,
-)  # fmt: skip
+)
 from steps.tracking import store_uri, tracker_step_options
 from unimatch.config import validate
 from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
@@ -65,20 +65,30 @@ def self_training(
     unlabeled = unlabeled_images(splits)
     teacher_cfg = variant("labeled_only", "method.name=labeled_only", f"train.snapshots={SNAPSHOTS}")
     teacher = trainer(splits, teacher_cfg, "labeled_only", tags, id="train_teacher")
-    teacher_labels = pseudo_label_images(teacher, unlabeled, teacher_cfg, "teacher", f"{runs}/pseudo/teacher", id="pseudo_label_all")
+    teacher_labels = pseudo_label_images(
+        teacher, unlabeled, teacher_cfg, "teacher", f"{runs}/pseudo/teacher", id="pseudo_label_all"
+    )
     st_cfg = variant("st", "method.name=st")
     st = student(splits, [teacher_labels], st_cfg, "st", tags, id="train_st")
 
     reliable, unreliable, _ = rank_by_stability(teacher, unlabeled, teacher_cfg, f"outputs/{experiment}/stability")
     reliable_labels = select_pseudo_labels(teacher_labels, reliable, teacher_cfg, "reliable", f"{runs}/pseudo/reliable")
     stpp_cfg = variant("st++", "method.name=st++")
-    round_one = student(splits, [reliable_labels], stpp_cfg, "st++ round 1", {**tags, "stage": "round 1"}, id="train_stpp_round1")
-    rest_labels = pseudo_label_images(round_one, unreliable, stpp_cfg, "round 1", f"{runs}/pseudo/round1", id="pseudo_label_unreliable")
+    round_one = student(
+        splits, [reliable_labels], stpp_cfg, "st++ round 1", {**tags, "stage": "round 1"}, id="train_stpp_round1"
+    )
+    rest_labels = pseudo_label_images(
+        round_one, unreliable, stpp_cfg, "round 1", f"{runs}/pseudo/round1", id="pseudo_label_unreliable"
+    )
     stpp = student(splits, [reliable_labels, rest_labels], stpp_cfg, "st++", tags, id="train_stpp")
 
-    evaluations = [evaluator(model, splits, cfg, tags, id=f"evaluate_{name}")
-                   for name, model, cfg in (("teacher", teacher, teacher_cfg), ("st", st, st_cfg), ("stpp", stpp, stpp_cfg))]  # fmt: skip
-    build_report(evaluations, store_uri(), experiment, table.layout, f"outputs/{experiment}", tags, table.rows, table.cols)
+    evaluations = [
+        evaluator(model, splits, cfg, tags, id=f"evaluate_{name}")
+        for name, model, cfg in (("teacher", teacher, teacher_cfg), ("st", st, st_cfg), ("stpp", stpp, stpp_cfg))
+    ]
+    build_report(
+        evaluations, store_uri(), experiment, table.layout, f"outputs/{experiment}", tags, table.rows, table.cols
+    )
 
 
 if __name__ == "__main__":

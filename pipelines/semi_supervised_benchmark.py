@@ -45,13 +45,23 @@ def semi_supervised_benchmark(
     dataset = base["dataset"]
     if predict_method in models and dataset["name"] in FOLDER_LAYOUTS:
         output_dir = f"outputs/{base['tracking']['experiment']}/predictions/{predict_method}"
-        export_predictions(models[predict_method], validate(base), f"{dataset['root']}/images/val", output_dir, predict_limit,
-                           f"{dataset['root']}/masks/val")
+        export_predictions(
+            models[predict_method],
+            validate(base),
+            f"{dataset['root']}/images/val",
+            output_dir,
+            predict_limit,
+            f"{dataset['root']}/masks/val",
+        )
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:
-    parser.add_argument("--methods", nargs="+", choices=single_training_methods(),
-                        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=single_training_methods(),
+        help=f"methods to compare (default: {' '.join(DEFAULT_METHODS)})",
+    )
     return ("methods",)
 
 

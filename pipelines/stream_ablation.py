@@ -1,7 +1,7 @@
 """Table 6: UniMatch V2's complementary dropout streams against the three alternative designs.
 
-    python -m pipelines.stream_ablation [--quick] [--no-cache] [key=value ...]
-    zenml pipeline run pipelines.stream_ablation.stream_ablation -c configs/zenml/stream_ablation.yaml
+python -m pipelines.stream_ablation [--quick] [--no-cache] [key=value ...]
+zenml pipeline run pipelines.stream_ablation.stream_ablation -c configs/zenml/stream_ablation.yaml
 """
 
 from __future__ import annotations

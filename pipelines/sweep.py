@@ -30,7 +30,9 @@ def grid_variants(grid: dict[str, list[float]]) -> list[Variant]:
         param = key.rsplit(".", 1)[-1]
         for value in values:
             shown = format_number(value)
-            variants.append(Variant(f"{param}-{shown}", [f"{key}={value}"], {"sweep_param": param, "sweep_value": shown}))
+            variants.append(
+                Variant(f"{param}-{shown}", [f"{key}={value}"], {"sweep_param": param, "sweep_value": shown})
+            )
     return variants
 
 

@@ -49,7 +49,9 @@ def environment_defaults(root: Path = PROJECT_ROOT) -> dict[str, str]:
 
 def startup_hook(root: Path = PROJECT_ROOT) -> str:
     """The one-line .pth body that sets :func:`environment_defaults` (never overriding a set variable)."""
-    settings = "; ".join(f"os.environ.setdefault({key!r}, {value!r})" for key, value in environment_defaults(root).items())
+    settings = "; ".join(
+        f"os.environ.setdefault({key!r}, {value!r})" for key, value in environment_defaults(root).items()
+    )
     return f"import os; {settings}\n"
 
 

@@ -10,6 +10,18 @@ from .report import build_report
 from .splits import create_splits
 from .train import train_model
 
-__all__ = ["build_report", "create_splits", "evaluate_model", "export_predictions", "make_unlabeled_pool", "pretrain_encoder",
-           "pseudo_label_images", "rank_by_stability", "select_pseudo_labels", "train_foundation_encoder", "train_model",
-           "train_student", "unlabeled_images"]
+__all__ = [
+    "build_report",
+    "create_splits",
+    "evaluate_model",
+    "export_predictions",
+    "make_unlabeled_pool",
+    "pretrain_encoder",
+    "pseudo_label_images",
+    "rank_by_stability",
+    "select_pseudo_labels",
+    "train_foundation_encoder",
+    "train_model",
+    "train_student",
+    "unlabeled_images",
+]

@@ -36,8 +36,19 @@ from unimatch.jobs import (
     TrainedModel,
 )
 
-__all__ = ["Evaluation", "FoundationEncoder", "Predictions", "PretrainedEncoder", "PseudoLabelSet", "ReportFiles",
-           "SplitFile", "SplitSet", "StabilityRanking", "TrainedModel", "TrainedModelMaterializer"]
+__all__ = [
+    "Evaluation",
+    "FoundationEncoder",
+    "Predictions",
+    "PretrainedEncoder",
+    "PseudoLabelSet",
+    "ReportFiles",
+    "SplitFile",
+    "SplitSet",
+    "StabilityRanking",
+    "TrainedModel",
+    "TrainedModelMaterializer",
+]
 
 
 class TrainedModelMaterializer(BaseMaterializer):

@@ -14,7 +14,9 @@ from .cache import LIBRARY_CACHE_POLICY
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY)
-def evaluate_model(model: TrainedModel, splits: SplitSet, config: ExperimentConfig, tags: dict[str, str]) -> Annotated[Evaluation, "evaluation"]:
+def evaluate_model(
+    model: TrainedModel, splits: SplitSet, config: ExperimentConfig, tags: dict[str, str]
+) -> Annotated[Evaluation, "evaluation"]:
     """mIoU of ``model`` on the val split, logged as its own MLflow run (tag ``kind=eval``), nested
     under the training run.
 

@@ -14,8 +14,14 @@ from .artifacts import Predictions, TrainedModel
 
 @step(enable_cache=False)
 def export_predictions(
-    model: TrainedModel, config: ExperimentConfig, input_dir: str, output_dir: str, limit: int | None = None,
-    masks_dir: str | None = None, second_dir: str | None = None, split_file: str | None = None,
+    model: TrainedModel,
+    config: ExperimentConfig,
+    input_dir: str,
+    output_dir: str,
+    limit: int | None = None,
+    masks_dir: str | None = None,
+    second_dir: str | None = None,
+    split_file: str | None = None,
 ) -> Annotated[Predictions, "predictions"]:
     """Predict every image under ``input_dir`` (at most ``limit``) with the EMA weights of ``model``;
     overlays show the ground truth of ``masks_dir`` beside the prediction where it has a mask. With
@@ -24,4 +30,6 @@ def export_predictions(
 
     Never cached: its product is the files under ``output_dir``, which a cached step would not rewrite.
     """
-    return jobs.export_predictions(model, config, input_dir, output_dir, limit, masks_dir, second_dir=second_dir, split_file=split_file)
+    return jobs.export_predictions(
+        model, config, input_dir, output_dir, limit, masks_dir, second_dir=second_dir, split_file=split_file
+    )

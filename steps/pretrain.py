@@ -14,7 +14,9 @@ from .cache import LIBRARY_CACHE_POLICY
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY)
-def pretrain_encoder(splits: SplitSet, config: ExperimentConfig, tags: dict[str, str]) -> Annotated[PretrainedEncoder, "encoder"]:
+def pretrain_encoder(
+    splits: SplitSet, config: ExperimentConfig, tags: dict[str, str]
+) -> Annotated[PretrainedEncoder, "encoder"]:
     """Pre-train the encoder of ``config`` (``pretrain.method``) on the training images of ``splits``,
     as its own MLflow run (tag ``kind=pretrain``, loss curve and reconstructions).
 

@@ -24,7 +24,9 @@ def build_report(
     filter_tags: dict[str, str],
     expected_rows: list[str],
     expected_cols: list[str],
-) -> tuple[Annotated[pd.DataFrame, "table"], Annotated[HTMLString, "table_html"], Annotated[ReportFiles, "report_files"]]:
+) -> tuple[
+    Annotated[pd.DataFrame, "table"], Annotated[HTMLString, "table_html"], Annotated[ReportFiles, "report_files"]
+]:
     """Write ``<out_dir>/<layout>.{md,csv,html}`` from the runs of ``experiment`` matching ``filter_tags``
     in the tracking store ``uri`` (None: the library's default store).
 

@@ -19,7 +19,11 @@ MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer
 
 @step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER)
 def train_model(
-    splits: SplitSet, config: ExperimentConfig, name: str, tags: dict[str, str], encoder: PretrainedEncoder | None = None
+    splits: SplitSet,
+    config: ExperimentConfig,
+    name: str,
+    tags: dict[str, str],
+    encoder: PretrainedEncoder | None = None,
 ) -> Annotated[TrainedModel, "model"]:
     """Train ``config`` (fully resolved: method, budget, output_dir) on ``splits``, from ``encoder`` (the
     pre-training step's output) when the table pre-trains one.
@@ -40,4 +44,9 @@ def train_model(
 
 def model_version_metadata(trained: TrainedModel) -> dict[str, str | float]:
     links = {"mlflow_run_id": trained.mlflow_run_id, "mlflow_model": trained.mlflow_model}
-    return {"method": trained.method, "variant": trained.name, **{k: v for k, v in links.items() if v}, **trained.metrics}
+    return {
+        "method": trained.method,
+        "variant": trained.name,
+        **{k: v for k, v in links.items() if v},
+        **trained.metrics,
+    }

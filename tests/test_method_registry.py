@@ -11,14 +11,7 @@ from unimatch.config import load_config
 from unimatch.engine import Trainer
 from unimatch.errors import ConfigError
 from unimatch.jobs import train
-from unimatch.methods import (
-    METHODS,
-    Method,
-    method_class,
-    method_labels,
-    register_method,
-    single_training_methods,
-)
+from unimatch.methods import METHODS, Method, method_class, method_labels, register_method, single_training_methods
 from unimatch.methods.base import Pools, StepLosses, joint_forward
 from unimatch.settings import PseudoLabelSettings
 
@@ -90,12 +83,7 @@ def test_a_new_method_is_one_class_and_its_registration(tiny_config, tmp_path):
         Settings = HalfWeightSettings
 
         def step(self, student, teacher, labeled, unlabeled) -> StepLosses:
-            from unimatch.methods import (
-                cutmix_images,
-                cutmix_pseudo,
-                pixel_loss,
-                pseudo_label,
-            )
+            from unimatch.methods import cutmix_images, cutmix_pseudo, pixel_loss, pseudo_label
             from unimatch.methods.base import mask_ratio
 
             pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)

@@ -7,10 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from unimatch.methods import method_class
 from unimatch.engine.ema import ema_decay, update_ema
 from unimatch.engine.losses import OhemCrossEntropy
-from unimatch.methods import LabeledBatch, UnlabeledBatch, build_method
+from unimatch.methods import LabeledBatch, UnlabeledBatch, build_method, method_class
 from unimatch.models import build_segmentor
 
 NCLASS, SIZE, BATCH = 4, 28, 4

@@ -21,7 +21,13 @@ from unimatch.models import CheckpointError, build_segmentor
 from unimatch.models.decoders.vlg import UpBlock, VLGHead
 from unimatch.models.encoders import build_encoder, parameter_counts
 from unimatch.models.encoders.clip import clip_vit, value_path
-from unimatch.models.text import aggregate_concepts, concept_classes, load_text_embeddings, random_text_embeddings, read_class_concepts
+from unimatch.models.text import (
+    aggregate_concepts,
+    concept_classes,
+    load_text_embeddings,
+    random_text_embeddings,
+    read_class_concepts,
+)
 from unimatch.models.weights import _load_strict, encoder_state_from
 
 EMBEDDED_TEXT = "configs/text_embeddings/embedded_random.npy"

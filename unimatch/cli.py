@@ -1,4 +1,5 @@
-"""The ``unimatch`` command line: make-data, split, check-data, pretrain, foundation, train, evaluate, predict, report."""
+"""The ``unimatch`` command line: make-data, split, check-data, pretrain, foundation, train, evaluate, predict, report,
+encoders, text-embeddings. Each command parses its arguments, calls :mod:`unimatch.jobs` and prints."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ if TYPE_CHECKING:  # imported lazily at run time: `unimatch --help` must not wai
     from .config import ExperimentConfig
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
-MODEL_HELP = ("checkpoint file (.pth: ours or the authors' released UniMatch V2), or an MLflow model of the config's "
-              "tracking store: models:/NAME@best, models:/NAME/VERSION, runs:/RUN_ID/model")
+MODEL_HELP = (
+    "checkpoint file (.pth: ours or the authors' released UniMatch V2), or an MLflow model of the config's "
+    "tracking store: models:/NAME@best, models:/NAME/VERSION, runs:/RUN_ID/model"
+)
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", default=DEFAULT_CONFIG, help=f"experiment YAML (default: {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=fixmatch train.epochs=2")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. method.name=fixmatch train.epochs=2"
+    )
 
 
 def _load(args: argparse.Namespace) -> ExperimentConfig:
@@ -96,8 +101,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .jobs.commands import predict
 
-    written = predict(_load(args), args.checkpoint, args.weights, args.input, args.output, args.limit, args.masks,
-                      args.input_b, progress=not args.no_progress)  # fmt: skip
+    written = predict(
+        _load(args),
+        args.checkpoint,
+        args.weights,
+        args.input,
+        args.output,
+        args.limit,
+        args.masks,
+        args.input_b,
+        progress=not args.no_progress,
+    )
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
@@ -113,12 +127,18 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_encoders(args: argparse.Namespace) -> None:
     from .models.encoders import ENCODERS, parameter_counts
 
-    print(f"{'encoder':12s} {'divisor':>7s} {'lr':>7s} {'x dec':>5s} {'teacher':>7s} {'params M (enc / dec)':>21s}  description")
+    print(
+        f"{'encoder':12s} {'divisor':>7s} {'lr':>7s} {'x dec':>5s} {'teacher':>7s} "
+        f"{'params M (enc / dec)':>21s}  description"
+    )
     for name, entry in sorted(ENCODERS.items(), key=lambda item: (not item[1].cpu_sized, item[0])):
         counts = "/".join(f"{c / 1e6:.1f}" for c in parameter_counts(name)) if args.params else "-"
-        print(f"{name:12s} {entry.size_divisor:7d} {entry.lr:7.0e} {entry.lr_multiplier:5g} {entry.teacher:>7s} {counts:>21s}  "
-              f"{entry.summary}{'; inputs exactly crop x crop' if entry.fixed_input else ''}"
-              f"{'; weights: ' + entry.weights_hint if entry.weights_hint else ''}")
+        print(
+            f"{name:12s} {entry.size_divisor:7d} {entry.lr:7.0e} {entry.lr_multiplier:5g} {entry.teacher:>7s} "
+            f"{counts:>21s}  "
+            f"{entry.summary}{'; inputs exactly crop x crop' if entry.fixed_input else ''}"
+            f"{'; weights: ' + entry.weights_hint if entry.weights_hint else ''}"
+        )
 
 
 def cmd_text_embeddings(args: argparse.Namespace) -> None:
@@ -128,7 +148,10 @@ def cmd_text_embeddings(args: argparse.Namespace) -> None:
     from .data.embedded import CLASSES as EMBEDDED_CLASSES
     from .models import text
 
-    built_in = {"embedded": list(EMBEDDED_CLASSES), **{name: class_names(name, nclass=n) for name, n in (("pascal", 21), ("cityscapes", 19))}}
+    built_in = {
+        "embedded": list(EMBEDDED_CLASSES),
+        **{name: class_names(name, nclass=n) for name, n in (("pascal", 21), ("cityscapes", 19))},
+    }
     source = args.classes
     classes = [[name] for name in built_in[source]] if source in built_in else text.read_class_concepts(source)
     rows = sum(len(concepts) for concepts in classes)
@@ -144,7 +167,11 @@ def cmd_text_embeddings(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, embeddings)
-    kind = f"RANDOM unit vectors (seed {args.random}, a plumbing check)" if args.random is not None else f"CLIP {args.architecture} text embeddings"
+    kind = (
+        f"RANDOM unit vectors (seed {args.random}, a plumbing check)"
+        if args.random is not None
+        else f"CLIP {args.architecture} text embeddings"
+    )
     print(f"wrote {out}: {embeddings.shape[0]} rows x {embeddings.shape[1]} ({len(classes)} classes), {kind}")
     if rows != len(classes):
         print(f"concept rows: set the decoder's concepts (or method.guidance_concepts) to {source}")
@@ -155,10 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    make_data = sub.add_parser("make-data", help="generate the embedded datasets: segmentation and change detection (offline, deterministic)")
-    make_data.add_argument("--root", default="data/embedded", help="where to write the segmentation data (default: data/embedded)")
-    make_data.add_argument("--change-root", default="data/embedded-cd",
-                           help="where to write the change-detection pairs (default: data/embedded-cd)")
+    make_data = sub.add_parser(
+        "make-data", help="generate the embedded datasets: segmentation and change detection (offline, deterministic)"
+    )
+    make_data.add_argument(
+        "--root", default="data/embedded", help="where to write the segmentation data (default: data/embedded)"
+    )
+    make_data.add_argument(
+        "--change-root",
+        default="data/embedded-cd",
+        help="where to write the change-detection pairs (default: data/embedded-cd)",
+    )
     make_data.add_argument("--seed", type=int, default=0)
     make_data.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
     make_data.set_defaults(func=cmd_make_data)
@@ -167,40 +201,65 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(split)
     split.set_defaults(func=cmd_split)
 
-    check = sub.add_parser("check-data", help="check every image and mask of the splits in one pass (headers and "
-                           "sizes; --decode: full decodes and label values) and list each problem")
+    check = sub.add_parser(
+        "check-data",
+        help="check every image and mask of the splits in one pass (headers and "
+        "sizes; --decode: full decodes and label values) and list each problem",
+    )
     _config_args(check)
     check.add_argument("--decode", action="store_true", help="decode every file and check label values (slower)")
     check.add_argument("--no-progress", action="store_true")
     check.set_defaults(func=cmd_check_data)
 
-    train = sub.add_parser("train", help="train a method; resumes from <output_dir>/checkpoints/latest.pth; "
-                           "multi-GPU with train.gpus=N or under torchrun")
+    train = sub.add_parser(
+        "train",
+        help="train a method; resumes from <output_dir>/checkpoints/latest.pth; "
+        "multi-GPU with train.gpus=N or under torchrun",
+    )
     _config_args(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    train.add_argument("--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one")
+    train.add_argument(
+        "--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one"
+    )
     train.set_defaults(func=cmd_train)
 
-    pretrain = sub.add_parser("pretrain", help="self-supervised (MAE) pre-training of the encoder on the training "
-                              "images, cached; training does it on demand when pretrain.method is set")
+    pretrain = sub.add_parser(
+        "pretrain",
+        help="self-supervised (MAE) pre-training of the encoder on the training "
+        "images, cached; training does it on demand when pretrain.method is set",
+    )
     _config_args(pretrain)
     pretrain.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     pretrain.set_defaults(func=cmd_pretrain)
 
-    foundation = sub.add_parser("foundation", help="pre-train the embedded world's foundation encoder on the "
-                                "foundation corpus (never a benchmark image or class); writes the shipped weights")
-    foundation.add_argument("--config", "-c", default="configs/foundation/embedded-tiny.yaml",
-                            help="foundation YAML (default: configs/foundation/embedded-tiny.yaml)")
+    foundation = sub.add_parser(
+        "foundation",
+        help="pre-train the embedded world's foundation encoder on the "
+        "foundation corpus (never a benchmark image or class); writes the shipped weights",
+    )
+    foundation.add_argument(
+        "--config",
+        "-c",
+        default="configs/foundation/embedded-tiny.yaml",
+        help="foundation YAML (default: configs/foundation/embedded-tiny.yaml)",
+    )
     foundation.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. route=mae iterations=500")
     foundation.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     foundation.add_argument("--no-tracking", action="store_true", help="no MLflow run")
     foundation.add_argument("--no-progress", action="store_true")
     foundation.set_defaults(func=cmd_foundation)
 
-    evaluate = sub.add_parser("evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split")
+    evaluate = sub.add_parser(
+        "evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split"
+    )
     _config_args(evaluate)
     evaluate.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
-    evaluate.add_argument("--weights", default="ema", choices=("ema", "model"), help="which weights of a training checkpoint (default: ema)")
+    evaluate.add_argument(
+        "--weights",
+        default="ema",
+        choices=("ema", "model"),
+        help="which weights of a training checkpoint (default: ema)",
+    )
     evaluate.add_argument("--split", help="split file to evaluate (default: the config's val split)")
     evaluate.add_argument("--no-progress", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
@@ -209,10 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(predict)
     predict.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
     predict.add_argument("--weights", default="ema", choices=("ema", "model"))
-    predict.add_argument("--input", required=True, help="folder of images (searched recursively); change detection: the A (before) images")
-    predict.add_argument("--input-b", help="change detection: folder of the B (after) images, same relative paths as --input")
+    predict.add_argument(
+        "--input",
+        required=True,
+        help="folder of images (searched recursively); change detection: the A (before) images",
+    )
+    predict.add_argument(
+        "--input-b", help="change detection: folder of the B (after) images, same relative paths as --input"
+    )
     predict.add_argument("--output", required=True, help="output folder")
-    predict.add_argument("--masks", help="ground-truth folder (<masks>/<relative image path>.png): shown beside each prediction")
+    predict.add_argument(
+        "--masks", help="ground-truth folder (<masks>/<relative image path>.png): shown beside each prediction"
+    )
     predict.add_argument("--limit", type=int, help="at most this many images (the first, sorted by path)")
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
@@ -221,24 +288,46 @@ def build_parser() -> argparse.ArgumentParser:
     encoders.add_argument("--params", action="store_true", help="also count encoder / decoder parameters (21 classes)")
     encoders.set_defaults(func=cmd_encoders)
 
-    embed = sub.add_parser("text-embeddings", help="class text embeddings for SemiVL's decoder (.npy) from a CLIP text "
-                           "encoder (open_clip, the optional extra 'clip'), prompt 'a photo of a {class}'")
-    embed.add_argument("--classes", required=True, help="embedded, pascal, cityscapes, or a classes file: one class per "
-                       "line, its concepts separated by | (one row per concept)")
-    embed.add_argument("--weights", help="CLIP weights: OpenAI's ViT-B-16.pt or an open_clip checkpoint of --architecture")
+    embed = sub.add_parser(
+        "text-embeddings",
+        help="class text embeddings for SemiVL's decoder (.npy) from a CLIP text "
+        "encoder (open_clip, the optional extra 'clip'), prompt 'a photo of a {class}'",
+    )
+    embed.add_argument(
+        "--classes",
+        required=True,
+        help="embedded, pascal, cityscapes, or a classes file: one class per "
+        "line, its concepts separated by | (one row per concept)",
+    )
+    embed.add_argument(
+        "--weights", help="CLIP weights: OpenAI's ViT-B-16.pt or an open_clip checkpoint of --architecture"
+    )
     embed.add_argument("--architecture", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    embed.add_argument("--gelu", action="store_true", help="the weights' model uses GELU (open_clip's own trainings); "
-                       "default QuickGELU, as OpenAI's")
-    embed.add_argument("--average-concepts", action="store_true", help="one row per class: the mean of its concepts' "
-                       "embeddings (SemiVL's Cityscapes decoder text), instead of one row per concept")
-    embed.add_argument("--random", type=int, metavar="SEED", help="seeded random unit vectors instead (a plumbing check, not CLIP)")
-    embed.add_argument("--width", type=int, default=512, help="width of --random vectors (default: 512, CLIP ViT-B/16's)")
+    embed.add_argument(
+        "--gelu",
+        action="store_true",
+        help="the weights' model uses GELU (open_clip's own trainings); default QuickGELU, as OpenAI's",
+    )
+    embed.add_argument(
+        "--average-concepts",
+        action="store_true",
+        help="one row per class: the mean of its concepts' "
+        "embeddings (SemiVL's Cityscapes decoder text), instead of one row per concept",
+    )
+    embed.add_argument(
+        "--random", type=int, metavar="SEED", help="seeded random unit vectors instead (a plumbing check, not CLIP)"
+    )
+    embed.add_argument(
+        "--width", type=int, default=512, help="width of --random vectors (default: 512, CLIP ViT-B/16's)"
+    )
     embed.add_argument("--out", required=True, help="output .npy (float16, rows x width)")
     embed.set_defaults(func=cmd_text_embeddings)
 
     report = sub.add_parser("report", help="rebuild a paper table from MLflow runs (Markdown, CSV, HTML)")
     report.add_argument("--experiment", required=True, help="MLflow experiment name")
-    report.add_argument("--table", default="methods", help="layout: methods, streams, frozen, encoders, real_world, sweep")
+    report.add_argument(
+        "--table", default="methods", help="layout: methods, streams, frozen, encoders, real_world, sweep"
+    )
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
     report.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
@@ -247,7 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
     from .errors import run_guarded
 
     return run_guarded(lambda: args.func(args))

@@ -2,9 +2,9 @@
 
 The experiment (:class:`ExperimentConfig`) assembles the plain sections of :mod:`unimatch.settings` and
 checks them against the registries: encoder, decoder and method names, each method's and decoder's own
-settings, sizes that suit the encoder. A YAML file may name parent files under ``inherit:`` (paths relative to itself); parents are merged
-first, in order, then the file itself, then the command-line overrides. Unknown keys are rejected and
-every error names the offending key.
+settings, sizes that suit the encoder. A YAML file may name parent files under ``inherit:`` (paths relative
+to itself); parents are merged first, in order, then the file itself, then the command-line overrides.
+Unknown keys are rejected and every error names the offending key.
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ class DatasetConfig(DatasetSettings):
     @model_validator(mode="after")
     def _change_detection_is_binary(self) -> "DatasetConfig":
         if layout_task(self.name) == "change_detection" and self.nclass != 2:
-            raise ValueError(f"dataset.nclass: {self.nclass}, but change detection ('{self.name}') has 2 classes (unchanged, changed)")
+            raise ValueError(
+                f"dataset.nclass: {self.nclass}, but change detection ('{self.name}') has 2 classes "
+                "(unchanged, changed)"
+            )
         return self
 
 
@@ -116,11 +119,15 @@ class ExperimentConfig(Section):
         for dotted, field in ENCODER_DEFAULTS.items():
             section, key = dotted.split(".")
             if key in type(getattr(self, section)).model_fields and getattr(getattr(self, section), key) is None:
-                getattr(self, section).__dict__[key] = getattr(entry, field)  # no re-validation: the registry's own value
+                getattr(self, section).__dict__[key] = getattr(
+                    entry, field
+                )  # no re-validation: the registry's own value
         for key, value in (("dataset.crop_size", self.dataset.crop_size), ("eval.window", self.eval.window)):
             if value is not None and value % entry.size_divisor:
-                raise ValueError(f"{key}: {value} is not a multiple of {entry.size_divisor}, the size divisor of "
-                                 f"encoder '{entry.name}'")  # fmt: skip
+                raise ValueError(
+                    f"{key}: {value} is not a multiple of {entry.size_divisor}, the size divisor of "
+                    f"encoder '{entry.name}'"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -128,16 +135,30 @@ class ExperimentConfig(Section):
 
 
 # Keys that decide where a run writes and how it is watched or scheduled, not what it computes.
-NON_RESULT_KEYS = ("output_dir", "tracking", "split.dir", "pretrain.dir", "train.resume", "train.num_workers",
-                   "train.checkpoint_every", "train.log_every", "train.device", "train.snapshots", "dataset.preflight")  # fmt: skip
+NON_RESULT_KEYS = (
+    "output_dir",
+    "tracking",
+    "split.dir",
+    "pretrain.dir",
+    "train.resume",
+    "train.num_workers",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.device",
+    "train.snapshots",
+    "dataset.preflight",
+)
 
 
 def config_digest(cfg: ExperimentConfig) -> str:
     """A short digest of what decides a run's result: two runs with the same digest are the same
     experiment (reports keep one of them), whatever their output folder, store or loader workers."""
     flat = flatten(cfg.to_dict())
-    kept = {key: value for key, value in flat.items()
-            if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)}  # fmt: skip
+    kept = {
+        key: value
+        for key, value in flat.items()
+        if not any(key == skip or key.startswith(skip + ".") for skip in NON_RESULT_KEYS)
+    }
     return tree_digest(kept)
 
 
@@ -246,7 +267,9 @@ def _origin(key: str, source: str, overrides: list[str]) -> str:
     return source
 
 
-def validate_as(schema: type[SchemaT], data: dict[str, Any], source: str = "config", overrides: list[str] | None = None) -> SchemaT:
+def validate_as(
+    schema: type[SchemaT], data: dict[str, Any], source: str = "config", overrides: list[str] | None = None
+) -> SchemaT:
     """``data`` validated as ``schema``; a ConfigError naming every offending key and where its value
     came from: one of ``overrides`` or ``source``."""
     try:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
 
 from unimatch.utils.atomic import atomic_write
 
@@ -28,7 +30,6 @@ def plot_training_curves(history: Mapping[str, list[tuple[int, float]]], path: s
 
     ``history`` maps metric name -> [(step, value)], with iterations as steps for ``train/*`` and
     epochs for ``val/miou_*``."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure registry involved
 
     fig = Figure(figsize=(15, 7), layout="constrained")
     axes = list(fig.subplots(2, 3).flat)
@@ -51,13 +52,18 @@ def write_curves(history: Mapping[str, list[tuple[int, float]]], folder: str | P
     """The history as two CSV tables (atomically): ``training.csv`` (one row per logged iteration: loss,
     mask ratio, lr) and ``validation.csv`` (one row per evaluated epoch: mIoU, pseudo-label quality).
     Column names are the metric names after the slash."""
-    import pandas as pd
 
     folder = Path(folder)
     written = []
-    for name, index, prefixes in (("training", "iteration", ("train/",)), ("validation", "epoch", ("val/miou", "pseudo/"))):
-        series = {key.split("/", 1)[1]: pd.Series(dict(points)) for key, points in history.items()
-                  if key.startswith(prefixes) and points}  # fmt: skip
+    for name, index, prefixes in (
+        ("training", "iteration", ("train/",)),
+        ("validation", "epoch", ("val/miou", "pseudo/")),
+    ):
+        series = {
+            key.split("/", 1)[1]: pd.Series(dict(points))
+            for key, points in history.items()
+            if key.startswith(prefixes) and points
+        }
         if series:
             table = pd.DataFrame(series).rename_axis(index).sort_index()
             written.append(atomic_write(folder / f"{name}.csv", lambda file, t=table: file.write(t.to_csv().encode())))
@@ -66,7 +72,6 @@ def write_curves(history: Mapping[str, list[tuple[int, float]]], folder: str | P
 
 def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: str | Path) -> Path:
     """A PNG of the row-normalised confusion matrix (rows: ground truth), annotated when readable."""
-    from matplotlib.figure import Figure
 
     confusion = np.asarray(confusion, dtype=np.float64)
     totals = confusion.sum(axis=1, keepdims=True)
@@ -77,14 +82,26 @@ def plot_confusion_matrix(confusion: np.ndarray, class_names: list[str], path: s
     ax = fig.subplots()
     image = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, shrink=0.8)
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="ground truth",
-           title="confusion matrix (each row sums to 1)")
+    ax.set(
+        xticks=range(n),
+        yticks=range(n),
+        xlabel="predicted",
+        ylabel="ground truth",
+        title="confusion matrix (each row sums to 1)",
+    )
     ax.set_xticklabels(class_names, rotation=45, ha="right")
     ax.set_yticklabels(class_names)
     if n <= 30:  # beyond that the numbers overlap and only the colours are readable
         for (row, col), value in np.ndenumerate(norm):
-            ax.text(col, row, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if value > 0.5 else "black")
+            ax.text(
+                col,
+                row,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if value > 0.5 else "black",
+            )
     return save_figure(fig, path)
 
 

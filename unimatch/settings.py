@@ -17,7 +17,9 @@ class DatasetSettings(Section):
     """The ``dataset`` section's fields; :class:`unimatch.config.DatasetConfig` adds the layout checks."""
 
     # change detection (bi-temporal A/B/label pairs): levir-cd, whu-cd, change (your own), embedded-cd
-    name: Literal["pascal", "cityscapes", "ade20k", "coco", "folder", "embedded", "levir-cd", "whu-cd", "change", "embedded-cd"] = "embedded"
+    name: Literal[
+        "pascal", "cityscapes", "ade20k", "coco", "folder", "embedded", "levir-cd", "whu-cd", "change", "embedded-cd"
+    ] = "embedded"
     root: str = "data/embedded"
     nclass: int = Field(7, ge=2)
     crop_size: int = Field(112, gt=0)

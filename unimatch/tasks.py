@@ -39,7 +39,9 @@ class SegmentationTask:
 
     splits = SplitFormat(pairs=False)
 
-    def read_split(self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False) -> list[Sample]:
+    def read_split(
+        self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False
+    ) -> list[Sample]:
         return self.splits.read(path, root, require_masks, allow_empty)
 
     def class_names(self, dataset: str, root: str | Path, nclass: int) -> list[str]:
@@ -54,15 +56,30 @@ class SegmentationTask:
     def eval_dataset(self, samples: Sequence[Sample], nclass: int) -> Dataset:
         return EvalDataset(samples, nclass)
 
-    def check(self, samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False, desc: str = "check") -> DataCheck:
+    def check(
+        self,
+        samples: Sequence[Sample],
+        nclass: int,
+        with_masks: bool,
+        level: str,
+        progress: bool = False,
+        desc: str = "check",
+    ) -> DataCheck:
         return check_samples(samples, nclass, with_masks, level, progress, desc)
 
     def scores(self, confusion: np.ndarray) -> dict[str, float]:
         """Metrics beyond mIoU (percent) from a dataset-wide confusion matrix; the headline among them."""
         return {}
 
-    def check_training_data(self, labeled: Sequence[Sample], unlabeled: Sequence[Sample], val: Sequence[Sample], nclass: int,
-                            level: str = "headers", progress: bool = False) -> DataCheck:  # fmt: skip
+    def check_training_data(
+        self,
+        labeled: Sequence[Sample],
+        unlabeled: Sequence[Sample],
+        val: Sequence[Sample],
+        nclass: int,
+        level: str = "headers",
+        progress: bool = False,
+    ) -> DataCheck:
         """Preflight of a training's three splits (unlabeled masks, if listed, are never read)."""
         return check_training_data(labeled, unlabeled, val, nclass, level, progress, check=self.check)
 
@@ -86,7 +103,15 @@ class ChangeDetectionTask(SegmentationTask):
     def eval_dataset(self, samples: Sequence[Sample], nclass: int) -> Dataset:
         return change.ChangeEvalDataset(samples)
 
-    def check(self, samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False, desc: str = "check") -> DataCheck:
+    def check(
+        self,
+        samples: Sequence[Sample],
+        nclass: int,
+        with_masks: bool,
+        level: str,
+        progress: bool = False,
+        desc: str = "check",
+    ) -> DataCheck:
         return change.check_pairs(samples, nclass, with_masks, level, progress, desc)
 
     def scores(self, confusion: np.ndarray) -> dict[str, float]:

@@ -20,17 +20,23 @@ import json
 import logging
 import math
 import time
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..config import apply_overrides, read_layers, validate_as
+from ..data.classes import palette
 from ..data.foundation_corpus import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
+from ..data.transforms import normalize
+from ..engine.checkpoint import previous_path, resume_state, save_checkpoint
+from ..engine.setup import resolve_device
 from ..metrics import ConfusionMatrix, mean_iou
 from ..models import build_segmentor
 from ..models.encoders import encoder_entry
@@ -67,7 +73,6 @@ class FoundationConfig(BaseModel):
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     output: str = "weights/foundation/embedded-tiny.pth"
-
 
     @field_validator("route")
     @classmethod
@@ -106,12 +111,16 @@ class MaeRoute(nn.Module):
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
         self.grid, self.mask_ratio = grid, cfg.mask_ratio
-        self.autoencoder = MaskedAutoencoder(vit_encoder(cfg.encoder, grid * PATCH_SIZE), grid, decoder_dim=64, decoder_depth=2)
+        self.autoencoder = MaskedAutoencoder(
+            vit_encoder(cfg.encoder, grid * PATCH_SIZE), grid, decoder_dim=64, decoder_depth=2
+        )
         self.encoder = self.autoencoder.encoder
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         patches = self.grid * self.grid
-        keep = random_keep(images.shape[0], patches, max(1, round(patches * (1 - self.mask_ratio))), generator).to(images.device)
+        keep = random_keep(images.shape[0], patches, max(1, round(patches * (1 - self.mask_ratio))), generator).to(
+            images.device
+        )
         return reconstruction_loss(self.autoencoder(images, keep), images, keep)
 
 
@@ -124,16 +133,22 @@ def _loader(corpus: FoundationCorpus, cfg: FoundationConfig, start: int) -> Data
     the order is a function of (seed, iteration), so a resumed run sees what an uninterrupted one would."""
     per_pass = len(corpus)
     total = cfg.iterations * cfg.batch_size
-    order = np.concatenate([
-        np.random.default_rng([cfg.seed, epoch]).permutation(per_pass)
-        for epoch in range(math.ceil(total / per_pass))
-    ])[start * cfg.batch_size : total]  # fmt: skip
-    return DataLoader(Subset(corpus, order.tolist()), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                      persistent_workers=False, prefetch_factor=4 if cfg.num_workers else None)
+    order = np.concatenate(
+        [np.random.default_rng([cfg.seed, epoch]).permutation(per_pass) for epoch in range(math.ceil(total / per_pass))]
+    )[start * cfg.batch_size : total]
+    return DataLoader(
+        Subset(corpus, order.tolist()),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if cfg.num_workers else None,
+    )
 
 
 @torch.no_grad()
-def held_out_miou(route: SupervisedRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device) -> float:
+def held_out_miou(
+    route: SupervisedRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device
+) -> float:
     """mIoU (%) on ``held``'s images after ``corpus``'s range, never trained on."""
     confusion = ConfusionMatrix(len(FOUNDATION_CLASSES), device)
     route.eval()
@@ -144,14 +159,10 @@ def held_out_miou(route: SupervisedRoute, corpus: FoundationCorpus, held: Founda
     return mean_iou(confusion.numpy())
 
 
-def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device) -> bytes:
+def _figure(
+    route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device
+) -> bytes:
     """PNG: corpus images (held out) with ground truth and prediction (supervised) side by side."""
-    from io import BytesIO
-
-    from PIL import Image
-
-    from ..data.classes import palette
-    from ..data.transforms import normalize
 
     colours = palette(256)
     rows = []
@@ -161,19 +172,21 @@ def _figure(route: SupervisedRoute | MaeRoute, corpus: FoundationCorpus, held: F
         if isinstance(route, SupervisedRoute):
             with torch.no_grad():
                 route.eval()
-                predicted = route.segmentor(normalize(Image.fromarray(image))[None].to(device)).argmax(1)[0].cpu().numpy()
+                predicted = (
+                    route.segmentor(normalize(Image.fromarray(image))[None].to(device)).argmax(1)[0].cpu().numpy()
+                )
             cells.append(colours[predicted])
         rows.append(np.concatenate(cells, axis=1))
     buffer = BytesIO()
     grid = np.concatenate(rows, axis=0).astype(np.uint8)
-    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(buffer, format="PNG")
+    Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(
+        buffer, format="PNG"
+    )
     return buffer.getvalue()
 
 
 def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, progress: bool = True) -> Path:
     """Pre-train the encoder of ``cfg`` on the foundation corpus; write ``cfg.output`` (and its .json/.png)."""
-    from ..engine.checkpoint import previous_path, resume_state, save_checkpoint  # the engine imports models
-    from ..engine.setup import resolve_device
 
     device = resolve_device(cfg.device)
     output = Path(cfg.output)
@@ -196,7 +209,9 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
     if tracker:
         tracker.log_params({f"foundation.{k}": v for k, v in cfg.model_dump().items()})
     started = time.time()
-    bar = progress_bar(total=cfg.iterations, initial=start, desc=f"foundation {cfg.route}", unit="it", disable=not progress)
+    bar = progress_bar(
+        total=cfg.iterations, initial=start, desc=f"foundation {cfg.route}", unit="it", disable=not progress
+    )
     iteration = start
     for images, masks in _loader(corpus, cfg, start):
         loss = route.loss(images.to(device), masks.to(device), generator)
@@ -205,19 +220,33 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
         iteration += 1
         bar.update()
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-            window = float(np.mean(losses[-cfg.log_every:]))
+            window = float(np.mean(losses[-cfg.log_every :]))
             bar.set_postfix(loss=f"{window:.4f}")
             if tracker:
-                tracker.log_metrics({"foundation/loss": window, "foundation/lr": optimizer.param_groups[0]["lr"]}, step=iteration)
+                tracker.log_metrics(
+                    {"foundation/loss": window, "foundation/lr": optimizer.param_groups[0]["lr"]}, step=iteration
+                )
         if iteration % cfg.checkpoint_every == 0 and iteration < cfg.iterations:
-            save_checkpoint(checkpoint, {"model": route.state_dict(), "optimizer": optimizer.state_dict(),
-                                         "iteration": iteration, "losses": losses}, keep_previous=True)
+            save_checkpoint(
+                checkpoint,
+                {
+                    "model": route.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "iteration": iteration,
+                    "losses": losses,
+                },
+                keep_previous=True,
+            )
     bar.close()
     summary = {
-        "route": cfg.route, "encoder": cfg.encoder, "settings": cfg.model_dump(mode="json"),
+        "route": cfg.route,
+        "encoder": cfg.encoder,
+        "settings": cfg.model_dump(mode="json"),
         "classes": list(FOUNDATION_CLASSES) if cfg.route == "supervised" else None,
-        "final_loss": float(np.mean(losses[-cfg.log_every:])), "seconds_this_session": round(time.time() - started, 1),
-        "device": str(device), "losses": losses,
+        "final_loss": float(np.mean(losses[-cfg.log_every :])),
+        "seconds_this_session": round(time.time() - started, 1),
+        "device": str(device),
+        "losses": losses,
     }
     held = FoundationCorpus(corpus.size + HELD_OUT, corpus.seed)  # one source load for the score and the figure
     if isinstance(route, SupervisedRoute):

@@ -34,7 +34,9 @@ from ..config import ExperimentConfig
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataError, read_image
 from ..data.layouts import SplitFormat
 from ..data.splits import Sample
+from ..engine.checkpoint import previous_path, resume_state, save_checkpoint
 from ..engine.data import extra_unlabeled_samples, prepare_splits
+from ..engine.setup import resolve_device
 from ..errors import ConfigError
 from ..models.encoders import DINOv2Encoder, build_encoder, interpolate_pos_embed
 from ..models.encoders.dinov2 import PATCH_SIZE
@@ -55,8 +57,10 @@ def vit_encoder(name: str, input_size: int) -> DINOv2Encoder:
     """The registered encoder ``name``, which must be a DINOv2-layout ViT: MAE hides patch tokens."""
     encoder = build_encoder(name, input_size)
     if not isinstance(encoder, DINOv2Encoder):
-        raise ConfigError(f"model.encoder: masked-autoencoder pre-training needs a DINOv2-layout ViT (patch tokens); "
-                          f"'{name}' is not one")  # fmt: skip
+        raise ConfigError(
+            f"model.encoder: masked-autoencoder pre-training needs a DINOv2-layout ViT (patch tokens); "
+            f"'{name}' is not one"
+        )
     return encoder
 
 
@@ -84,7 +88,9 @@ class MaskedAutoencoder(nn.Module):
         tokens = torch.cat(((encoder.cls_token + pos[:, :1]).expand(batch, -1, -1), tokens), dim=1)
         tokens = encoder.norm(encoder.blocks(tokens))[:, 1:]
         visible = self.embed(tokens)
-        full = self.mask_token.expand(batch, self.grid * self.grid, -1).scatter(1, keep[..., None].expand_as(visible), visible)
+        full = self.mask_token.expand(batch, self.grid * self.grid, -1).scatter(
+            1, keep[..., None].expand_as(visible), visible
+        )
         return self.to_pixels(self.decoder_norm(self.decoder(full + self.decoder_pos)))
 
 
@@ -141,7 +147,9 @@ def training_images(cfg: ExperimentConfig) -> list[Sample]:
     (change detection: the A image of every pair)."""
     splits, split_format = prepare_splits(cfg), SplitFormat.of(cfg.dataset.name)
     root = cfg.dataset.root
-    samples = split_format.read(splits.labeled, root) + split_format.read(splits.unlabeled, root, require_masks=False, allow_empty=True)
+    samples = split_format.read(splits.labeled, root) + split_format.read(
+        splits.unlabeled, root, require_masks=False, allow_empty=True
+    )
     samples += extra_unlabeled_samples(cfg)
     unique = sorted({sample.image: sample for sample in samples}.values(), key=lambda s: str(s.image))
     if not unique:
@@ -207,9 +215,13 @@ def _figure(model: MaskedAutoencoder, images: torch.Tensor, keep: torch.Tensor, 
         rgb = p * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         return (rgb.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
-    rows = [np.concatenate(triple, axis=1) for triple in zip(unpatchify(patches), unpatchify(seen), unpatchify(rebuilt))]
+    rows = [
+        np.concatenate(triple, axis=1) for triple in zip(unpatchify(patches), unpatchify(seen), unpatchify(rebuilt))
+    ]
     buffer = BytesIO()
-    Image.fromarray(np.concatenate(rows, axis=0)).resize((3 * size * 2, len(rows) * size * 2), Image.Resampling.NEAREST).save(buffer, format="PNG")
+    Image.fromarray(np.concatenate(rows, axis=0)).resize(
+        (3 * size * 2, len(rows) * size * 2), Image.Resampling.NEAREST
+    ).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -217,11 +229,10 @@ def random_keep(batch: int, patches: int, keep: int, generator: torch.Generator)
     return torch.rand(batch, patches, generator=generator).argsort(1)[:, :keep]
 
 
-def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample], tracker: Tracker | None = None,
-                    progress: bool = True) -> Path:
+def run_pretraining(
+    cfg: ExperimentConfig, out: Path, samples: Sequence[Sample], tracker: Tracker | None = None, progress: bool = True
+) -> Path:
     """Train the MAE on ``samples`` and write ``out/encoder.pth``; resumes from ``out/latest.pth``."""
-    from ..engine.checkpoint import previous_path, resume_state, save_checkpoint  # here: the engine imports
-    from ..engine.setup import resolve_device  # this module
 
     settings, crop = cfg.pretrain, cfg.dataset.crop_size
     device = resolve_device(cfg.train.device)
@@ -229,8 +240,12 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     keep_count = max(1, round(grid * grid * (1 - settings.mask_ratio)))
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    model = MaskedAutoencoder(vit_encoder(cfg.model.encoder, crop), grid, settings.decoder_dim, settings.decoder_depth).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay)
+    model = MaskedAutoencoder(
+        vit_encoder(cfg.model.encoder, crop), grid, settings.decoder_dim, settings.decoder_depth
+    ).to(device)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=settings.weight_decay
+    )
     checkpoint, start, losses = out / CHECKPOINT_FILE, 0, []
     remove_stale_temps(checkpoint)
     resumed = resume_state(checkpoint, entries=CHECKPOINT_ENTRIES)  # falls back to latest.prev.pth
@@ -245,7 +260,9 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
     if tracker:
         tracker.log_params({"pretrain.images": len(samples)})
     started = time.time()
-    bar = progress_bar(total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress)
+    bar = progress_bar(
+        total=settings.iterations, initial=start, desc=f"pretrain {settings.method}", unit="it", disable=not progress
+    )
     for iteration in range(start, settings.iterations):
         images = sampler.batch(settings.batch_size).to(device, non_blocking=True)
         keep = random_keep(images.shape[0], grid * grid, keep_count, generator).to(device)
@@ -254,30 +271,50 @@ def run_pretraining(cfg: ExperimentConfig, out: Path, samples: Sequence[Sample],
         losses.append(descend(optimizer, loss, lr, f"pre-training at iteration {iteration} (lower pretrain.lr)"))
         bar.update()
         if (iteration + 1) % settings.log_every == 0 or iteration + 1 == settings.iterations:
-            window = float(np.mean(losses[-settings.log_every:]))
+            window = float(np.mean(losses[-settings.log_every :]))
             bar.set_postfix(loss=f"{window:.4f}")
             if tracker:
-                tracker.log_metrics({"pretrain/loss": window, "pretrain/lr": optimizer.param_groups[0]["lr"]}, step=iteration + 1)
+                tracker.log_metrics(
+                    {"pretrain/loss": window, "pretrain/lr": optimizer.param_groups[0]["lr"]}, step=iteration + 1
+                )
         if (iteration + 1) % settings.checkpoint_every == 0 and iteration + 1 < settings.iterations:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration + 1,
-                     "generator": generator.get_state(), "losses": losses}
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iteration": iteration + 1,
+                "generator": generator.get_state(),
+                "losses": losses,
+            }
             save_checkpoint(checkpoint, state, keep_previous=True)
     bar.close()
     model.eval()
     figure_images = sampler.batch(4)
-    write_bytes_atomic(out / FIGURE_FILE, _figure(model, figure_images, random_keep(4, grid * grid, keep_count, generator), device))
-    summary = {"method": settings.method, "encoder": cfg.model.encoder, "crop_size": crop, "images": len(samples),
-               "settings": settings.model_dump(mode="json"), "final_loss": float(np.mean(losses[-settings.log_every:])),
-               "seconds_this_session": round(time.time() - started, 1), "losses": losses}
+    write_bytes_atomic(
+        out / FIGURE_FILE, _figure(model, figure_images, random_keep(4, grid * grid, keep_count, generator), device)
+    )
+    summary = {
+        "method": settings.method,
+        "encoder": cfg.model.encoder,
+        "crop_size": crop,
+        "images": len(samples),
+        "settings": settings.model_dump(mode="json"),
+        "final_loss": float(np.mean(losses[-settings.log_every :])),
+        "seconds_this_session": round(time.time() - started, 1),
+        "losses": losses,
+    }
     write_text_atomic(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     encoder_path = out / ENCODER_FILE
-    atomic_write(encoder_path, lambda handle: torch.save({k: v.cpu() for k, v in model.encoder.state_dict().items()}, handle))
+    atomic_write(
+        encoder_path, lambda handle: torch.save({k: v.cpu() for k, v in model.encoder.state_dict().items()}, handle)
+    )
     checkpoint.unlink(missing_ok=True)
     previous_path(checkpoint).unlink(missing_ok=True)
     if tracker:
         tracker.log_artifact(out / FIGURE_FILE, "pretrain")
         tracker.log_artifact(out / SUMMARY_FILE, "pretrain")
-    log.info("pre-trained %s encoder written to %s (final loss %.4f)", cfg.model.encoder, encoder_path, summary["final_loss"])
+    log.info(
+        "pre-trained %s encoder written to %s (final loss %.4f)", cfg.model.encoder, encoder_path, summary["final_loss"]
+    )
     return encoder_path
 
 

@@ -44,8 +44,9 @@ def overlay(image: np.ndarray, labels: np.ndarray, colours: np.ndarray, alpha: f
     drawn = np.where(labels < len(colours), labels, 0)
     present = [k for k in np.unique(drawn) if k > 0]
     # label2rgb gives colours to the labels present by rank, not by value: pass exactly theirs, in order.
-    blended = label2rgb(drawn, image, colors=colours[present] / 255, alpha=alpha, bg_label=0, bg_color=None,
-                        saturation=1)  # saturation=1: the image keeps its colours (0 would grey it)
+    blended = label2rgb(
+        drawn, image, colors=colours[present] / 255, alpha=alpha, bg_label=0, bg_color=None, saturation=1
+    )  # saturation=1: the image keeps its colours (0 would grey it)
     return (blended * 255).round().astype(np.uint8)
 
 
@@ -55,7 +56,10 @@ def display_factor(height: int, width: int) -> int:
 
 
 def overlay_panels(
-    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, truth: np.ndarray | None = None,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    colours: np.ndarray,
+    truth: np.ndarray | None = None,
     before: np.ndarray | None = None,
 ) -> list[tuple[str, np.ndarray]]:
     """(title, RGB array) of each panel: image | ground truth (if ``truth``) | prediction, upscaled; with
@@ -82,7 +86,11 @@ def legend_entries(names: list[str], *label_maps: np.ndarray) -> list[tuple[int,
 
 
 def overlay_figure(
-    image: np.ndarray, prediction: np.ndarray, colours: np.ndarray, names: list[str], truth: np.ndarray | None = None,
+    image: np.ndarray,
+    prediction: np.ndarray,
+    colours: np.ndarray,
+    names: list[str],
+    truth: np.ndarray | None = None,
     before: np.ndarray | None = None,
 ) -> Image.Image:
     """The figure of one prediction: titled panels side by side and the legend below them."""
@@ -94,8 +102,9 @@ def overlay_figure(
     canvas_width = len(panels) * (width + PAD_PX) + PAD_PX
     cell, per_row = _legend_grid(entries, font, canvas_width)
     legend_top = line + height + PAD_PX
-    canvas = Image.new("RGB", (canvas_width, legend_top + line * (1 + math.ceil(len(entries) / per_row)) + PAD_PX),
-                       "white")
+    canvas = Image.new(
+        "RGB", (canvas_width, legend_top + line * (1 + math.ceil(len(entries) / per_row)) + PAD_PX), "white"
+    )
     draw = ImageDraw.Draw(canvas)
     for index, (title, array) in enumerate(panels):
         left = PAD_PX + index * (width + PAD_PX)
@@ -111,13 +120,19 @@ def _font() -> _Font:
 
 
 def _draw_legend(
-    draw: ImageDraw.ImageDraw, entries: list[tuple[int, str]], colours: np.ndarray, font: _Font, top: int, cell: int,
+    draw: ImageDraw.ImageDraw,
+    entries: list[tuple[int, str]],
+    colours: np.ndarray,
+    font: _Font,
+    top: int,
+    cell: int,
     per_row: int,
 ) -> None:
     """A title line, then a swatch of the pure palette colour and the name of each class, row by row."""
     line = FONT_PX + PAD_PX
-    draw.text((PAD_PX, top), "classes (background: not tinted)" if entries else "background only", fill="black",
-              font=font)
+    draw.text(
+        (PAD_PX, top), "classes (background: not tinted)" if entries else "background only", fill="black", font=font
+    )
     for index, (k, name) in enumerate(entries):
         left, y = PAD_PX + (index % per_row) * cell, top + line * (1 + index // per_row)
         draw.rectangle((left, y, left + FONT_PX, y + FONT_PX), fill=tuple(int(c) for c in colours[k]), outline="black")
@@ -141,7 +156,9 @@ def label_png(labels: np.ndarray, colours: np.ndarray) -> Image.Image:
 
 def _save_atomic(image: Image.Image, path: Path, **options: object) -> None:
     """A prediction is whole or absent, even if the process is killed while it is written."""
-    atomic_write(path, lambda file: image.save(file, format=path.suffix.lstrip(".").replace("jpg", "jpeg").upper(), **options))
+    atomic_write(
+        path, lambda file: image.save(file, format=path.suffix.lstrip(".").replace("jpg", "jpeg").upper(), **options)
+    )
 
 
 def _with_masks(samples: list[Sample], masks_dir: str | Path | None) -> list[Sample]:
@@ -152,8 +169,10 @@ def _with_masks(samples: list[Sample], masks_dir: str | Path | None) -> list[Sam
     if not masks_dir.is_dir():
         raise DataError(f"{masks_dir}: masks folder not found (nothing was written)")
     masks = [masks_dir / Path(sample.name).with_suffix(".png") for sample in samples]
-    return [Sample(sample.image, mask if mask.is_file() else None, sample.name)
-            for sample, mask in zip(samples, masks, strict=True)]
+    return [
+        Sample(sample.image, mask if mask.is_file() else None, sample.name)
+        for sample, mask in zip(samples, masks, strict=True)
+    ]
 
 
 def _read_truth(sample: Sample, nclass: int, pairs: bool = False) -> np.ndarray | None:
@@ -173,14 +192,19 @@ def _second_images(samples: list[Sample], second_dir: str | Path) -> dict[str, P
     seconds = {sample.name: second_dir / sample.name for sample in samples}
     missing = [str(path) for path in seconds.values() if not path.is_file()]
     if missing:
-        raise DataError(f"{missing[0]}: B image not found ({len(missing)} of {len(samples)} A images have no B image; nothing was written)")
+        raise DataError(
+            f"{missing[0]}: B image not found ({len(missing)} of {len(samples)} A images have no B image; "
+            "nothing was written)"
+        )
     return seconds
 
 
 def _same_size(second: np.ndarray, first: np.ndarray, second_path: Path, first_path: Path) -> np.ndarray:
     if second.shape != first.shape:
-        raise DataError(f"size mismatch: A image {first_path} is {first.shape[1]}x{first.shape[0]}, "
-                        f"B image {second_path} is {second.shape[1]}x{second.shape[0]} (WxH)")
+        raise DataError(
+            f"size mismatch: A image {first_path} is {first.shape[1]}x{first.shape[0]}, "
+            f"B image {second_path} is {second.shape[1]}x{second.shape[0]} (WxH)"
+        )
     return second
 
 
@@ -233,17 +257,34 @@ def predict_folder(
         try:
             image, before = read_image(sample.image), None
             if pairs:
-                before, image = image, _same_size(read_image(seconds[sample.name]), image, seconds[sample.name], sample.image)
+                before, image = (
+                    image,
+                    _same_size(read_image(seconds[sample.name]), image, seconds[sample.name], sample.image),
+                )
         except DataError as error:
             log.warning("skipped: %s", error)
             skipped.append(sample.name)
             continue
         if exceeds_token_budget(model, cfg.eval.mode, *image.shape[:2], cfg.eval.max_tokens):
-            log.warning("%s: %dx%d px is above eval.max_tokens=%d in original mode; predicting it in sliding "
-                        "windows of %d px", sample.image, image.shape[1], image.shape[0], cfg.eval.max_tokens, window)
+            log.warning(
+                "%s: %dx%d px is above eval.max_tokens=%d in original mode; predicting it in sliding windows of %d px",
+                sample.image,
+                image.shape[1],
+                image.shape[0],
+                cfg.eval.max_tokens,
+                window,
+            )
         batch = (pair_tensor(before, image) if pairs else normalize(Image.fromarray(image))).unsqueeze(0).to(device)
-        logits = predict_image(model, batch, cfg.eval.mode, window, cfg.eval.stride_ratio, cfg.eval.batch_size,
-                               cfg.eval.max_tokens, progress)
+        logits = predict_image(
+            model,
+            batch,
+            cfg.eval.mode,
+            window,
+            cfg.eval.stride_ratio,
+            cfg.eval.batch_size,
+            cfg.eval.max_tokens,
+            progress,
+        )
         labels = logits.argmax(dim=1)[0].cpu().numpy()
         stem = Path(sample.name).with_suffix("").as_posix().replace("/", "__")
         label_file = Image.fromarray((labels * CHANGED).astype(np.uint8)) if pairs else label_png(labels, colours)
@@ -253,7 +294,9 @@ def predict_folder(
         _save_atomic(figure, output_dir / "overlays" / f"{stem}.jpg", quality=92, subsampling=0)
         written.append(output_dir / "overlays" / f"{stem}.jpg")
     if skipped:
-        raise DataError(f"{len(skipped)} of {len(samples)} images could not be decoded and were skipped "
-                        f"({', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}); the other {len(written)} "
-                        f"predictions are in {output_dir}")
+        raise DataError(
+            f"{len(skipped)} of {len(samples)} images could not be decoded and were skipped "
+            f"({', '.join(skipped[:5])}{' ...' if len(skipped) > 5 else ''}); the other {len(written)} "
+            f"predictions are in {output_dir}"
+        )
     return written

@@ -17,11 +17,13 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
 from ..data import IGNORE_INDEX, Sample, normalize, palette, read_image, read_mask, read_pseudo_labels
 from ..data.splits import relative_path
 from ..engine.inference import exceeds_token_budget, predict_original, predict_sliding
+from ..figures import save_figure
 from ..metrics import ConfusionMatrix, iou_per_class, mean_iou
 from ..utils.atomic import atomic_write, write_text_atomic
 from ..utils.progress import progress_bar
@@ -48,8 +50,13 @@ class Inference:
 
 
 @torch.no_grad()
-def tta_probabilities(model: nn.Module, image: torch.Tensor, scales: Sequence[float] = TTA_SCALES, flip: bool = True,
-                      inference: Inference = Inference()) -> torch.Tensor:  # fmt: skip
+def tta_probabilities(
+    model: nn.Module,
+    image: torch.Tensor,
+    scales: Sequence[float] = TTA_SCALES,
+    flip: bool = True,
+    inference: Inference = Inference(),
+) -> torch.Tensor:
     """Sum of softmax probabilities over ``scales`` x (image, horizontal flip), each prediction resized back
     (bilinear, align_corners) to the image's size: (1, C, H, W)."""
     height, width = image.shape[-2:]
@@ -68,15 +75,24 @@ def tta_probabilities(model: nn.Module, image: torch.Tensor, scales: Sequence[fl
 
 @dataclass
 class PseudoLabelResult:
-    split_file: Path  # lines "<image> <pseudo mask>": the image relative to the dataset root, the mask to the file's folder
+    split_file: (
+        Path  # lines "<image> <pseudo mask>": the image relative to the dataset root, the mask to the file's folder
+    )
     images: int
     miou: float | None  # of the pseudo labels against ground truth, where the images have masks (percent)
 
 
 @torch.no_grad()
 def write_pseudo_labels(
-    model: nn.Module, samples: Sequence[Sample], root: str | Path, out_dir: str | Path, nclass: int,
-    device: torch.device, scales: Sequence[float] = TTA_SCALES, progress: bool = True, inference: Inference = Inference(),
+    model: nn.Module,
+    samples: Sequence[Sample],
+    root: str | Path,
+    out_dir: str | Path,
+    nclass: int,
+    device: torch.device,
+    scales: Sequence[float] = TTA_SCALES,
+    progress: bool = True,
+    inference: Inference = Inference(),
 ) -> PseudoLabelResult:
     """Hard pseudo labels (argmax of the TTA probabilities, no confidence threshold) of every sample as
     palette PNGs under ``out_dir/labels``, and ``out_dir/pseudo_labels.txt`` listing them; scored against
@@ -117,16 +133,25 @@ def mask_miou(prediction: np.ndarray, reference: np.ndarray, nclass: int) -> flo
     """Mean IoU of ``prediction`` against ``reference`` (taken as ground truth) over the classes present in
     either (ST++'s per-image score; 255 in ``reference`` ignored), in [0, 1]."""
     valid = reference != IGNORE_INDEX
-    matrix = np.bincount(reference[valid] * nclass + prediction[valid], minlength=nclass * nclass).reshape(nclass, nclass)
+    matrix = np.bincount(reference[valid] * nclass + prediction[valid], minlength=nclass * nclass).reshape(
+        nclass, nclass
+    )
     return float(np.nanmean(iou_per_class(matrix)))
 
 
 @torch.no_grad()
-def predicted_masks(model: nn.Module, samples: Sequence[Sample], device: torch.device, inference: Inference = Inference()) -> list[np.ndarray]:
+def predicted_masks(
+    model: nn.Module, samples: Sequence[Sample], device: torch.device, inference: Inference = Inference()
+) -> list[np.ndarray]:
     """Single-scale label maps (ST++ scores stability without TTA, as the reference)."""
     model.eval()
-    return [inference.probabilities(model, normalize(read_image(s.image)).unsqueeze(0).to(device)).argmax(1)[0].cpu().numpy()
-            for s in samples]  # fmt: skip
+    return [
+        inference.probabilities(model, normalize(read_image(s.image)).unsqueeze(0).to(device))
+        .argmax(1)[0]
+        .cpu()
+        .numpy()
+        for s in samples
+    ]
 
 
 def stability_scores(earlier: Sequence[Sequence[np.ndarray]], final: Sequence[np.ndarray], nclass: int) -> list[float]:
@@ -148,20 +173,24 @@ def split_reliable(ranking: pd.DataFrame, fraction: float = RELIABLE_FRACTION) -
 
 
 def write_label_next(
-    ranking: pd.DataFrame, samples: Sequence[Sample], final: Sequence[np.ndarray], earlier: Sequence[Sequence[np.ndarray]],
-    nclass: int, out_dir: str | Path, sheet_images: int = 12,
+    ranking: pd.DataFrame,
+    samples: Sequence[Sample],
+    final: Sequence[np.ndarray],
+    earlier: Sequence[Sequence[np.ndarray]],
+    nclass: int,
+    out_dir: str | Path,
+    sheet_images: int = 12,
 ) -> tuple[Path, Path]:
     """``label_next.csv``: every unlabeled image, least stable first (rank, image, stability), what to annotate
     next; ``label_next.png``: the first ``sheet_images`` of them as image | pseudo label | disagreement (pixels
     where the earlier snapshots disagree with the final model: 0 none, 1 all)."""
-    from matplotlib.figure import Figure
-
-    from ..figures import save_figure
 
     out_dir = Path(out_dir)
     least_first = ranking.iloc[::-1].reset_index(drop=True)
     table = least_first.assign(rank=np.arange(1, len(least_first) + 1))[["rank", "image", "stability"]]
-    csv = write_text_atomic(out_dir / "label_next.csv", table.to_csv(index=False, float_format="%.4f", lineterminator="\n"))
+    csv = write_text_atomic(
+        out_dir / "label_next.csv", table.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+    )
     index = {sample.name: i for i, sample in enumerate(samples)}
     shown = table["image"].tolist()[:sheet_images]
     fig = Figure(figsize=(9, 2.6 * max(1, len(shown))), layout="constrained")
@@ -171,10 +200,15 @@ def write_label_next(
         i = index[name]
         disagreement = np.mean([masks[i] != final[i] for masks in earlier], axis=0)
         image = read_image(samples[i].image)
-        panels = ((image, name), (overlay(image, final[i], colours), "pseudo label (final model; background untinted)"),
-                  (disagreement, f"disagreement (stability {stability[name]:.2f})"))  # fmt: skip
+        panels = (
+            (image, name),
+            (overlay(image, final[i], colours), "pseudo label (final model; background untinted)"),
+            (disagreement, f"disagreement (stability {stability[name]:.2f})"),
+        )
         for ax, (array, title) in zip(row, panels):
-            ax.imshow(array, cmap="magma" if array.ndim == 2 else None, vmin=0, vmax=1 if array.ndim == 2 else None)  # share of snapshots
+            ax.imshow(
+                array, cmap="magma" if array.ndim == 2 else None, vmin=0, vmax=1 if array.ndim == 2 else None
+            )  # share of snapshots
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     sheet = save_figure(fig, out_dir / "label_next.png")

@@ -67,40 +67,72 @@ CHANGE_METHODS = tuple(name for name, cls in METHODS.items() if "change_detectio
 
 TABLE_LAYOUTS: dict[str, TableLayout] = {
     "methods": TableLayout(
-        "method", "split", "best_miou_ema", tuple(METHOD_LABELS),
-        "Table 5: semi-supervised methods, mIoU (%) by number of labeled images", METHOD_LABELS,
+        "method",
+        "split",
+        "best_miou_ema",
+        tuple(METHOD_LABELS),
+        "Table 5: semi-supervised methods, mIoU (%) by number of labeled images",
+        METHOD_LABELS,
         where={**_OUR_STREAMS, "frozen": "false", "stage": None, **_NO_SWEEP},  # ST++'s round-1 student: a stage
     ),
     "streams": TableLayout(
-        "streams", "split", "best_miou_ema", tuple(STREAM_LABELS),
-        "Table 6: UniMatch V2 stream designs, mIoU (%)", STREAM_LABELS,
+        "streams",
+        "split",
+        "best_miou_ema",
+        tuple(STREAM_LABELS),
+        "Table 6: UniMatch V2 stream designs, mIoU (%)",
+        STREAM_LABELS,
         where={"method": "unimatch_v2", "frozen": "false", **_NO_SWEEP},
     ),
     "frozen": TableLayout(
-        "frozen", "split", "best_miou_ema", ("false", "true"),
-        "Table 7: finetuned vs frozen encoder (UniMatch V2), mIoU (%)", {"false": "finetuned", "true": "frozen"},
+        "frozen",
+        "split",
+        "best_miou_ema",
+        ("false", "true"),
+        "Table 7: finetuned vs frozen encoder (UniMatch V2), mIoU (%)",
+        {"false": "finetuned", "true": "frozen"},
         where={"method": "unimatch_v2", "streams": "complementary", **_NO_SWEEP},
     ),
     "real_world": TableLayout(
-        "dataset", "setting", "best_miou_ema", (),
+        "dataset",
+        "setting",
+        "best_miou_ema",
+        (),
         "Table 13: real-world setting, mIoU (%)",
-        col_order=("labeled only", "+ extra unlabeled"), where=_NO_SWEEP, context=("encoder",),
+        col_order=("labeled only", "+ extra unlabeled"),
+        where=_NO_SWEEP,
+        context=("encoder",),
     ),
     "encoders": TableLayout(
-        "encoder", "split", "best_miou_ema", (),
+        "encoder",
+        "split",
+        "best_miou_ema",
+        (),
         "Table 9: UniMatch V2 across encoders, mIoU (%) by number of labeled images",
-        where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP}, context=("dataset", "method"),
-        row_columns=(("#params encoder / decoder (M)", ("params_encoder_m", "params_decoder_m"), "{:.1f}"),
-                     ("s / training step", ("mean_step_seconds",), "{:.3f}")),
+        where={**_OUR_STREAMS, "frozen": "false", **_NO_SWEEP},
+        context=("dataset", "method"),
+        row_columns=(
+            ("#params encoder / decoder (M)", ("params_encoder_m", "params_decoder_m"), "{:.1f}"),
+            ("s / training step", ("mean_step_seconds",), "{:.3f}"),
+        ),
     ),
     "change": TableLayout(
-        "method", "split", "best_iou_changed_student", CHANGE_METHODS,
-        "Table 14: change detection, IoU of the changed class / overall accuracy (%) by labeled pairs", METHOD_LABELS,
-        where=_NO_SWEEP, cell_extras=(("best_overall_accuracy_student", "{:.2f}"),),
-        unit="IoU_c % of the student's best epoch, one decimal; after the slash: the overall accuracy % of that epoch, two decimals",
+        "method",
+        "split",
+        "best_iou_changed_student",
+        CHANGE_METHODS,
+        "Table 14: change detection, IoU of the changed class / overall accuracy (%) by labeled pairs",
+        METHOD_LABELS,
+        where=_NO_SWEEP,
+        cell_extras=(("best_overall_accuracy_student", "{:.2f}"),),
+        unit="IoU_c % of the student's best epoch, one decimal; after the slash: the overall accuracy % of that epoch, "
+        "two decimals",
     ),
     "sweep": TableLayout(
-        "sweep_param", "sweep_value", "best_miou_ema", ("threshold", "unlabeled_weight"),
+        "sweep_param",
+        "sweep_value",
+        "best_miou_ema",
+        ("threshold", "unlabeled_weight"),
         "Figs. 5-6: hyper-parameter sweeps, mIoU (%)",
         {"threshold": "τ (confidence threshold)", "unlabeled_weight": "λ (unlabeled loss weight)"},
         context=("dataset", "encoder", "method", "split"),
@@ -163,18 +195,23 @@ def _placed(runs: pd.DataFrame, spec: TableLayout) -> pd.DataFrame:
         absent = column.isna() | (column == "")
         choices = wanted if isinstance(wanted, tuple) else (wanted,)
         keep &= pd.concat([absent if value is None else column == value for value in choices], axis=1).any(axis=1)
-    placed = pd.DataFrame({
-        "row": _column(runs, f"tags.{spec.row_tag}"),
-        "col": _column(runs, f"tags.{spec.col_tag}"),
-        "value": pd.to_numeric(_column(runs, f"metrics.{spec.metric}"), errors="coerce"),
-        "status": _column(runs, "status"),
-        "digest": _column(runs, f"tags.{DIGEST_TAG}"),
-        "end_time": pd.to_numeric(_column(runs, "end_time"), errors="coerce"),
-        "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
-        **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
-        **{metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
-           for metric in [m for _, metrics, _ in spec.row_columns for m in metrics] + [m for m, _ in spec.cell_extras]},
-    })
+    placed = pd.DataFrame(
+        {
+            "row": _column(runs, f"tags.{spec.row_tag}"),
+            "col": _column(runs, f"tags.{spec.col_tag}"),
+            "value": pd.to_numeric(_column(runs, f"metrics.{spec.metric}"), errors="coerce"),
+            "status": _column(runs, "status"),
+            "digest": _column(runs, f"tags.{DIGEST_TAG}"),
+            "end_time": pd.to_numeric(_column(runs, "end_time"), errors="coerce"),
+            "start_time": pd.to_numeric(_column(runs, "start_time"), errors="coerce"),
+            **{tag: _column(runs, f"tags.{tag}") for tag in spec.context},
+            **{
+                metric: pd.to_numeric(_column(runs, f"metrics.{metric}"), errors="coerce")
+                for metric in [m for _, metrics, _ in spec.row_columns for m in metrics]
+                + [m for m, _ in spec.cell_extras]
+            },
+        }
+    )
     return placed[keep].dropna(subset=["row", "col"])
 
 
@@ -182,22 +219,30 @@ def _latest_per_digest(finished: pd.DataFrame) -> pd.DataFrame:
     """One run per (cell, configuration digest): the most recent; a repeated training must not weigh
     twice in a mean. Untagged runs (stores older than the tag) are all kept."""
     tagged = finished["digest"].notna() & (finished["digest"] != "")
-    latest = (finished[tagged].sort_values(["end_time", "start_time"], kind="stable", na_position="first")
-              .drop_duplicates(["row", "col", "digest"], keep="last"))
+    latest = (
+        finished[tagged]
+        .sort_values(["end_time", "start_time"], kind="stable", na_position="first")
+        .drop_duplicates(["row", "col", "digest"], keep="last")
+    )
     return pd.concat([latest, finished[~tagged]]).sort_index()
 
 
 def _looked_for(spec: TableLayout, layout: str, runs: pd.DataFrame) -> str:
     """What a table takes, for the error that says nothing matched it."""
+
     def wanted(tag: str, value: str | None) -> str:
         return f"{tag} absent" if value is None else f"{tag}={value}"
 
-    fixed = [" or ".join(wanted(tag, v) for v in (value if isinstance(value, tuple) else (value,)))
-             for tag, value in spec.where.items()]  # fmt: skip
+    fixed = [
+        " or ".join(wanted(tag, v) for v in (value if isinstance(value, tuple) else (value,)))
+        for tag, value in spec.where.items()
+    ]
     scope = sorted(_column(runs, "experiment").dropna().unique())
-    return (f"table '{layout}' needs FINISHED runs with metric {spec.metric} and tags {spec.row_tag} and "
-            f"{spec.col_tag}{', ' + ', '.join(fixed) if fixed else ''}; none among the {len(runs)} run(s)"
-            f"{' of experiment(s) ' + ', '.join(scope) if scope else ''}")
+    return (
+        f"table '{layout}' needs FINISHED runs with metric {spec.metric} and tags {spec.row_tag} and "
+        f"{spec.col_tag}{', ' + ', '.join(fixed) if fixed else ''}; none among the {len(runs)} run(s)"
+        f"{' of experiment(s) ' + ', '.join(scope) if scope else ''}"
+    )
 
 
 def _single_context(runs: pd.DataFrame, spec: TableLayout, layout: str) -> dict[str, str]:
@@ -236,7 +281,10 @@ def _cell_extras(kept: pd.DataFrame, spec: TableLayout) -> dict[tuple[str, str],
     if not spec.cell_extras:
         return {}
     means = kept.groupby(["row", "col"])[[metric for metric, _ in spec.cell_extras]].mean()
-    return {key: "".join(f" / {fmt.format(means.at[key, metric])}" for metric, fmt in spec.cell_extras) for key in means.index}
+    return {
+        key: "".join(f" / {fmt.format(means.at[key, metric])}" for metric, fmt in spec.cell_extras)
+        for key in means.index
+    }
 
 
 def build_table(
@@ -267,11 +315,16 @@ def build_table(
     table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
     table.columns.name = spec.col_tag
     duplicates = len(finished) - len(kept)
-    table.attrs = {"footnote": _footnote(spec.metric, spec.unit, stats["count"], unfinished, duplicates), "context": context}
+    table.attrs = {
+        "footnote": _footnote(spec.metric, spec.unit, stats["count"], unfinished, duplicates),
+        "context": context,
+    }
     return table
 
 
-def _with_row_columns(table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tuple[str, tuple[str, ...], str], ...]) -> pd.DataFrame:
+def _with_row_columns(
+    table: pd.DataFrame, kept: pd.DataFrame, columns: tuple[tuple[str, tuple[str, ...], str], ...]
+) -> pd.DataFrame:
     """Per-row facts (e.g. parameter counts, step time) in front of the grid; blank where no run has them."""
     if not columns:
         return table
@@ -312,7 +365,8 @@ def to_markdown(table: pd.DataFrame, title: str, footnote: str) -> str:
     cells = grid.map(_markdown_cell).set_axis(grid.index.map(_markdown_cell), axis=0)
     # tabulate prints the index name in the corner; disable_numparse keeps "80.0" from becoming 80.
     body = cells.rename_axis(index=grid.columns.name, columns=None).to_markdown(
-        disable_numparse=True, colalign=("left", *["right"] * len(grid.columns)))
+        disable_numparse=True, colalign=("left", *["right"] * len(grid.columns))
+    )
     return "\n".join([f"# {title}", "", body, "", f"_{footnote}_", ""])
 
 
@@ -377,8 +431,11 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
     if measured.empty:
         return None
     fig = Figure(figsize=(12, 4.5), layout="constrained")
-    panels = zip(fig.subplots(1, 2), ("pseudo/precision", "pseudo/foreground_recall"),
-                 ("precision of confident pseudo labels (%)", "foreground pixels confident and right (%)"))
+    panels = zip(
+        fig.subplots(1, 2),
+        ("pseudo/precision", "pseudo/foreground_recall"),
+        ("precision of confident pseudo labels (%)", "foreground pixels confident and right (%)"),
+    )
     for ax, key, title in panels:
         for _, run in measured.sort_values("run_id").iterrows():
             history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))

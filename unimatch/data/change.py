@@ -120,11 +120,15 @@ def read_change_mask(path: str | Path) -> np.ndarray:
     except DECODE_ERRORS as error:
         raise DataError(f"{path}: cannot read label ({type(error).__name__}: {error})") from None
     if image.mode not in MASK_MODES:
-        raise DataError(f"{path}: label has mode {image.mode}; expected a single-channel PNG of 0 (unchanged) and 255 (changed)")
+        raise DataError(
+            f"{path}: label has mode {image.mode}; expected a single-channel PNG of 0 (unchanged) and 255 (changed)"
+        )
     values = np.asarray(image)
     bad = np.unique(values[(values != 0) & (values != CHANGED)])
     if bad.size:
-        raise DataError(f"{path}: label values {', '.join(str(v) for v in bad[:10])} are neither 0 (unchanged) nor 255 (changed)")
+        raise DataError(
+            f"{path}: label values {', '.join(str(v) for v in bad[:10])} are neither 0 (unchanged) nor 255 (changed)"
+        )
     return (values == CHANGED).astype(np.uint8)
 
 
@@ -156,18 +160,25 @@ def _check_pair(sample: Sample, with_mask: bool, decode: bool) -> list[str]:
     except DECODE_ERRORS as error:
         return [f"pair {sample.name}: cannot read a file ({type(error).__name__}: {error})"]
     if len(set(sizes.values())) > 1:
-        return [f"size mismatch in pair {sample.name}: " + ", ".join(f"{p} is {s[0]}x{s[1]}" for p, s in sizes.items()) + " (WxH)"]
+        return [
+            f"size mismatch in pair {sample.name}: "
+            + ", ".join(f"{p} is {s[0]}x{s[1]}" for p, s in sizes.items())
+            + " (WxH)"
+        ]
     return []
 
 
-def check_pairs(samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False,
-                desc: str = "check") -> DataCheck:  # fmt: skip
+def check_pairs(
+    samples: Sequence[Sample], nclass: int, with_masks: bool, level: str, progress: bool = False, desc: str = "check"
+) -> DataCheck:
     """Preflight of pairs at ``level`` (headers: formats and sizes; decode: also label values); ``nclass``
     is always 2 (the signature of :func:`unimatch.data.check.check_samples`)."""
     if level == "off" or not samples:
         return DataCheck()
     files = sum(2 + (with_masks and s.mask is not None) for s in samples)
-    return run_checks(samples, lambda sample: _check_pair(sample, with_masks, level == "decode"), files, progress, desc, "pair")
+    return run_checks(
+        samples, lambda sample: _check_pair(sample, with_masks, level == "decode"), files, progress, desc, "pair"
+    )
 
 
 # ------------------------------------------------------------------------------------------ datasets

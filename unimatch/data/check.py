@@ -40,7 +40,9 @@ class DataCheck:
         if not self.problems:
             return
         count = len(self.problems)
-        shown = "; ".join(self.problems[:SHOWN_IN_ERROR]) + (f"; ... {count - SHOWN_IN_ERROR} more" if count > SHOWN_IN_ERROR else "")
+        shown = "; ".join(self.problems[:SHOWN_IN_ERROR]) + (
+            f"; ... {count - SHOWN_IN_ERROR} more" if count > SHOWN_IN_ERROR else ""
+        )
         raise DataError(f"{count} problem(s) in {self.files} files checked: {shown}{hint}")
 
 
@@ -75,25 +77,39 @@ def _check_sample(sample: Sample, nclass: int, with_mask: bool, decode: bool) ->
     except DECODE_ERRORS as error:
         return [f"{sample.mask}: cannot read mask ({type(error).__name__}: {error})"]
     if tuple(image_size) != tuple(mask_size):
-        return [f"size mismatch: image {sample.image} is {image_size[0]}x{image_size[1]}, "
-                f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]} (WxH)"]
+        return [
+            f"size mismatch: image {sample.image} is {image_size[0]}x{image_size[1]}, "
+            f"mask {sample.mask} is {mask_size[0]}x{mask_size[1]} (WxH)"
+        ]
     return []
 
 
 def check_samples(
-    samples: Sequence[Sample], nclass: int, with_masks: bool = True, level: CheckLevel = "headers",
-    progress: bool = False, desc: str = "check",
+    samples: Sequence[Sample],
+    nclass: int,
+    with_masks: bool = True,
+    level: CheckLevel = "headers",
+    progress: bool = False,
+    desc: str = "check",
 ) -> DataCheck:
     """Check every sample (``with_masks``: its mask too, when listed) at ``level``; threads overlap the
     file-system latency of network disks."""
     if level == "off" or not samples:
         return DataCheck()
     files = sum(1 + (with_masks and sample.mask is not None) for sample in samples)
-    return run_checks(samples, lambda sample: _check_sample(sample, nclass, with_masks, level == "decode"), files, progress, desc)
+    return run_checks(
+        samples, lambda sample: _check_sample(sample, nclass, with_masks, level == "decode"), files, progress, desc
+    )
 
 
-def run_checks(samples: Sequence[Sample], check_one: Callable[[Sample], list[str]], files: int, progress: bool, desc: str,
-               unit: str = "img") -> DataCheck:  # fmt: skip
+def run_checks(
+    samples: Sequence[Sample],
+    check_one: Callable[[Sample], list[str]],
+    files: int,
+    progress: bool,
+    desc: str,
+    unit: str = "img",
+) -> DataCheck:
     """``check_one`` on every sample (its problem lines), in threads that overlap the file-system latency of
     network disks, with a progress bar shown only if slow."""
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -104,8 +120,13 @@ def run_checks(samples: Sequence[Sample], check_one: Callable[[Sample], list[str
 
 
 def check_training_data(
-    labeled: Sequence[Sample], unlabeled: Sequence[Sample], val: Sequence[Sample], nclass: int,
-    level: CheckLevel = "headers", progress: bool = False, check: Callable[..., DataCheck] = check_samples,
+    labeled: Sequence[Sample],
+    unlabeled: Sequence[Sample],
+    val: Sequence[Sample],
+    nclass: int,
+    level: CheckLevel = "headers",
+    progress: bool = False,
+    check: Callable[..., DataCheck] = check_samples,
 ) -> DataCheck:
     """Preflight of the three splits of a training: images and masks of the labeled and validation
     sets, images of the unlabeled set (whose masks, if listed, are never trained on). ``check``: how a list

@@ -10,13 +10,49 @@ from ..settings import DatasetSettings
 from .errors import DataError
 
 PASCAL_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
+    "road",
+    "sidewalk",
+    "building",
+    "wall",
+    "fence",
+    "pole",
+    "traffic light",
+    "traffic sign",
+    "vegetation",
+    "terrain",
+    "sky",
+    "person",
+    "rider",
+    "car",
+    "truck",
+    "bus",
+    "train",
+    "motorcycle",
+    "bicycle",
+)
 _BUILT_IN = {"pascal": PASCAL_CLASSES, "cityscapes": CITYSCAPES_CLASSES}
 NAMES_FILE = "classes.txt"
 
@@ -28,9 +64,7 @@ def _names_file(path: Path) -> list[str]:
         raise DataError(f"{path}: class-name file is not UTF-8") from error
 
 
-def class_names(
-    dataset: DatasetSettings | str, root: str | Path | None = None, nclass: int | None = None
-) -> list[str]:
+def class_names(dataset: DatasetSettings | str, root: str | Path | None = None, nclass: int | None = None) -> list[str]:
     """Names of the ``nclass`` classes: built in for pascal and cityscapes, else ``ROOT/classes.txt``
     (one name per line) when present, else ``class_0``, ``class_1``, ..."""
     name: str

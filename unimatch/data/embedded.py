@@ -18,7 +18,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +34,18 @@ VERSION = 3  # 3: class hue priors, larger objects, bounded overlap (2: shape-on
 CLASSES = ("background", "disk", "square", "triangle", "cross", "star", "ring")
 # Bundled with scikit-image (no pooch download); shape-like images (coins, chessboard, logo...) left out.
 BACKGROUND_FILES = (
-    "brick.png", "grass.png", "gravel.png", "camera.png", "moon.png", "coffee.png", "rocket.jpg",
-    "astronaut.png", "chelsea.png", "hubble_deep_field.jpg", "ihc.png",
-)  # fmt: skip
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "camera.png",
+    "moon.png",
+    "coffee.png",
+    "rocket.jpg",
+    "astronaut.png",
+    "chelsea.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+)
 SUPERSAMPLE = 4  # shapes are rasterised at 4x and box-filtered: anti-aliased edges, majority-vote labels
 DIAMETER = (36.0, 72.0)  # object size in pixels: 2.5 to 5 patches of a patch-14 ViT
 OBJECTS = (1, 4)  # objects per image (inclusive); fewer when no placement meets MAX_OVERLAP
@@ -64,9 +73,19 @@ CIRCLE = star_outline([1.0] * 48)
 _ARM = 0.33  # half width of the cross's arms
 # Outline of a plus sign with arms reaching radius 1.
 _CROSS: Polygon = (
-    (_ARM, 1), (_ARM, _ARM), (1, _ARM), (1, -_ARM), (_ARM, -_ARM), (_ARM, -1),
-    (-_ARM, -1), (-_ARM, -_ARM), (-1, -_ARM), (-1, _ARM), (-_ARM, _ARM), (-_ARM, 1),
-)  # fmt: skip
+    (_ARM, 1),
+    (_ARM, _ARM),
+    (1, _ARM),
+    (1, -_ARM),
+    (_ARM, -_ARM),
+    (_ARM, -1),
+    (-_ARM, -1),
+    (-_ARM, -_ARM),
+    (-1, -_ARM),
+    (-1, _ARM),
+    (-_ARM, _ARM),
+    (-_ARM, 1),
+)
 # Unit outlines per class, sized to similar areas; the first polygon is filled, the next ones are holes.
 SHAPES: dict[int, tuple[Polygon, ...]] = {
     1: (star_outline([0.85] * 48),),  # disk
@@ -220,17 +239,31 @@ Backgrounds are tinted random crops of images bundled with scikit-image. Regener
 """
 
 
-def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
+def dataset_metadata(
+    generator: str,
+    version: int,
+    classes: Sequence[str],
+    jpeg_quality: int,
+    seed: int,
+    n_train: int,
+    n_val: int,
+    size: Size,
+) -> dict:
+    """What ``metadata.json`` records of a generated dataset; a copy whose record differs is regenerated."""
     return {
-        "generator": GENERATOR,
-        "version": VERSION,
+        "generator": generator,
+        "version": version,
         "seed": seed,
         "n_train": n_train,
         "n_val": n_val,
         "size": list(size),
-        "classes": list(CLASSES),
-        "jpeg_quality": JPEG_QUALITY,
+        "classes": list(classes),
+        "jpeg_quality": jpeg_quality,
     }
+
+
+def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
+    return dataset_metadata(GENERATOR, VERSION, CLASSES, JPEG_QUALITY, seed, n_train, n_val, size)
 
 
 def read_metadata(root: Path) -> dict | None:
@@ -277,9 +310,15 @@ def _write_dataset(folder: Path, meta: dict) -> None:
             _save_mask(mask, folder / "masks" / subset / f"{index:05d}.png")
     (folder / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES), encoding="utf-8")
     readme = README.format(
-        **meta, width=size[0], height=size[1], quality=JPEG_QUALITY, class_list=", ".join(CLASSES),
-        typical=1 - OFF_HUE_SHARE, spread=HUE_SPREAD, overlap=MAX_OVERLAP,
-    )  # fmt: skip
+        **meta,
+        width=size[0],
+        height=size[1],
+        quality=JPEG_QUALITY,
+        class_list=", ".join(CLASSES),
+        typical=1 - OFF_HUE_SHARE,
+        spread=HUE_SPREAD,
+        overlap=MAX_OVERLAP,
+    )
     (folder / "README.md").write_text(readme, encoding="utf-8")
     # Written last: its presence marks a complete dataset.
     (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -29,12 +29,13 @@ from .embedded import (
     Sources,
     appearance,
     coverage,
+    dataset_metadata,
     load_sources,
     place_outline,
     read_metadata,
     textured_background,
     write_into_place,
-)  # fmt: skip
+)
 from .errors import DataError
 
 GENERATOR = "unimatch.data.embedded_change"
@@ -67,11 +68,16 @@ class Building:
     fill: np.ndarray  # (H, W, 3) float appearance over the whole canvas
 
 
-def _building(rng: np.random.Generator, sources: Sources, canvas: Size, centre: tuple[float, float] | None = None) -> Building:
+def _building(
+    rng: np.random.Generator, sources: Sources, canvas: Size, centre: tuple[float, float] | None = None
+) -> Building:
     """A randomly shaped, sized, rotated building with its own roof colour and texture."""
     diameter = rng.uniform(*DIAMETER)
     if centre is None:
-        centre = (rng.uniform(diameter / 2, canvas[0] - diameter / 2), rng.uniform(diameter / 2, canvas[1] - diameter / 2))
+        centre = (
+            rng.uniform(diameter / 2, canvas[0] - diameter / 2),
+            rng.uniform(diameter / 2, canvas[1] - diameter / 2),
+        )
     kind = rng.integers(3)
     unit = (_rectangle(rng.uniform(0.4, 1.0)), _L_BLOCK, CIRCLE)[kind]
     outline = place_outline(unit, rng.uniform(0, 2 * math.pi), *centre, diameter / 2)
@@ -79,7 +85,9 @@ def _building(rng: np.random.Generator, sources: Sources, canvas: Size, centre: 
     return Building(outline, centre, appearance(rng, sources, canvas, centre, roof))
 
 
-def _place_buildings(rng: np.random.Generator, sources: Sources, canvas: Size, count: int, taken: np.ndarray) -> list[tuple[Building, np.ndarray]]:
+def _place_buildings(
+    rng: np.random.Generator, sources: Sources, canvas: Size, count: int, taken: np.ndarray
+) -> list[tuple[Building, np.ndarray]]:
     """Up to ``count`` buildings that overlap nothing in ``taken`` (updated in place) nor each other."""
     placed = []
     for _ in range(count):
@@ -107,7 +115,9 @@ def _finish(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255) + noise, 0, 255).astype(np.uint8)
 
 
-def render_pair(rng: np.random.Generator, sources: Sources, size: Size = SIZE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def render_pair(
+    rng: np.random.Generator, sources: Sources, size: Size = SIZE
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One (A uint8 (H, W, 3), B uint8 (H, W, 3), label uint8 (H, W) 0/255) triple."""
     margin = MISREGISTRATION
     canvas = (size[0] + 2 * margin, size[1] + 2 * margin)
@@ -128,7 +138,9 @@ def render_pair(rng: np.random.Generator, sources: Sources, size: Size = SIZE) -
         else:
             after.append((building, alpha))
     if changing:
-        for building, alpha in _place_buildings(rng, sources, canvas, int(rng.integers(NEW_BUILDINGS[0], NEW_BUILDINGS[1] + 1)), taken):
+        for building, alpha in _place_buildings(
+            rng, sources, canvas, int(rng.integers(NEW_BUILDINGS[0], NEW_BUILDINGS[1] + 1)), taken
+        ):
             after.append((building, alpha))
             changed = np.maximum(changed, alpha)
     first = _compose(ground, before)
@@ -156,8 +168,7 @@ none of which is change. Regenerate with `unimatch make-data`.
 
 
 def _metadata(seed: int, n_train: int, n_val: int, size: Size) -> dict:
-    return {"generator": GENERATOR, "version": VERSION, "seed": seed, "n_train": n_train, "n_val": n_val,
-            "size": list(size), "classes": list(CLASSES), "jpeg_quality": JPEG_QUALITY}  # fmt: skip
+    return dataset_metadata(GENERATOR, VERSION, CLASSES, JPEG_QUALITY, seed, n_train, n_val, size)
 
 
 def _is_complete(root: Path, meta: dict) -> bool:
@@ -172,7 +183,9 @@ def _write_dataset(folder: Path, meta: dict) -> None:
     for subset, subset_id in SUBSETS.items():
         names = []
         for index in range(meta[f"n_{subset}"]):
-            first, second, label = render_pair(np.random.default_rng([meta["seed"], subset_id, index, 1]), sources, size)
+            first, second, label = render_pair(
+                np.random.default_rng([meta["seed"], subset_id, index, 1]), sources, size
+            )
             stem = f"{subset}_{index:05d}"
             Image.fromarray(first).save(folder / "A" / f"{stem}.jpg", quality=JPEG_QUALITY)
             Image.fromarray(second).save(folder / "B" / f"{stem}.jpg", quality=JPEG_QUALITY)
@@ -192,12 +205,23 @@ def generate_embedded_change(
     complete copy with the same parameters (unless ``force``). Written beside ``root`` and renamed into
     place, so an interrupted run leaves nothing partial; a directory that is not such a dataset is refused."""
     if seed < 0 or n_train < 1 or n_val < 1 or min(size) < 1:
-        raise DataError(f"generate_embedded_change: need seed >= 0 and positive counts and size, got seed {seed}, n_train {n_train}, n_val {n_val}, size {size}")
+        raise DataError(
+            f"generate_embedded_change: need seed >= 0 and positive counts and size, got seed {seed}, "
+            f"n_train {n_train}, n_val {n_val}, size {size}"
+        )
     root = Path(root).absolute()
     meta = _metadata(seed, n_train, n_val, size)
     if not force and root.is_dir() and _is_complete(root, meta):
         return root
-    if not force and root.exists() and not (root.is_dir() and (not any(root.iterdir()) or (read_metadata(root) or {}).get("generator") == GENERATOR)):
-        raise DataError(f"{root}: exists and is not an embedded change-detection dataset; pass force=True to replace it")
+    if (
+        not force
+        and root.exists()
+        and not (
+            root.is_dir() and (not any(root.iterdir()) or (read_metadata(root) or {}).get("generator") == GENERATOR)
+        )
+    ):
+        raise DataError(
+            f"{root}: exists and is not an embedded change-detection dataset; pass force=True to replace it"
+        )
     write_into_place(root, lambda folder: _write_dataset(folder, meta))
     return root

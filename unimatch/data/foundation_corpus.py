@@ -37,9 +37,14 @@ def _polygon(points: list[tuple[float, float]]) -> Polygon:
     return tuple(((x - cx) / radius, (y - cy) / radius) for x, y in points)
 
 
-def _arc(radius: float, start: float, end: float, steps: int, centre: tuple[float, float] = (0.0, 0.0)) -> list[tuple[float, float]]:
+def _arc(
+    radius: float, start: float, end: float, steps: int, centre: tuple[float, float] = (0.0, 0.0)
+) -> list[tuple[float, float]]:
     return [
-        (centre[0] + radius * math.cos(start + (end - start) * i / steps), centre[1] + radius * math.sin(start + (end - start) * i / steps))
+        (
+            centre[0] + radius * math.cos(start + (end - start) * i / steps),
+            centre[1] + radius * math.sin(start + (end - start) * i / steps),
+        )
         for i in range(steps + 1)
     ]
 
@@ -48,7 +53,9 @@ def _heart() -> Polygon:
     points = []
     for i in range(48):
         t = 2 * math.pi * i / 48
-        points.append((16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t))))
+        points.append(
+            (16 * math.sin(t) ** 3, -(13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)))
+        )
     return _polygon(points)
 
 
@@ -58,7 +65,10 @@ FOUNDATION_SHAPES: dict[int, tuple[Polygon, ...]] = {
     1: (star_outline([1.0] * 5),),  # pentagon
     2: (star_outline([1.0] * 6),),  # hexagon
     3: (_polygon(_arc(1.0, 0.0, math.pi, 24)),),  # semicircle
-    4: (star_outline([1.0] * 48), tuple((x + 0.45, y) for x, y in star_outline([0.85] * 48))),  # crescent: disk minus shifted disk
+    4: (
+        star_outline([1.0] * 48),
+        tuple((x + 0.45, y) for x, y in star_outline([0.85] * 48)),
+    ),  # crescent: disk minus shifted disk
     5: (_polygon([(-1, -0.25), (0.2, -0.25), (0.2, -0.6), (1, 0), (0.2, 0.6), (0.2, 0.25), (-1, 0.25)]),),  # arrow
     6: (_polygon([(-0.6, -1), (-0.1, -1), (-0.1, 0.5), (0.7, 0.5), (0.7, 1), (-0.6, 1)]),),  # L
     7: (_polygon([(-1, -1), (1, -1), (1, -0.5), (0.25, -0.5), (0.25, 1), (-0.25, 1), (-0.25, -0.5), (-1, -0.5)]),),  # T
@@ -70,9 +80,21 @@ FOUNDATION_SHAPES: dict[int, tuple[Polygon, ...]] = {
     13: (_polygon([(-1, -0.8), (1, 0.8), (1, -0.8), (-1, 0.8)]),),  # bow tie
 }
 FOUNDATION_CLASSES = (
-    "background", "pentagon", "hexagon", "semicircle", "crescent", "arrow", "ell", "tee",
-    "four_star", "six_star", "heart", "parallelogram", "frame", "bowtie",
-)  # fmt: skip
+    "background",
+    "pentagon",
+    "hexagon",
+    "semicircle",
+    "crescent",
+    "arrow",
+    "ell",
+    "tee",
+    "four_star",
+    "six_star",
+    "heart",
+    "parallelogram",
+    "frame",
+    "bowtie",
+)
 # Broader than the benchmark (36-72 px, 1-4 objects, class hues): more scales, more clutter, any colour.
 FOUNDATION_SCENE = Scene(FOUNDATION_SHAPES, diameter=(24.0, 84.0), objects=(1, 6), distractors=(0, 2), hue_prior=False)
 

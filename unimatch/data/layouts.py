@@ -113,7 +113,12 @@ _LAYOUTS: dict[str, Callable[[Path, str], list[Sample]]] = {
     "embedded-cd": list_pairs,
 }
 # The task of each layout that is not plain semantic segmentation (unimatch.tasks).
-_TASKS = {"levir-cd": "change_detection", "whu-cd": "change_detection", "change": "change_detection", "embedded-cd": "change_detection"}
+_TASKS = {
+    "levir-cd": "change_detection",
+    "whu-cd": "change_detection",
+    "change": "change_detection",
+    "embedded-cd": "change_detection",
+}
 
 
 def layout_task(name: str) -> str:
@@ -152,7 +157,9 @@ class SplitFormat:
     def of(cls, dataset: str) -> SplitFormat:
         return cls(layout_task(dataset) == "change_detection")
 
-    def read(self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False) -> list[Sample]:
+    def read(
+        self, path: str | Path, root: str | Path, require_masks: bool = True, allow_empty: bool = False
+    ) -> list[Sample]:
         reader = read_names_split if self.pairs else read_split
         return reader(path, root, require_masks=require_masks, allow_empty=allow_empty)
 

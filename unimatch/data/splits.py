@@ -62,7 +62,11 @@ def _check_exists(path: Path, where: str) -> None:
 
 
 def read_split(
-    path: str | Path, root: str | Path, require_masks: bool = True, check_files: bool = True, allow_empty: bool = False,
+    path: str | Path,
+    root: str | Path,
+    require_masks: bool = True,
+    check_files: bool = True,
+    allow_empty: bool = False,
     mask_root: str | Path | None = None,
 ) -> list[Sample]:
     """The samples listed in split file ``path``. With ``require_masks`` False a line may hold an image path
@@ -171,5 +175,6 @@ def create_split(samples: Sequence[Sample], labeled: float, seed: int) -> tuple[
 
 
 def read_pseudo_labels(path: str | Path, root: str | Path) -> list[Sample]:
-    """The (image, pseudo mask) samples of a split file written by ``write_pseudo_labels`` (:mod:`unimatch.apps.pseudo_labels`; or a subset)."""
+    """The (image, pseudo mask) samples of a split file written by ``write_pseudo_labels``
+    (:mod:`unimatch.apps.pseudo_labels`; or a subset)."""
     return read_split(path, root, mask_root=Path(path).parent)

@@ -107,12 +107,15 @@ def weak_pipeline(crop: int, fill: int, ratio: tuple[float, float] = RESCALE_RAT
     """The weak view: rescale x0.5..2 (``ratio``), pad right/bottom to ``crop`` (image 0, mask ``fill``), random
     crop, flip. Padding first makes any crop valid: the part beyond the image is padding. ``paired``: a second
     image ``image_b`` (change detection's B) gets exactly the same geometry as ``image`` and the mask."""
-    return A.Compose([
-        RandomRescale(ratio),
-        A.PadIfNeeded(crop, crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=fill),
-        A.RandomCrop(crop, crop),  # offset int((H - crop + 1) * U[0, 1)): uniform over 0..H-crop, like randint
-        A.HorizontalFlip(p=0.5),
-    ], additional_targets={"image_b": "image"} if paired else None)
+    return A.Compose(
+        [
+            RandomRescale(ratio),
+            A.PadIfNeeded(crop, crop, position="top_left", border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=fill),
+            A.RandomCrop(crop, crop),  # offset int((H - crop + 1) * U[0, 1)): uniform over 0..H-crop, like randint
+            A.HorizontalFlip(p=0.5),
+        ],
+        additional_targets={"image_b": "image"} if paired else None,
+    )
 
 
 # -------------------------------------------------------------------------------------------- strong view
@@ -248,13 +251,15 @@ class PILGaussianBlur(A.ImageOnlyTransform):
 def strong_pipeline(grayscale: float = 0.2) -> A.Compose:
     """A strong view of a weak crop, in the reference order: jitter p=0.8, grayscale p=0.2, blur p=0.5
     (change detection's reference has no grayscale: ``grayscale=0``)."""
-    return A.Compose([
-        TorchvisionColorJitter(JITTER, p=0.8),
-        # OpenCV's RGB->gray uses torchvision's (PIL's) 0.299/0.587/0.114 weights; fixed-point rounding
-        # differs on ~0.1% of pixels by one level (tested), so the stock transform is kept.
-        A.ToGray(num_output_channels=3, method="weighted_average", p=grayscale),
-        PILGaussianBlur(BLUR_SIGMA, p=0.5),
-    ])
+    return A.Compose(
+        [
+            TorchvisionColorJitter(JITTER, p=0.8),
+            # OpenCV's RGB->gray uses torchvision's (PIL's) 0.299/0.587/0.114 weights; fixed-point rounding
+            # differs on ~0.1% of pixels by one level (tested), so the stock transform is kept.
+            A.ToGray(num_output_channels=3, method="weighted_average", p=grayscale),
+            PILGaussianBlur(BLUR_SIGMA, p=0.5),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------------------ running them

@@ -23,7 +23,15 @@ log = logging.getLogger(__name__)
 # What a training checkpoint needs to continue a run; best.pth (weights only) lacks most of them.
 RESUME_ENTRIES = ("model", "optimizer", "iteration", "best", "history", "rng", "config")
 # Changing these between a checkpoint and the run that resumes it would silently mix two experiments.
-RESUME_KEYS = ("dataset.name", "dataset.nclass", "dataset.crop_size", "model.encoder", "method.name", "train.batch_size", "train.seed")
+RESUME_KEYS = (
+    "dataset.name",
+    "dataset.nclass",
+    "dataset.crop_size",
+    "model.encoder",
+    "method.name",
+    "train.batch_size",
+    "train.seed",
+)
 
 
 class TrainingError(UnimatchError, RuntimeError):
@@ -94,7 +102,10 @@ def resume_state(
         return state, candidate
     if failures:
         reasons = "; ".join(str(error) for _, error in failures)
-        raise CheckpointError(f"no usable checkpoint to resume from: {reasons}. Move them aside (or set train.resume=false) to start over.")
+        raise CheckpointError(
+            f"no usable checkpoint to resume from: {reasons}. Move them aside (or set train.resume=false) to "
+            "start over."
+        )
     return None
 
 
@@ -190,11 +201,16 @@ class CheckpointKeeper:
         if found is None:
             return None
         state, path = found
-        changed = [f"{key}: checkpoint {lookup(state['config'], key)!r}, now {lookup(config, key)!r}"
-                   for key in RESUME_KEYS if lookup(state["config"], key) != lookup(config, key)]  # fmt: skip
+        changed = [
+            f"{key}: checkpoint {lookup(state['config'], key)!r}, now {lookup(config, key)!r}"
+            for key in RESUME_KEYS
+            if lookup(state["config"], key) != lookup(config, key)
+        ]
         if changed:
-            raise TrainingError(f"{path} was written by a different experiment ({'; '.join(changed)}); "
-                                "use another output_dir or train.resume=false")  # fmt: skip
+            raise TrainingError(
+                f"{path} was written by a different experiment ({'; '.join(changed)}); "
+                "use another output_dir or train.resume=false"
+            )
         self.saved_iteration = int(state["iteration"])
         return state, path
 

@@ -85,7 +85,8 @@ def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
 
 def extra_unlabeled_samples(cfg: ExperimentConfig) -> list[Sample]:
     """Samples of the extra unlabeled pools (``dataset.extra_unlabeled``): split files (paths relative to the
-    dataset root; listed masks are kept for the pseudo-label quality metrics, never trained on) or image folders (searched recursively; absolute paths under the folder)."""
+    dataset root; listed masks are kept for the pseudo-label quality metrics, never trained on) or image folders
+    (searched recursively; absolute paths under the folder)."""
     samples: list[Sample] = []
     for index, entry in enumerate(cfg.dataset.extra_unlabeled):
         path = Path(entry)
@@ -112,7 +113,9 @@ class TrainingData:
     total_iters: int
 
 
-def training_data(cfg: ExperimentConfig, task: SegmentationTask, method: Method, dist: Distributed, progress: bool = True) -> TrainingData:
+def training_data(
+    cfg: ExperimentConfig, task: SegmentationTask, method: Method, dist: Distributed, progress: bool = True
+) -> TrainingData:
     """The split files (rank 0 writes them first), their samples checked before the first step, the datasets
     the method builds and the epoch it declares."""
     splits = prepare_splits(cfg) if dist.is_main else None
@@ -121,17 +124,27 @@ def training_data(cfg: ExperimentConfig, task: SegmentationTask, method: Method,
     root, nclass, crop = Path(cfg.dataset.root), cfg.dataset.nclass, cfg.dataset.crop_size
     labeled, val = task.read_split(splits.labeled, root), task.read_split(splits.val, root)
     # Labeled-only reads the unlabeled list too: its "unlabeled" schedule matches the semi-supervised runs.
-    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
+    unlabeled = task.read_split(
+        splits.unlabeled, root, require_masks=False, allow_empty=True
+    ) + extra_unlabeled_samples(cfg)
     pseudo_samples = pseudo_label_samples(unlabeled, cfg.eval.pseudo_label_images, cfg.split.seed)
     preflight(task, cfg, labeled, unlabeled, val, pseudo_samples, progress)
     if method.uses_unlabeled and not unlabeled:
-        raise DataError(f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
-                        "dataset.extra_unlabeled names no pool")  # fmt: skip
+        raise DataError(
+            f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
+            "dataset.extra_unlabeled names no pool"
+        )
     # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
     batch, world = cfg.train.batch_size, dist.world
     labeled_set = method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop, task)
-    pools = Pools(len(labeled), len(labeled_set), len(unlabeled), str(splits.labeled), str(splits.unlabeled),
-                  cfg.dataset.labeled_epoch_samples)  # fmt: skip
+    pools = Pools(
+        len(labeled),
+        len(labeled_set),
+        len(unlabeled),
+        str(splits.labeled),
+        str(splits.unlabeled),
+        cfg.dataset.labeled_epoch_samples,
+    )
     schedule = method.schedule(pools, batch, world)  # what an epoch is: the method declares it
     iters_per_epoch, labeled_batch = schedule.iterations_per_epoch, schedule.labeled_batch
     if iters_per_epoch == 0:
@@ -141,21 +154,39 @@ def training_data(cfg: ExperimentConfig, task: SegmentationTask, method: Method,
     if cfg.train.max_iters:
         total_iters = min(total_iters, cfg.train.max_iters)
     epochs, seed = cfg.train.epochs, cfg.train.seed
-    streams = {"labeled": (SampleStream(labeled_set, iters_per_epoch * labeled_batch * world, epochs, seed, LABELED_STREAM), labeled_batch)}
+    streams = {
+        "labeled": (
+            SampleStream(labeled_set, iters_per_epoch * labeled_batch * world, epochs, seed, LABELED_STREAM),
+            labeled_batch,
+        )
+    }
     if method.uses_unlabeled:
         unlabeled_set = task.unlabeled_dataset(unlabeled, crop)
-        streams["unlabeled"] = (SampleStream(unlabeled_set, iters_per_epoch * batch * world, epochs, seed, UNLABELED_STREAM), batch)
+        streams["unlabeled"] = (
+            SampleStream(unlabeled_set, iters_per_epoch * batch * world, epochs, seed, UNLABELED_STREAM),
+            batch,
+        )
     val_set = task.eval_dataset(val, nclass)
     return TrainingData(
-        class_names=task.class_names(cfg.dataset.name, root, nclass), val_set=val_set,
-        pseudo_set=task.eval_dataset(pseudo_samples, nclass) if pseudo_samples else None, streams=streams,
+        class_names=task.class_names(cfg.dataset.name, root, nclass),
+        val_set=val_set,
+        pseudo_set=task.eval_dataset(pseudo_samples, nclass) if pseudo_samples else None,
+        streams=streams,
         sizes={"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(val_set)},
-        iters_per_epoch=iters_per_epoch, total_iters=total_iters,
+        iters_per_epoch=iters_per_epoch,
+        total_iters=total_iters,
     )
 
 
-def preflight(task: SegmentationTask, cfg: ExperimentConfig, labeled: list[Sample], unlabeled: list[Sample], val: list[Sample],
-              pseudo: list[Sample], progress: bool = True) -> None:
+def preflight(
+    task: SegmentationTask,
+    cfg: ExperimentConfig,
+    labeled: list[Sample],
+    unlabeled: list[Sample],
+    val: list[Sample],
+    pseudo: list[Sample],
+    progress: bool = True,
+) -> None:
     """Every unreadable file, size mismatch (and, with ``dataset.preflight=decode``, bad label) of the
     three splits, found before the first step rather than one at a time mid-epoch."""
     level, nclass = cfg.dataset.preflight, cfg.dataset.nclass

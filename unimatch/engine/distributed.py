@@ -23,7 +23,12 @@ from .setup import resolve_device
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # Bit patterns of each floating dtype, for an exact checksum.
-_BITS = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+_BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
 
 
 def launched_by_torchrun() -> bool:
@@ -89,11 +94,15 @@ def _rank_device(name: str, local_rank: int) -> torch.device:
     if device.type != "cuda":
         return device
     if device.index not in (None, local_rank):
-        raise ConfigError(f"train.device={name} pins one GPU, but under torchrun each process uses cuda:LOCAL_RANK; "
-                          "set train.device to auto or cuda")
+        raise ConfigError(
+            f"train.device={name} pins one GPU, but under torchrun each process uses cuda:LOCAL_RANK; "
+            "set train.device to auto or cuda"
+        )
     if local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"process with LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) "
-                          "are visible: start at most that many processes per node (train.gpus, --nproc_per_node)")
+        raise ConfigError(
+            f"process with LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) "
+            "are visible: start at most that many processes per node (train.gpus, --nproc_per_node)"
+        )
     device = torch.device("cuda", local_rank)
     torch.cuda.set_device(device)
     return device
@@ -156,8 +165,10 @@ def sync_batch_norm(model: nn.Module, ctx: Distributed) -> nn.Module:
     if not (ctx.enabled and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())):
         return model
     if ctx.device.type != "cuda":
-        raise ConfigError("model.use_bn=true needs CUDA for multi-process training: SyncBatchNorm, which keeps "
-                          "the ranks' BatchNorm statistics equal, runs on GPUs only")
+        raise ConfigError(
+            "model.use_bn=true needs CUDA for multi-process training: SyncBatchNorm, which keeps "
+            "the ranks' BatchNorm statistics equal, runs on GPUs only"
+        )
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 

@@ -17,8 +17,11 @@ def ema_decay(iteration: int, max_decay: float = 0.996) -> float:
 
 def copied_buffer_names(model: nn.Module) -> set[str]:
     """Full names of the buffers ``model``'s modules declare in ``ema_copied_buffers``."""
-    return {f"{prefix}.{name}" if prefix else name
-            for prefix, module in model.named_modules() for name in getattr(module, "ema_copied_buffers", ())}  # fmt: skip
+    return {
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in getattr(module, "ema_copied_buffers", ())
+    }
 
 
 @torch.no_grad()

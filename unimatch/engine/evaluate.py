@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
+from mlflow.exceptions import MlflowException
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ExperimentConfig
@@ -42,7 +45,9 @@ def checkpoint_model(cfg: ExperimentConfig, checkpoint: str | Path, weights: str
     """``cfg.model`` holding the ``weights`` entry ('ema' or 'model') of ``checkpoint``."""
     model_cfg = cfg.model.model_copy(update={"weights": None, "init_checkpoint": None})
     input_images = task_for(cfg.dataset.name).input_images
-    model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True, input_images=input_images)
+    model = build_model(
+        model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True, input_images=input_images
+    )
     load_segmentor_weights(model, checkpoint, key=weights)
     return model
 
@@ -65,9 +70,6 @@ def _resolve_model_uri(client: Any, uri: str) -> tuple[str, str | None]:
 def mlflow_model(cfg: ExperimentConfig, uri: str) -> tuple[Segmentor, str | None]:
     """A model logged by a training (``runs:/<id>/model``) or registered (``models:/NAME@best``), from
     the config's tracking store (its registry too), and the run that trained it."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.exceptions import MlflowException
 
     store = resolve_tracking_uri(cfg.tracking.uri)
     try:
@@ -113,14 +115,27 @@ def run_evaluation(
     nclass, names = cfg.dataset.nclass, prepared.class_names
     loader = DataLoader(prepared.dataset, batch_size=1, num_workers=cfg.train.num_workers)
     result = evaluate(
-        optimize_for_device(prepared.model, device), loader, nclass, names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
-        cfg.eval.stride_ratio, cfg.eval.batch_size, device, autocast_dtype(cfg.train.amp, device), progress,
+        optimize_for_device(prepared.model, device),
+        loader,
+        nclass,
+        names,
+        cfg.eval.mode,
+        cfg.eval.window or cfg.dataset.crop_size,
+        cfg.eval.stride_ratio,
+        cfg.eval.batch_size,
+        device,
+        autocast_dtype(cfg.train.amp, device),
+        progress,
         max_tokens=cfg.eval.max_tokens,
     )
-    tracker.log_params({"eval.model": prepared.source, "eval.weights": prepared.weights, "eval.split": str(prepared.split)})
+    tracker.log_params(
+        {"eval.model": prepared.source, "eval.weights": prepared.weights, "eval.split": str(prepared.split)}
+    )
     metrics = {"eval/miou": result.miou}
     metrics.update({f"eval/iou/{name}": iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)})
-    metrics.update({f"eval/{name}": value for name, value in task_for(cfg.dataset.name).scores(result.confusion).items()})
+    metrics.update(
+        {f"eval/{name}": value for name, value in task_for(cfg.dataset.name).scores(result.confusion).items()}
+    )
     tracker.log_metrics(metrics)
     stem = re.sub(r"[^\w.-]+", "_", Path(prepared.source).stem)  # a model URI as a file name
     figure = Path(cfg.output_dir) / "figures" / f"confusion_{stem}.png"

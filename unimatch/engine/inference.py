@@ -38,7 +38,12 @@ def predict_original(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
     """Resize (bilinear, align_corners) to the nearest multiples of the size divisor, predict, resize logits back."""
     height, width = image.shape[-2:]
     divisor = size_divisor(model)
-    resized = F.interpolate(image, (nearest_multiple(height, divisor), nearest_multiple(width, divisor)), mode="bilinear", align_corners=True)
+    resized = F.interpolate(
+        image,
+        (nearest_multiple(height, divisor), nearest_multiple(width, divisor)),
+        mode="bilinear",
+        align_corners=True,
+    )
     logits = model(resized)
     return F.interpolate(logits.float(), (height, width), mode="bilinear", align_corners=True)
 
@@ -57,8 +62,14 @@ def exceeds_token_budget(model: nn.Module, mode: str, height: int, width: int, m
 
 
 def predict_image(
-    model: nn.Module, image: torch.Tensor, mode: str, window: int | None, stride_ratio: float = 2 / 3,
-    window_batch: int = 8, max_tokens: int | None = None, progress: bool = False,
+    model: nn.Module,
+    image: torch.Tensor,
+    mode: str,
+    window: int | None,
+    stride_ratio: float = 2 / 3,
+    window_batch: int = 8,
+    max_tokens: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Logits (or summed window probabilities) of ``image`` in ``mode``, switching to sliding windows
     above the token budget. An encoder built for one input size (``fixed_input_size``) always sees
@@ -89,9 +100,15 @@ def predict_sliding(
     height, width = image.shape[-2:]
     padded = F.pad(image, (0, max(0, window - width), 0, max(0, window - height)))
     stride = max(1, int(window * stride_ratio))
-    offsets = [(top, left) for top in window_starts(padded.shape[-2], window, stride) for left in window_starts(padded.shape[-1], window, stride)]
+    offsets = [
+        (top, left)
+        for top in window_starts(padded.shape[-2], window, stride)
+        for left in window_starts(padded.shape[-1], window, stride)
+    ]
     probs = None
-    for chunk_start in progress_bar(range(0, len(offsets), batch), desc="windows", unit="batch", disable=not progress, leave=False):
+    for chunk_start in progress_bar(
+        range(0, len(offsets), batch), desc="windows", unit="batch", disable=not progress, leave=False
+    ):
         chunk = offsets[chunk_start : chunk_start + batch]
         crops = torch.cat([padded[:, :, t : t + window, l : l + window] for t, l in chunk])
         out = model(crops).float().softmax(dim=1)
@@ -137,7 +154,12 @@ def evaluate(
             logits = predict_image(model, image, mode, window, stride_ratio, window_batch, max_tokens)
         confusion.update(logits.argmax(dim=1), mask)
     if switched:
-        log.warning("%d image(s) above eval.max_tokens=%d were evaluated in sliding windows of %d px", switched, max_tokens, window)
+        log.warning(
+            "%d image(s) above eval.max_tokens=%d were evaluated in sliding windows of %d px",
+            switched,
+            max_tokens,
+            window,
+        )
     model.train(was_training)
     if distributed:
         confusion.all_reduce()
@@ -179,14 +201,26 @@ class PseudoLabelCounts:
         confident = valid & (confidence >= threshold)
         right = confident & (label == target)
         foreground = valid & (target != self.background)
-        self.counts += torch.stack([valid.sum(), confident.sum(), right.sum(), foreground.sum(),
-                                    (foreground & confident).sum(), (foreground & right).sum()])
+        self.counts += torch.stack(
+            [
+                valid.sum(),
+                confident.sum(),
+                right.sum(),
+                foreground.sum(),
+                (foreground & confident).sum(),
+                (foreground & right).sum(),
+            ]
+        )
 
     def result(self) -> PseudoLabelQuality:
         valid, confident, right, foreground, fg_confident, fg_right = (int(c) for c in self.counts.cpu())
         share = lambda part, whole: 100.0 * part / whole if whole else float("nan")  # noqa: E731
-        return PseudoLabelQuality(share(right, confident), share(fg_confident, foreground), share(fg_right, foreground),
-                                  share(confident, valid))
+        return PseudoLabelQuality(
+            share(right, confident),
+            share(fg_confident, foreground),
+            share(fg_right, foreground),
+            share(confident, valid),
+        )
 
 
 @torch.no_grad()

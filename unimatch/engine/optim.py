@@ -9,7 +9,9 @@ from ..settings import TrainConfig
 
 
 def build_optimizer(model: Segmentor, cfg: TrainConfig) -> torch.optim.Optimizer:
-    groups = [{"params": model.decoder_parameters(), "lr": cfg.lr * cfg.lr_multiplier, "base_lr": cfg.lr * cfg.lr_multiplier}]
+    groups = [
+        {"params": model.decoder_parameters(), "lr": cfg.lr * cfg.lr_multiplier, "base_lr": cfg.lr * cfg.lr_multiplier}
+    ]
     encoder_params = model.encoder_parameters()
     if encoder_params:  # empty when the encoder is frozen
         groups.insert(0, {"params": encoder_params, "lr": cfg.lr, "base_lr": cfg.lr})

@@ -29,7 +29,9 @@ def resolve_device(name: str) -> torch.device:
         if count == 0:
             raise ConfigError(f"train.device: '{name}' but CUDA is not available on this machine; use auto or cpu")
         if device.index is not None and device.index >= count:
-            raise ConfigError(f"train.device: '{name}' but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+            raise ConfigError(
+                f"train.device: '{name}' but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+            )
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device: '{name}' but MPS is not available on this machine; use auto or cpu")
     return device
@@ -43,7 +45,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(
-    model_cfg: ModelConfig, nclass: int, input_size: int, method: MethodSettings | None = None, quiet: bool = False,
+    model_cfg: ModelConfig,
+    nclass: int,
+    input_size: int,
+    method: MethodSettings | None = None,
+    quiet: bool = False,
     input_images: int = 1,
 ) -> Segmentor:
     """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
@@ -112,7 +118,9 @@ def _one_thread(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def make_loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, device: torch.device, seed: int) -> DataLoader:
+def make_loader(
+    dataset: Dataset, sampler: Sampler, batch: int, workers: int, device: torch.device, seed: int
+) -> DataLoader:
     """Pinned memory on CUDA, persistent prefetching workers; its own generator so that creating the
     loader draws nothing from the global RNG (resume must replay the same model randomness)."""
     return DataLoader(
@@ -130,4 +138,5 @@ def make_loader(dataset: Dataset, sampler: Sampler, batch: int, workers: int, de
 
 
 def describe(cfg: ExperimentConfig) -> str:
-    return f"{cfg.method.name} | {cfg.model.encoder}{' (frozen)' if cfg.model.frozen else ''} | {cfg.dataset.name} {cfg.split.labeled:g} labeled"
+    frozen = " (frozen)" if cfg.model.frozen else ""
+    return f"{cfg.method.name} | {cfg.model.encoder}{frozen} | {cfg.dataset.name} {cfg.split.labeled:g} labeled"

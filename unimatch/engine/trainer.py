@@ -38,7 +38,6 @@ from .stream import StreamPositions
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -49,7 +48,9 @@ class TrainResult:
     history: dict[str, list[tuple[int, float]]] = field(repr=False, default_factory=dict)
     iterations: int = 0
     class_names: list[str] = field(default_factory=list)
-    best_confusion: np.ndarray | None = field(repr=False, default=None)  # the EMA's, when this session saw its best epoch
+    best_confusion: np.ndarray | None = field(
+        repr=False, default=None
+    )  # the EMA's, when this session saw its best epoch
     registered_model: str | None = None  # models:/NAME/VERSION of the best EMA model, set by the job that publishes it
 
     def summary(self) -> str:
@@ -74,7 +75,11 @@ def _read_later(flag: torch.Tensor) -> Callable[[], bool]:
 
 class Trainer:
     def __init__(
-        self, cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True, encoder_weights: str | None = None
+        self,
+        cfg: ExperimentConfig,
+        tracker: Tracker | None = None,
+        progress: bool = True,
+        encoder_weights: str | None = None,
     ):
         """``encoder_weights``: a pre-trained encoder that replaces ``cfg.model.weights`` (the job resolves it)."""
         self.cfg = cfg
@@ -93,13 +98,22 @@ class Trainer:
         self.method = build_method(cfg.method, labeled_loss)
         self.task = task_for(cfg.dataset.name)
         if self.task.name not in self.method.tasks:
-            raise ConfigError(f"method.name: {cfg.method.name} is not defined for {self.task.name} (dataset.name={cfg.dataset.name}); "
-                              f"it supports {', '.join(self.method.tasks)}")
+            raise ConfigError(
+                f"method.name: {cfg.method.name} is not defined for {self.task.name} "
+                f"(dataset.name={cfg.dataset.name}); it supports {', '.join(self.method.tasks)}"
+            )
         data = training_data(cfg, self.task, self.method, self.dist, self.progress)
-        self.class_names, self.val_set, self.pseudo_set, self.streams = data.class_names, data.val_set, data.pseudo_set, data.streams
+        self.class_names, self.val_set, self.pseudo_set, self.streams = (
+            data.class_names,
+            data.val_set,
+            data.pseudo_set,
+            data.streams,
+        )
         self.sizes, self.iters_per_epoch, self.total_iters = data.sizes, data.iters_per_epoch, data.total_iters
         model_cfg = cfg.model if encoder_weights is None else cfg.model.model_copy(update={"weights": encoder_weights})
-        model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images)
+        model = build_model(
+            model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images
+        )
         self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
         self.method.on_device(self.model, model_cfg, self.device)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
@@ -118,7 +132,9 @@ class Trainer:
         self.bad_steps = 0
         # best mIoU per model; for a task whose headline is another metric (change detection: IoU_c) also
         # that metric's best and the task's other metrics at that epoch (Table 14: IoU_c and its OA)
-        self.best = {f"{metric}_{model}": -1.0 for metric in {"miou", self.task.headline} for model in ("ema", "student")}
+        self.best = {
+            f"{metric}_{model}": -1.0 for metric in {"miou", self.task.headline} for model in ("ema", "student")
+        }
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.best_confusion: np.ndarray | None = None
         self.step_seconds: list[float] = []  # compute time of each step of this process's run
@@ -134,7 +150,16 @@ class Trainer:
     def _iterators(self) -> dict[str, Any]:
         workers, rank, world = self.cfg.train.num_workers, self.dist.rank, self.dist.world
         return {
-            name: iter(make_loader(stream, StreamPositions(self.iteration, self.total_iters, batch, rank, world), batch, workers, self.device, self.cfg.train.seed))
+            name: iter(
+                make_loader(
+                    stream,
+                    StreamPositions(self.iteration, self.total_iters, batch, rank, world),
+                    batch,
+                    workers,
+                    self.device,
+                    self.cfg.train.seed,
+                )
+            )
             for name, (stream, batch) in self.streams.items()
         }
 
@@ -167,15 +192,23 @@ class Trainer:
 
     def _weights(self) -> dict[str, Any]:
         """What best.pth and the snapshots hold: student and EMA weights (the student's when no EMA is kept)."""
-        return {"model": self.model.state_dict(), "ema": (self.ema or self.model).state_dict(), "config": self.cfg.to_dict(),
-                "class_names": self.class_names, "iteration": self.iteration, "best": dict(self.best),
-                "run_id": self.tracker.run_id}  # fmt: skip
+        return {
+            "model": self.model.state_dict(),
+            "ema": (self.ema or self.model).state_dict(),
+            "config": self.cfg.to_dict(),
+            "class_names": self.class_names,
+            "iteration": self.iteration,
+            "best": dict(self.best),
+            "run_id": self.tracker.run_id,
+        }
 
     def _resume_if_possible(self) -> None:
         """Continue from latest.pth, or from latest.prev.pth when the newest is missing or unusable."""
         if self.dist.is_main:
             self.checkpoints.remove_stale_temps()
-        found = self.checkpoints.resume(self.cfg.to_dict(), set_aside=self.dist.is_main) if self.cfg.train.resume else None
+        found = (
+            self.checkpoints.resume(self.cfg.to_dict(), set_aside=self.dist.is_main) if self.cfg.train.resume else None
+        )
         if found is None:
             return
         state, path = found
@@ -207,9 +240,11 @@ class Trainer:
         ema = self.ema.state_dict().values() if self.ema is not None else ()
         checksums = self.dist.gather(weights_checksum(chain(self.model.state_dict().values(), ema)))
         if len(set(checksums)) > 1:
-            raise TrainingError(f"the ranks' weights differ at iteration {self.iteration} (checksums {checksums}): they "
-                                "must start from the same checkpoint (output_dir on a filesystem every node shares) "
-                                "and receive identical gradient and EMA updates")
+            raise TrainingError(
+                f"the ranks' weights differ at iteration {self.iteration} (checksums {checksums}): they "
+                "must start from the same checkpoint (output_dir on a filesystem every node shares) "
+                "and receive identical gradient and EMA updates"
+            )
         return f"{checksums[self.dist.rank] % 2**64:016x}"
 
     def _seed_rank_stream(self) -> None:
@@ -217,14 +252,18 @@ class Trainer:
         iteration) at start, on resume and at every checkpoint, so that a resumed run draws what an
         uninterrupted one would (a checkpoint holds rank 0's RNG state only)."""
         if self.dist.enabled:
-            seed_everything(int(np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, self.iteration]).generate_state(1)[0]))
+            seed_everything(
+                int(np.random.SeedSequence([self.cfg.train.seed, self.dist.rank, self.iteration]).generate_state(1)[0])
+            )
 
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> tuple[StepLosses | None, float]:
         """One optimisation step at ``self.iteration``: its losses (None if skipped as non-finite) and lr."""
         lr = set_poly_lr(self.optimizer, self.iteration, self.total_iters, self.cfg.train.poly_power)
         self.method.progress = Progress(self.iteration, self.total_iters, self.iters_per_epoch)
         self.model.train()
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             losses = StepLosses(*self.step_module(self.teacher, labeled, unlabeled))
         finite = _read_later(self.dist.all_true(torch.isfinite(losses.loss)))
         self.optimizer.zero_grad(set_to_none=True)
@@ -248,14 +287,18 @@ class Trainer:
         self.history.setdefault(name, []).append((step, value))
 
     def _log_window(self, window: list, lr: float) -> dict[str, float]:
-        stacked = torch.stack([torch.stack((l.loss.detach(), l.labeled, l.unlabeled, l.mask_ratio)) for l in window]).float().mean(0)
+        stacked = (
+            torch.stack([torch.stack((l.loss.detach(), l.labeled, l.unlabeled, l.mask_ratio)) for l in window])
+            .float()
+            .mean(0)
+        )
         stacked = self.dist.mean(stacked).tolist()  # over ranks too: the global batch's values
         metrics = dict(zip(("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio"), stacked))
         metrics["train/lr"] = lr
         for name, value in metrics.items():
             self._record(name, self.iteration, value)
         # Compute time of a step, data loading excluded; MLflow only (timings would make the DVC curves differ).
-        timing = {"train/step_seconds": float(np.mean(self.step_seconds[-len(window):]))} if self.step_seconds else {}
+        timing = {"train/step_seconds": float(np.mean(self.step_seconds[-len(window) :]))} if self.step_seconds else {}
         self.tracker.log_metrics({**metrics, **timing}, step=self.iteration)
         return metrics
 
@@ -265,11 +308,22 @@ class Trainer:
         cfg, rank, world = self.cfg, self.dist.rank, self.dist.world
         models = {"student": self.model} if self.ema is None else {"student": self.model, "ema": self.ema}
         shard = Subset(self.val_set, range(rank, len(self.val_set), world)) if world > 1 else self.val_set
-        loader = DataLoader(shard, batch_size=1, num_workers=min(cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            shard, batch_size=1, num_workers=min(cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda"
+        )
         return {
             name: evaluate(
-                model, loader, cfg.dataset.nclass, self.class_names, cfg.eval.mode, cfg.eval.window or cfg.dataset.crop_size,
-                cfg.eval.stride_ratio, cfg.eval.batch_size, self.device, self.amp_dtype, distributed=self.dist.enabled,
+                model,
+                loader,
+                cfg.dataset.nclass,
+                self.class_names,
+                cfg.eval.mode,
+                cfg.eval.window or cfg.dataset.crop_size,
+                cfg.eval.stride_ratio,
+                cfg.eval.batch_size,
+                self.device,
+                self.amp_dtype,
+                distributed=self.dist.enabled,
                 max_tokens=cfg.eval.max_tokens,
             )
             for name, model in models.items()
@@ -282,7 +336,9 @@ class Trainer:
             return None
         rank, world = self.dist.rank, self.dist.world
         shard = Subset(self.pseudo_set, range(rank, len(self.pseudo_set), world)) if world > 1 else self.pseudo_set
-        loader = DataLoader(shard, batch_size=1, num_workers=min(self.cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            shard, batch_size=1, num_workers=min(self.cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda"
+        )
         # A method without pseudo labels (labeled-only) is scored at the default confidence threshold.
         threshold = getattr(self.cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
         return pseudo_label_quality(self.teacher, loader, threshold, self.device, self.amp_dtype, self.dist.enabled)
@@ -293,7 +349,9 @@ class Trainer:
         scores = {name: {"miou": result.miou, **self.task.scores(result.confusion)} for name, result in results.items()}
         metrics = {f"val/{metric}_{name}": value for name, values in scores.items() for metric, value in values.items()}
         metrics["epoch"] = epoch
-        metrics.update({f"val/iou_ema/{name}": iou for name, iou in results["ema"].per_class_iou.items() if math.isfinite(iou)})
+        metrics.update(
+            {f"val/iou_ema/{name}": iou for name, iou in results["ema"].per_class_iou.items() if math.isfinite(iou)}
+        )
         quality = self.score_pseudo_labels()
         if quality is not None:
             metrics.update(quality.metrics())
@@ -309,28 +367,54 @@ class Trainer:
         for name in ("student", "ema"):
             self.best[f"miou_{name}"] = max(self.best[f"miou_{name}"], results[name].miou)
             if headline != "miou" and scores[name][headline] > self.best[f"{headline}_{name}"]:
-                self.best.update({f"{metric}_{name}": value for metric, value in scores[name].items() if metric != "miou"})
+                self.best.update(
+                    {f"{metric}_{name}": value for metric, value in scores[name].items() if metric != "miou"}
+                )
         if improved:
             self.best_confusion = results["ema"].confusion
         self._checkpoint(best=improved)
+        losses = {
+            key: window_metrics.get(f"train/{key}", float("nan")) for key in ("loss", "loss_labeled", "loss_unlabeled")
+        }
+        pseudo = ""
+        if quality:
+            pseudo = f" | pseudo precision {quality.precision:.1f} fg {quality.foreground_recall:.1f}"
+        best = f"{self.best[f'{headline}_ema']:.1f}{' *' if improved else ''}"
         return (
-            f"epoch {epoch}/{self.cfg.train.epochs} | loss {window_metrics.get('train/loss', float('nan')):.3f} "
-            f"(l {window_metrics.get('train/loss_labeled', float('nan')):.3f} u {window_metrics.get('train/loss_unlabeled', float('nan')):.3f}) "
-            f"| mask {window_metrics.get('train/mask_ratio', float('nan')):.2f}"
-            + (f" | pseudo precision {quality.precision:.1f} fg {quality.foreground_recall:.1f}" if quality else "")
-            + f" | {'mIoU' if headline == 'miou' else headline} student {scores['student'][headline]:.1f} "
-            f"ema {scores['ema'][headline]:.1f} (best {self.best[f'{headline}_ema']:.1f}{' *' if improved else ''}) | {time.time() - started:.0f}s"
+            f"epoch {epoch}/{self.cfg.train.epochs} | loss {losses['loss']:.3f} "
+            f"(l {losses['loss_labeled']:.3f} u {losses['loss_unlabeled']:.3f}) "
+            f"| mask {window_metrics.get('train/mask_ratio', float('nan')):.2f}{pseudo}"
+            f" | {'mIoU' if headline == 'miou' else headline} student {scores['student'][headline]:.1f} "
+            f"ema {scores['ema'][headline]:.1f} (best {best}) | {time.time() - started:.0f}s"
         )
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
-        self.tracker.log_params({"data.labeled_images": self.sizes["labeled"], "data.unlabeled_images": self.sizes["unlabeled"], "data.val_images": self.sizes["val"], "data.iters_per_epoch": self.iters_per_epoch, "data.total_iters": self.total_iters})
-        log.info("%s: %s, %d iterations (%d per epoch) on %s x %d", describe(cfg), self.sizes, self.total_iters, self.iters_per_epoch, self.device, self.dist.world)
+        self.tracker.log_params(
+            {
+                "data.labeled_images": self.sizes["labeled"],
+                "data.unlabeled_images": self.sizes["unlabeled"],
+                "data.val_images": self.sizes["val"],
+                "data.iters_per_epoch": self.iters_per_epoch,
+                "data.total_iters": self.total_iters,
+            }
+        )
+        log.info(
+            "%s: %s, %d iterations (%d per epoch) on %s x %d",
+            describe(cfg),
+            self.sizes,
+            self.total_iters,
+            self.iters_per_epoch,
+            self.device,
+            self.dist.world,
+        )
         iterators = self._iterators()
         window, metrics, lr = [], {}, 0.0
         started = time.time()
         snapshots = self.checkpoints.snapshot_iterations(self.total_iters)
-        bar = progress_bar(total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress)
+        bar = progress_bar(
+            total=self.total_iters, initial=self.iteration, desc=cfg.method.name, unit="it", disable=not self.progress
+        )
         while self.iteration < self.total_iters:
             labeled, unlabeled = self._next_batches(iterators)
             step_started = time.perf_counter()
@@ -347,7 +431,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", mask=f"{metrics['train/mask_ratio']:.2f}")
             epoch = math.ceil(self.iteration / self.iters_per_epoch)
             if self.iteration in snapshots and self.dist.is_main:
-                self.checkpoints.save_weights(self.checkpoints.snapshot(snapshots[self.iteration]), self._weights())  # e.g. ST++'s teacher at T/3, 2T/3, T
+                self.checkpoints.save_weights(
+                    self.checkpoints.snapshot(snapshots[self.iteration]), self._weights()
+                )  # e.g. ST++'s teacher at T/3, 2T/3, T
             if epoch_done and (epoch % cfg.train.eval_every == 0 or self.iteration == self.total_iters):
                 summary = self._end_epoch(epoch, metrics, started)
                 if self.dist.is_main:
@@ -358,24 +444,40 @@ class Trainer:
         return self._finish()
 
     def _finish(self) -> TrainResult:
-        if self.dist.from_main(not self.checkpoints.best.exists()):  # resumed after the last evaluation, or never evaluated
+        if self.dist.from_main(
+            not self.checkpoints.best.exists()
+        ):  # resumed after the last evaluation, or never evaluated
             self._end_epoch(math.ceil(self.iteration / self.iters_per_epoch), {}, time.time())
         final = self.history.get("val/miou_ema", [(0, float("nan"))])[-1][1]
-        metrics = {**{f"best_{key}": value for key, value in self.best.items()}, "final_miou_ema": final,
-                   **self._size_and_speed()}  # fmt: skip
+        metrics = {
+            **{f"best_{key}": value for key, value in self.best.items()},
+            "final_miou_ema": final,
+            **self._size_and_speed(),
+        }
         self.tracker.log_metrics(metrics, step=self.iteration)
         if self.dist.enabled:
             log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
-        return TrainResult(self.output_dir, self.checkpoints.best, self.checkpoints.latest, metrics, self.tracker.run_id, self.history,
-                           self.iteration, self.class_names, self.best_confusion)
+        return TrainResult(
+            self.output_dir,
+            self.checkpoints.best,
+            self.checkpoints.latest,
+            metrics,
+            self.tracker.run_id,
+            self.history,
+            self.iteration,
+            self.class_names,
+            self.best_confusion,
+        )
 
     def _size_and_speed(self) -> dict[str, float]:
         """Parameter counts (millions) and the mean compute time of a training step (Table 9's columns)."""
         model = self.model
-        sizes = {"params_encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
-                 "params_decoder_m": sum(p.numel() for m in model.decoder_modules() for p in m.parameters()) / 1e6}  # fmt: skip
+        sizes = {
+            "params_encoder_m": sum(p.numel() for p in model.encoder.parameters()) / 1e6,
+            "params_decoder_m": sum(p.numel() for m in model.decoder_modules() for p in m.parameters()) / 1e6,
+        }
         # Without the first steps, which include warm-up (allocator, cuDNN autotuning, compilation).
-        steps = self.step_seconds[min(len(self.step_seconds) // 10, 20):]
+        steps = self.step_seconds[min(len(self.step_seconds) // 10, 20) :]
         return {**sizes, "mean_step_seconds": float(np.mean(steps))} if steps else sizes
 
 

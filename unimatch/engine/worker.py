@@ -25,7 +25,10 @@ from .trainer import Trainer, TrainResult
 
 
 def write_result(result: TrainResult, path: str | Path) -> None:
-    record = {**asdict(result), "best_confusion": None if result.best_confusion is None else result.best_confusion.tolist()}
+    record = {
+        **asdict(result),
+        "best_confusion": None if result.best_confusion is None else result.best_confusion.tolist(),
+    }
     Path(path).write_text(json.dumps(record, default=str), encoding="utf-8")
 
 
@@ -34,10 +37,14 @@ def read_result(path: str | Path) -> TrainResult:
     history = {name: [tuple(point) for point in points] for name, points in data.pop("history").items()}
     paths = {key: Path(data.pop(key)) for key in ("output_dir", "best_checkpoint", "last_checkpoint")}
     confusion = data.pop("best_confusion")
-    return TrainResult(**paths, **data, history=history, best_confusion=None if confusion is None else np.array(confusion))
+    return TrainResult(
+        **paths, **data, history=history, best_confusion=None if confusion is None else np.array(confusion)
+    )
 
 
-def train_rank(cfg: ExperimentConfig, run_id: str | None, encoder_weights: str | None, progress: bool) -> TrainResult | None:
+def train_rank(
+    cfg: ExperimentConfig, run_id: str | None, encoder_weights: str | None, progress: bool
+) -> TrainResult | None:
     """Train this process's rank; the result on rank 0 (which logs into ``run_id``), None elsewhere."""
     ctx = init_distributed(cfg.train.device)
     try:

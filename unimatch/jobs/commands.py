@@ -23,9 +23,17 @@ def check_data(cfg: ExperimentConfig, decode: bool, progress: bool = True) -> Da
     """Every file of the experiment's splits (and extra unlabeled pools) checked: headers, or full decodes."""
     root, task = Path(cfg.dataset.root), task_for(cfg.dataset.name)
     splits = prepare_splits(cfg)
-    unlabeled = task.read_split(splits.unlabeled, root, require_masks=False, allow_empty=True) + extra_unlabeled_samples(cfg)
-    return task.check_training_data(task.read_split(splits.labeled, root), unlabeled, task.read_split(splits.val, root),
-                                    cfg.dataset.nclass, "decode" if decode else "headers", progress=progress)  # fmt: skip
+    unlabeled = task.read_split(
+        splits.unlabeled, root, require_masks=False, allow_empty=True
+    ) + extra_unlabeled_samples(cfg)
+    return task.check_training_data(
+        task.read_split(splits.labeled, root),
+        unlabeled,
+        task.read_split(splits.val, root),
+        cfg.dataset.nclass,
+        "decode" if decode else "headers",
+        progress=progress,
+    )
 
 
 def pretrain_encoder(cfg: ExperimentConfig, progress: bool = True) -> Path:
@@ -37,13 +45,17 @@ def pretrain_encoder(cfg: ExperimentConfig, progress: bool = True) -> Path:
         return pretrained_encoder(cfg, tracker, progress=progress)
 
 
-def foundation_encoder(settings: FoundationConfig, uri: str | None, tracked: bool = True, progress: bool = True) -> Path:
+def foundation_encoder(
+    settings: FoundationConfig, uri: str | None, tracked: bool = True, progress: bool = True
+) -> Path:
     """The foundation encoder of ``settings``, as an MLflow run of experiment ``foundation`` unless not ``tracked``."""
     tracker = Tracker()
     if tracked:
         uri = resolve_tracking_uri(uri)
         check_tracking_uri(uri)
-        tracker = MlflowTracker(uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"})
+        tracker = MlflowTracker(
+            uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}
+        )
     with tracker:
         return train_foundation(settings, tracker, progress=progress)
 
@@ -57,14 +69,27 @@ def evaluate(cfg: ExperimentConfig, source: str, split: str | None, weights: str
         return run_evaluation(cfg, prepared, tracker, progress=progress)
 
 
-def predict(cfg: ExperimentConfig, source: str, weights: str, input_dir: str, output_dir: str, limit: int | None = None,
-            masks_dir: str | None = None, second_dir: str | None = None, progress: bool = True) -> list[Path]:
+def predict(
+    cfg: ExperimentConfig,
+    source: str,
+    weights: str,
+    input_dir: str,
+    output_dir: str,
+    limit: int | None = None,
+    masks_dir: str | None = None,
+    second_dir: str | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Label maps and overlays of a checkpoint or MLflow model on the images under ``input_dir`` (with
     ``second_dir``: the B images of change-detection pairs)."""
     pairs = task_for(cfg.dataset.name).input_images == 2
     if pairs != (second_dir is not None):
-        wanted = "compares image pairs: give the B images with --input-b" if pairs else "takes single images: drop --input-b"
+        wanted = (
+            "compares image pairs: give the B images with --input-b" if pairs else "takes single images: drop --input-b"
+        )
         raise ConfigError(f"--input-b: the model of dataset.name={cfg.dataset.name} {wanted}")
     device = resolve_device(cfg.train.device)
     model = load_model_source(cfg, source, weights)[0].to(device)
-    return predict_folder(model, input_dir, output_dir, cfg, device, limit, progress, masks_dir=masks_dir, second_dir=second_dir)
+    return predict_folder(
+        model, input_dir, output_dir, cfg, device, limit, progress, masks_dir=masks_dir, second_dir=second_dir
+    )

@@ -22,10 +22,27 @@ from ..engine.worker import read_result
 from ..errors import ConfigError
 
 
-def torchrun_command(config_file: Path, processes: int, result_file: Path, run_id: str | None,
-                     encoder_weights: str | None, progress: bool) -> list[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "unimatch.engine.worker", "--config", str(config_file), "--result", str(result_file)]
+def torchrun_command(
+    config_file: Path,
+    processes: int,
+    result_file: Path,
+    run_id: str | None,
+    encoder_weights: str | None,
+    progress: bool,
+) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+        "-m",
+        "unimatch.engine.worker",
+        "--config",
+        str(config_file),
+        "--result",
+        str(result_file),
+    ]
     if run_id:
         command += ["--run-id", run_id]
     if encoder_weights:
@@ -38,13 +55,20 @@ def torchrun_command(config_file: Path, processes: int, result_file: Path, run_i
 def _check_gpus(cfg: ExperimentConfig) -> None:
     gpus, device = cfg.train.gpus, resolve_device(cfg.train.device)
     if device.type == "cpu" and cfg.train.device != "cpu":
-        raise ConfigError(f"train.gpus={gpus} but no CUDA device is visible; set train.device=cpu to start {gpus} CPU processes")
+        raise ConfigError(
+            f"train.gpus={gpus} but no CUDA device is visible; set train.device=cpu to start {gpus} CPU processes"
+        )
     if device.type == "cuda" and gpus > torch.cuda.device_count():
         raise ConfigError(f"train.gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
-def launch_torchrun(cfg: ExperimentConfig, run_id: str | None = None, tracking_uri: str | None = None,
-                    progress: bool = True, encoder_weights: str | None = None) -> TrainResult:
+def launch_torchrun(
+    cfg: ExperimentConfig,
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    encoder_weights: str | None = None,
+) -> TrainResult:
     """Train ``cfg`` in ``cfg.train.gpus`` processes on this node (gloo processes when train.device is
     cpu) and return rank 0's result. ``run_id``: rank 0 logs into this MLflow run (at ``tracking_uri``)
     instead of creating one. The ranks' output goes to this process's stdout and stderr."""
@@ -56,6 +80,8 @@ def launch_torchrun(cfg: ExperimentConfig, run_id: str | None = None, tracking_u
         command = torchrun_command(config_file, cfg.train.gpus, result_file, run_id, encoder_weights, progress)
         status = subprocess.run(command, env=env, check=False).returncode
         if status != 0:
-            raise TrainingError(f"torchrun with {cfg.train.gpus} processes failed (exit status {status}); "
-                                "the ranks' errors are printed above")
+            raise TrainingError(
+                f"torchrun with {cfg.train.gpus} processes failed (exit status {status}); "
+                "the ranks' errors are printed above"
+            )
         return read_result(result_file)

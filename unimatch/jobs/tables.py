@@ -19,7 +19,14 @@ from ..tracking import format_number
 # --quick: a smoke-test budget (minutes on a laptop CPU), not a result worth reporting.
 QUICK_OVERRIDES = ("train.epochs=1", "train.max_iters=3", "pretrain.iterations=3")
 # Keys a variant may not change: the table's runs share one set of split files.
-SHARED_KEYS = ("split", "dataset.name", "dataset.root", "dataset.labeled_split", "dataset.unlabeled_split", "dataset.val_split")
+SHARED_KEYS = (
+    "split",
+    "dataset.name",
+    "dataset.root",
+    "dataset.labeled_split",
+    "dataset.unlabeled_split",
+    "dataset.val_split",
+)
 DIGEST_LENGTH = 8  # of the run directories and the base_config tag
 
 
@@ -55,7 +62,9 @@ def resolve_base(
     layers = [*(QUICK_OVERRIDES if quick else ()), *(overrides or ())]
     cfg = load_config(config, layers)
     experiment = experiment or f"{cfg.dataset.name}-{table}{'-quick' if quick else ''}"
-    return load_config(config, [*layers, f"tracking.experiment={experiment}", f"split.dir=runs/{experiment}/splits"]).to_dict()
+    return load_config(
+        config, [*layers, f"tracking.experiment={experiment}", f"split.dir=runs/{experiment}/splits"]
+    ).to_dict()
 
 
 def variant_config(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
@@ -66,7 +75,9 @@ def variant_config(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
     if changed:
         raise ConfigError(f"variant {variant.name} changes {changed}, which all runs of a table share")
     identity = {key: value for key, value in tree.items() if key not in ("output_dir", "tracking")}
-    tree["output_dir"] = f"runs/{base['tracking']['experiment']}/{slug(variant.name)}-{tree_digest(identity, DIGEST_LENGTH)}"
+    tree["output_dir"] = (
+        f"runs/{base['tracking']['experiment']}/{slug(variant.name)}-{tree_digest(identity, DIGEST_LENGTH)}"
+    )
     return tree
 
 

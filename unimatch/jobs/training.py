@@ -31,7 +31,9 @@ def pretraining_needed(cfg: ExperimentConfig) -> bool:
     return cfg.pretrain.method != "none" and not cfg.model.weights and not cfg.model.init_checkpoint
 
 
-def encoder_weights(cfg: ExperimentConfig, tracker: Tracker, encoder: str | None = None, progress: bool = True) -> str | None:
+def encoder_weights(
+    cfg: ExperimentConfig, tracker: Tracker, encoder: str | None = None, progress: bool = True
+) -> str | None:
     """The pre-trained encoder ``cfg`` trains from: ``encoder`` (the pre-training job's file) when given, else
     the cached one, pre-trained now (into ``tracker``) on a miss; None when pre-training does not apply."""
     if not pretraining_needed(cfg):
@@ -41,7 +43,9 @@ def encoder_weights(cfg: ExperimentConfig, tracker: Tracker, encoder: str | None
     return path
 
 
-def train(cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True, encoder: str | None = None) -> TrainResult:
+def train(
+    cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool = True, encoder: str | None = None
+) -> TrainResult:
     """Train ``cfg`` in this process (one rank of it under a torchrun launch) into ``tracker``, resuming from
     ``<output_dir>/checkpoints/latest.pth``; rank 0 then writes the figures and publishes the model."""
     tracker = tracker or Tracker()
@@ -53,8 +57,14 @@ def train(cfg: ExperimentConfig, tracker: Tracker | None = None, progress: bool 
     return publish(cfg, result, tracker) if ctx.is_main else result
 
 
-def run_training(cfg: ExperimentConfig, tags: dict[str, str], run_id: str | None = None, tracking_uri: str | None = None,
-                 encoder: str | None = None, progress: bool = True) -> TrainResult | None:
+def run_training(
+    cfg: ExperimentConfig,
+    tags: dict[str, str],
+    run_id: str | None = None,
+    tracking_uri: str | None = None,
+    encoder: str | None = None,
+    progress: bool = True,
+) -> TrainResult | None:
     """``cfg`` trained as one tracked run (``run_id``, else the interrupted run a checkpoint records, else a
     new one); with ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0
     logs). None on the ranks other than 0 of a torchrun launch that started this process."""
@@ -67,7 +77,7 @@ def run_training(cfg: ExperimentConfig, tags: dict[str, str], run_id: str | None
             return publish(cfg, result, tracker)
     ctx = init_distributed(cfg.train.device)
     try:
-        with (tracker_from_config(cfg, tags=tags, resume_run_id=run_id) if ctx.is_main else Tracker()) as tracker:
+        with tracker_from_config(cfg, tags=tags, resume_run_id=run_id) if ctx.is_main else Tracker() as tracker:
             result = train(cfg, tracker, progress, encoder)
     finally:
         shutdown_distributed()
@@ -100,12 +110,18 @@ def publish_model(cfg: ExperimentConfig, result: TrainResult, tracker: Tracker) 
     crop, inputs = cfg.dataset.crop_size, task_for(cfg.dataset.name).input_images
     best = result.metrics["best_miou_ema"]
     metadata = {
-        "class_names": result.class_names, "nclass": cfg.dataset.nclass, "dataset": cfg.dataset.name,
-        "method": cfg.method.name, "encoder": cfg.model.encoder, "crop_size": crop, "iteration": result.iterations,
-        "best_miou_ema": best, "config_digest": config_digest(cfg),
+        "class_names": result.class_names,
+        "nclass": cfg.dataset.nclass,
+        "dataset": cfg.dataset.name,
+        "method": cfg.method.name,
+        "encoder": cfg.model.encoder,
+        "crop_size": crop,
+        "iteration": result.iterations,
+        "best_miou_ema": best,
+        "config_digest": config_digest(cfg),
         "input": f"float32 (B, {3 * inputs}, H, W): {inputs} RGB image(s) normalised with the ImageNet mean and "
-                 "std, stacked on channels; output: (B, nclass, H, W) logits",
-    }  # fmt: skip
+        "std, stacked on channels; output: (B, nclass, H, W) logits",
+    }
     model = checkpoint_model(cfg, result.best_checkpoint, "ema").eval()
     example = np.zeros((1, 3 * inputs, crop, crop), dtype=np.float32)
     if not tracker.log_model(model, example, metadata):
@@ -114,4 +130,3 @@ def publish_model(cfg: ExperimentConfig, result: TrainResult, tracker: Tracker) 
     version = tracker.register_model(name, best, cfg.method.name)
     log.info("model logged and registered as %s version %s", name, version)
     return f"models:/{name}/{version}"
-

@@ -60,13 +60,17 @@ class SplitFile(BaseModel):
     @classmethod
     def of(cls, path: str | Path) -> SplitFile:
         lines = Path(path).read_bytes().decode("utf-8-sig").splitlines()
-        return cls(path=Path(path).as_posix(), sha256=sha256_file(path), samples=sum(1 for line in lines if line.strip()))
+        return cls(
+            path=Path(path).as_posix(), sha256=sha256_file(path), samples=sum(1 for line in lines if line.strip())
+        )
 
     def verify(self) -> None:
         """Training must read the very lists the cache key was computed from."""
         if not Path(self.path).is_file() or sha256_file(self.path) != self.sha256:
-            raise StaleArtifactError(f"split file {self.path} is missing or changed since the splits job described it; "
-                                     "re-run the pipeline (or `dvc repro`)")  # fmt: skip
+            raise StaleArtifactError(
+                f"split file {self.path} is missing or changed since the splits job described it; "
+                "re-run the pipeline (or `dvc repro`)"
+            )
 
 
 class SplitSet(BaseModel):
@@ -82,8 +86,11 @@ class SplitSet(BaseModel):
         """``cfg`` reading exactly these (verified) files, plus ``overrides``."""
         for split in (self.labeled, self.unlabeled, self.val):
             split.verify()
-        files = [f"dataset.labeled_split={self.labeled.path}", f"dataset.unlabeled_split={self.unlabeled.path}",
-                 f"dataset.val_split={self.val.path}"]  # fmt: skip
+        files = [
+            f"dataset.labeled_split={self.labeled.path}",
+            f"dataset.unlabeled_split={self.unlabeled.path}",
+            f"dataset.val_split={self.val.path}",
+        ]
         return derive(cfg, *files, *overrides)
 
 
@@ -161,7 +168,11 @@ class Predictions(BaseModel):
 
 def derive(cfg: ExperimentConfig, *overrides: str) -> ExperimentConfig:
     """``cfg`` with ``key=value`` overrides, validated again."""
-    return validate(apply_overrides(cfg.to_dict(), list(overrides)), "derived config", list(overrides)) if overrides else cfg
+    return (
+        validate(apply_overrides(cfg.to_dict(), list(overrides)), "derived config", list(overrides))
+        if overrides
+        else cfg
+    )
 
 
 # ----------------------------------------------------------------- jobs
@@ -182,11 +193,17 @@ def create_splits(cfg: ExperimentConfig) -> SplitSet:
     """Create (or validate) the split files of ``cfg``; the embedded dataset is generated if absent."""
     files = prepare_splits(cfg)
     paths = {"labeled": str(files.labeled), "unlabeled": str(files.unlabeled), "val": str(files.val)}
-    return SplitSet(labeled=SplitFile.of(files.labeled), unlabeled=SplitFile.of(files.unlabeled),
-                    val=SplitFile.of(files.val), data_fingerprint=data_fingerprint(cfg.dataset.root, paths, SplitFormat.of(cfg.dataset.name)))  # fmt: skip
+    return SplitSet(
+        labeled=SplitFile.of(files.labeled),
+        unlabeled=SplitFile.of(files.unlabeled),
+        val=SplitFile.of(files.val),
+        data_fingerprint=data_fingerprint(cfg.dataset.root, paths, SplitFormat.of(cfg.dataset.name)),
+    )
 
 
-def pretrain(splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True) -> PretrainedEncoder:
+def pretrain(
+    splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True
+) -> PretrainedEncoder:
     """The self-supervised encoder of ``cfg.pretrain`` on the training images, as its own MLflow run."""
     cfg = splits.applied_to(cfg, f"tracking.run_name=pretrain-{cfg.pretrain.method}")
     with tracker_from_config(cfg, tags={**tags, "kind": "pretrain"}) as tracker:
@@ -199,34 +216,63 @@ def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) 
     (experiment ``foundation``, tag ``kind=foundation``)."""
     uri = resolve_tracking_uri(None)
     check_tracking_uri(uri)
-    with MlflowTracker(uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}) as tracker:
+    with MlflowTracker(
+        uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}
+    ) as tracker:
         path = train_foundation(settings, tracker, progress=progress)
     summary = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
-    return FoundationEncoder(path=Path(path).as_posix(), sha256=sha256_file(path), route=settings.route,
-                             final_loss=summary["final_loss"], held_out_miou=summary.get("held_out_miou"))  # fmt: skip
+    return FoundationEncoder(
+        path=Path(path).as_posix(),
+        sha256=sha256_file(path),
+        route=settings.route,
+        final_loss=summary["final_loss"],
+        held_out_miou=summary.get("held_out_miou"),
+    )
 
 
 def train_variant(
-    splits: SplitSet, cfg: ExperimentConfig, name: str, tags: Mapping[str, str], tracking_uri: str | None = None,
-    progress: bool = True, encoder: PretrainedEncoder | None = None,
+    splits: SplitSet,
+    cfg: ExperimentConfig,
+    name: str,
+    tags: Mapping[str, str],
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    encoder: PretrainedEncoder | None = None,
 ) -> TrainedModel:
     """Train ``cfg`` (fully resolved: method, budget, output_dir) on ``splits`` as one MLflow run,
     resumed (run included) from the run directory's ``latest.pth`` after an interruption; with
     ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0 logs).
     ``encoder``: the pre-training job's encoder, when the table pre-trains one."""
     cfg = splits.applied_to(cfg)
-    result = run_training(cfg, dict(tags), tracking_uri=tracking_uri, encoder=encoder.intact() if encoder else None,
-                          progress=progress)  # fmt: skip
-    snapshots = sorted(result.output_dir.glob("checkpoints/snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1].split("of")[0]))
-    return TrainedModel(name=name, method=cfg.method.name, run_dir=str(result.output_dir),
-                        checkpoint=str(result.best_checkpoint), sha256=sha256_file(result.best_checkpoint),
-                        metrics=result.metrics, mlflow_run_id=result.run_id, mlflow_model=result.registered_model,
-                        snapshots=[path.as_posix() for path in snapshots])  # fmt: skip
+    result = run_training(
+        cfg, dict(tags), tracking_uri=tracking_uri, encoder=encoder.intact() if encoder else None, progress=progress
+    )
+    snapshots = sorted(
+        result.output_dir.glob("checkpoints/snapshot_*.pth"), key=lambda p: int(p.stem.split("_")[1].split("of")[0])
+    )
+    return TrainedModel(
+        name=name,
+        method=cfg.method.name,
+        run_dir=str(result.output_dir),
+        checkpoint=str(result.best_checkpoint),
+        sha256=sha256_file(result.best_checkpoint),
+        metrics=result.metrics,
+        mlflow_run_id=result.run_id,
+        mlflow_model=result.registered_model,
+        snapshots=[path.as_posix() for path in snapshots],
+    )
 
 
 def train_student(
-    splits: SplitSet, pseudo_labels: list[PseudoLabelSet], cfg: ExperimentConfig, name: str, tags: Mapping[str, str],
-    tracking_uri: str | None = None, progress: bool = True, keyed_dir: bool = True, encoder: PretrainedEncoder | None = None,
+    splits: SplitSet,
+    pseudo_labels: list[PseudoLabelSet],
+    cfg: ExperimentConfig,
+    name: str,
+    tags: Mapping[str, str],
+    tracking_uri: str | None = None,
+    progress: bool = True,
+    keyed_dir: bool = True,
+    encoder: PretrainedEncoder | None = None,
 ) -> TrainedModel:
     """An ST / ST++ student (``cfg.method``) on the labeled split and ``pseudo_labels``. ``keyed_dir``: its run
     directory is keyed by their content too, so that other pseudo labels never resume this student (DVC,
@@ -239,15 +285,24 @@ def train_student(
     return train_variant(splits, cfg, name, tags, tracking_uri, progress, encoder)
 
 
-def pseudo_label(model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str,
-                 progress: bool = True) -> PseudoLabelSet:  # fmt: skip
+def pseudo_label(
+    model: TrainedModel, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str, progress: bool = True
+) -> PseudoLabelSet:
     """Hard pseudo labels of ``images`` by ``model`` (its best checkpoint) with multi-scale + flip TTA."""
     images.verify()
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
     samples = read_split(images.path, cfg.dataset.root, require_masks=False)
-    result = write_pseudo_labels(net, samples, cfg.dataset.root, out_dir, cfg.dataset.nclass, device, progress=progress,
-                                 inference=_inference(cfg))  # fmt: skip
+    result = write_pseudo_labels(
+        net,
+        samples,
+        cfg.dataset.root,
+        out_dir,
+        cfg.dataset.nclass,
+        device,
+        progress=progress,
+        inference=_inference(cfg),
+    )
     return PseudoLabelSet(name=name, split=SplitFile.of(result.split_file), miou=result.miou)
 
 
@@ -255,17 +310,23 @@ def _inference(cfg: ExperimentConfig) -> Inference:
     return Inference(cfg.eval.window or cfg.dataset.crop_size, cfg.eval.max_tokens)
 
 
-def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConfig, out_dir: str,
-                   progress: bool = True) -> StabilityRanking:  # fmt: skip
+def rank_stability(
+    teacher: TrainedModel, images: SplitFile, cfg: ExperimentConfig, out_dir: str, progress: bool = True
+) -> StabilityRanking:
     """ST++: score each of ``images`` by how much the teacher's earlier snapshots agree with its final one,
     split them into the reliable (most stable) half and the rest, and write the label-next list."""
     if len(teacher.snapshots) < 2:
-        raise UnimatchError(f"the teacher {teacher.run_dir} kept {len(teacher.snapshots)} snapshot(s); ST++ compares "
-                            "earlier ones with the final one: train it with train.snapshots=3")  # fmt: skip
+        raise UnimatchError(
+            f"the teacher {teacher.run_dir} kept {len(teacher.snapshots)} snapshot(s); ST++ compares "
+            "earlier ones with the final one: train it with train.snapshots=3"
+        )
     images.verify()
     device = resolve_device(cfg.train.device)
     samples = read_split(images.path, cfg.dataset.root, require_masks=False)
-    masks = [predicted_masks(checkpoint_model(cfg, path, "model").to(device), samples, device, _inference(cfg)) for path in teacher.snapshots]
+    masks = [
+        predicted_masks(checkpoint_model(cfg, path, "model").to(device), samples, device, _inference(cfg))
+        for path in teacher.snapshots
+    ]
     ranking = rank_by_stability(samples, stability_scores(masks[:-1], masks[-1], cfg.dataset.nclass))
     reliable, unreliable = split_reliable(ranking)
     by_name = {sample.name: sample for sample in samples}
@@ -273,11 +334,17 @@ def rank_stability(teacher: TrainedModel, images: SplitFile, cfg: ExperimentConf
     for file, names in (("reliable.txt", reliable), ("unreliable.txt", unreliable)):
         write_split(out / file, [by_name[name] for name in names], cfg.dataset.root)
     csv, sheet = write_label_next(ranking, samples, masks[-1], masks[:-1], cfg.dataset.nclass, out)
-    return StabilityRanking(reliable=SplitFile.of(out / "reliable.txt"), unreliable=SplitFile.of(out / "unreliable.txt"),
-                            label_next_csv=csv.as_posix(), label_next_png=sheet.as_posix())  # fmt: skip
+    return StabilityRanking(
+        reliable=SplitFile.of(out / "reliable.txt"),
+        unreliable=SplitFile.of(out / "unreliable.txt"),
+        label_next_csv=csv.as_posix(),
+        label_next_png=sheet.as_posix(),
+    )
 
 
-def select_pseudo_labels(pseudo: PseudoLabelSet, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str) -> PseudoLabelSet:
+def select_pseudo_labels(
+    pseudo: PseudoLabelSet, images: SplitFile, cfg: ExperimentConfig, name: str, out_dir: str
+) -> PseudoLabelSet:
     """The pseudo labels of ``pseudo`` for the images of ``images``, copied to ``out_dir`` (ST++'s reliable
     half keeps the teacher's labels)."""
     pseudo.split.verify()
@@ -287,17 +354,23 @@ def select_pseudo_labels(pseudo: PseudoLabelSet, images: SplitFile, cfg: Experim
     return PseudoLabelSet(name=name, split=SplitFile.of(split), miou=None)
 
 
-def evaluate_trained(model: TrainedModel, splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str],
-                     progress: bool = True) -> Evaluation:  # fmt: skip
+def evaluate_trained(
+    model: TrainedModel, splits: SplitSet, cfg: ExperimentConfig, tags: Mapping[str, str], progress: bool = True
+) -> Evaluation:
     """mIoU of ``model`` (EMA weights) on the val split, as an MLflow run nested under its training run."""
     cfg = splits.applied_to(cfg, f"tracking.run_name=eval-{model.name}")
     eval_tags = {**tags, "kind": "eval", "checkpoint_sha256": model.sha256}
     with tracker_from_config(cfg, tags=eval_tags, parent_run_id=model.mlflow_run_id) as tracker:
         result = evaluate_checkpoint(cfg, model.checkpoint, splits.val.path, "ema", tracker, progress=progress)
         run_id = tracker.run_id
-    return Evaluation(name=model.name, method=model.method, miou=result.miou, train_run_id=model.mlflow_run_id,
-                      per_class_iou={name: iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)},
-                      mlflow_run_id=run_id)  # fmt: skip
+    return Evaluation(
+        name=model.name,
+        method=model.method,
+        miou=result.miou,
+        train_run_id=model.mlflow_run_id,
+        per_class_iou={name: iou for name, iou in result.per_class_iou.items() if math.isfinite(iou)},
+        mlflow_run_id=run_id,
+    )
 
 
 def check_runs_exist(uri: str, evaluations: list[Evaluation]) -> None:
@@ -310,34 +383,67 @@ def check_runs_exist(uri: str, evaluations: list[Evaluation]) -> None:
         try:
             client.get_run(evaluation.train_run_id)
         except MlflowException:
-            raise StaleArtifactError(f"training run {evaluation.train_run_id} ({evaluation.name}) is not in the tracking "
-                                     f"store {uri}; re-run the pipeline with --no-cache") from None  # fmt: skip
+            raise StaleArtifactError(
+                f"training run {evaluation.train_run_id} ({evaluation.name}) is not in the tracking "
+                f"store {uri}; re-run the pipeline with --no-cache"
+            ) from None
 
 
 def build_report(
-    evaluations: list[Evaluation], uri: str | None, experiment: str, layout: str, out_dir: str,
-    filter_tags: Mapping[str, str], expected_rows: list[str], expected_cols: list[str],
+    evaluations: list[Evaluation],
+    uri: str | None,
+    experiment: str,
+    layout: str,
+    out_dir: str,
+    filter_tags: Mapping[str, str],
+    expected_rows: list[str],
+    expected_cols: list[str],
 ) -> ReportFiles:
     """``<out_dir>/<layout>.{md,csv,html}`` from the runs of ``experiment`` matching ``filter_tags``
     (``uri`` None: the library's default store), after checking the evaluated runs are there."""
     uri = resolve_tracking_uri(uri)
     check_runs_exist(uri, evaluations)
-    paths = report(uri, experiment, layout, out_dir, filter_tags=dict(filter_tags), expected_rows=expected_rows,
-                   expected_cols=expected_cols)  # fmt: skip
+    paths = report(
+        uri,
+        experiment,
+        layout,
+        out_dir,
+        filter_tags=dict(filter_tags),
+        expected_rows=expected_rows,
+        expected_cols=expected_cols,
+    )
     return ReportFiles(markdown=str(paths["md"]), csv=str(paths["csv"]), html=str(paths["html"]))
 
 
-def export_predictions(model: TrainedModel, cfg: ExperimentConfig, input_dir: str, output_dir: str,
-                       limit: int | None = None, masks_dir: str | None = None, progress: bool = True,
-                       second_dir: str | None = None, split_file: str | None = None) -> Predictions:  # fmt: skip
+def export_predictions(
+    model: TrainedModel,
+    cfg: ExperimentConfig,
+    input_dir: str,
+    output_dir: str,
+    limit: int | None = None,
+    masks_dir: str | None = None,
+    progress: bool = True,
+    second_dir: str | None = None,
+    split_file: str | None = None,
+) -> Predictions:
     """Label maps and overlays of ``model`` (EMA weights) on the images under ``input_dir``; with
     ``masks_dir``, ground truth beside each prediction; with ``second_dir``, image pairs (change detection:
     ``input_dir`` holds A, ``second_dir`` B), restricted to the pairs of ``split_file`` when given."""
     device = resolve_device(cfg.train.device)
     net = checkpoint_model(cfg, model.checkpoint, "ema").to(device)
     only = [sample.name for sample in read_names_split(split_file, cfg.dataset.root)] if split_file else None
-    written = predict_folder(net, input_dir, output_dir, cfg, device, limit, progress=progress, masks_dir=masks_dir,
-                             second_dir=second_dir, only=only)
+    written = predict_folder(
+        net,
+        input_dir,
+        output_dir,
+        cfg,
+        device,
+        limit,
+        progress=progress,
+        masks_dir=masks_dir,
+        second_dir=second_dir,
+        only=only,
+    )
     return Predictions(name=model.name, output_dir=output_dir, images=len(written))
 
 

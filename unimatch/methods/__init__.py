@@ -20,7 +20,7 @@ from .base import (
     pixel_loss,
     pseudo_label,
     register_method,
-)  # fmt: skip
+)
 
 # Registration order is the report's row order.
 from .labeled_only import LabeledOnly  # isort: skip
@@ -38,7 +38,7 @@ def build_method(settings: MethodSettings, labeled_loss: nn.Module) -> Method:
 
 def single_training_methods() -> list[str]:
     """The methods one training from a config runs (not those trained in stages, like ST)."""
-    return [name for name, cls in METHODS.items() if cls.stages is None]
+    return [name for name, cls in METHODS.items() if not cls.staged]
 
 
 def method_labels() -> dict[str, str]:

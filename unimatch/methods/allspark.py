@@ -57,8 +57,10 @@ class AllSpark(Method):
         training crop (513 -> 17 x 17 in the reference; here crops are multiples of the stride)."""
         level = model.encoder.feature_info[-1]
         if input_size % level.stride:
-            raise ConfigError(f"dataset.crop_size: {input_size} is not a multiple of {level.stride}, the stride of the level "
-                              "AllSpark refines: its memory holds the whole token grid of a training crop")  # fmt: skip
+            raise ConfigError(
+                f"dataset.crop_size: {input_size} is not a multiple of {level.stride}, the stride of the level "
+                "AllSpark refines: its memory holds the whole token grid of a training crop"
+            )
         tokens = (input_size // level.stride) ** 2
         model.neck = AllSparkModule(level.channels, model.nclass, tokens, settings.heads, settings.attention_dropout)
         return model
@@ -75,4 +77,6 @@ class AllSpark(Method):
         use_memory = self.progress.epoch >= self.cfg.warmup_epoch
         preds = student.decode(student.neck(maps, labeled=count, guide=logits_u, use_memory=use_memory), size)
         loss_u = pixel_loss(preds[count:], pseudo, self.cfg.threshold)
-        return self.combine(self.labeled_loss(preds[:count], labeled.mask), loss_u, mask_ratio(pseudo, self.cfg.threshold))
+        return self.combine(
+            self.labeled_loss(preds[:count], labeled.mask), loss_u, mask_ratio(pseudo, self.cfg.threshold)
+        )

@@ -163,17 +163,17 @@ class Schedule:
 class Method:
     """Base class: ``step`` returns the losses of one iteration. Declarations the engine reads:
     ``uses_unlabeled`` (load unlabeled batches at all) and ``Settings`` (the config section; a ``teacher``
-    field there says which model makes the pseudo labels); ``stages`` tells benchmarks which methods need
-    a pipeline of stages rather than one training. ``name`` and ``label`` (report rows) come from
-    :func:`register_method`. ``progress`` is where training is when ``step`` runs."""
+    field there says which model makes the pseudo labels); ``staged`` tells benchmarks which methods need
+    stages before them (a teacher's pseudo labels) rather than one training. ``name`` and ``label`` (report
+    rows) come from :func:`register_method`. ``progress`` is where training is when ``step`` runs."""
 
     name: str
     label: str
     uses_unlabeled = True
     Settings: type[MethodSettings] = PseudoLabelSettings
-    # A method trained in stages (its inputs made by earlier steps) names the pipeline that runs them;
-    # None: one training from the config alone.
-    stages: str | None = None
+    # True: trained on inputs that earlier stages make (ST / ST++'s pseudo labels); False: one training from
+    # the config alone.
+    staged = False
     # The tasks (unimatch.tasks) the method is defined and tested for; the engine refuses the others.
     tasks: tuple[str, ...] = ("segmentation",)
 
@@ -200,9 +200,13 @@ class Method:
 
     def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
         """One epoch = one pass over the unlabeled pool, ``batch`` labeled and unlabeled images per step."""
-        return Schedule(pools.unlabeled // (batch * world), batch, pools.unlabeled, f"unlabeled images of {pools.unlabeled_split}")
+        return Schedule(
+            pools.unlabeled // (batch * world), batch, pools.unlabeled, f"unlabeled images of {pools.unlabeled_split}"
+        )
 
-    def step(self, student: Segmentor, teacher: nn.Module, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> StepLosses:
+    def step(
+        self, student: Segmentor, teacher: nn.Module, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None
+    ) -> StepLosses:
         raise NotImplementedError
 
     def combine(self, loss_labeled: torch.Tensor, loss_unlabeled: torch.Tensor, ratio: torch.Tensor) -> StepLosses:

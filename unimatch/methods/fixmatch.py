@@ -20,6 +20,7 @@ from .base import (
 @register_method("fixmatch", "FixMatch")
 class FixMatch(Method):
     tasks = ("segmentation", "change_detection")
+
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
         strong = cutmix_images(unlabeled.strong1, unlabeled.box1)

@@ -32,13 +32,27 @@ class LabeledOnly(Method):
             kind = "reference" if pools.labeled_epoch_samples else "unlabeled"
         if kind == "reference":
             if not pools.labeled_epoch_samples:
-                raise ConfigError("method.schedule: 'reference' needs dataset.labeled_epoch_samples (e.g. 3000 on Pascal)")
+                raise ConfigError(
+                    "method.schedule: 'reference' needs dataset.labeled_epoch_samples (e.g. 3000 on Pascal)"
+                )
             samples = max(pools.labeled_epoch_samples, pools.labeled)  # a longer list is used whole
-            return Schedule(samples // (2 * batch * world), 2 * batch, samples, f"labeled samples per epoch (dataset.labeled_epoch_samples, {pools.labeled_split})")
+            return Schedule(
+                samples // (2 * batch * world),
+                2 * batch,
+                samples,
+                f"labeled samples per epoch (dataset.labeled_epoch_samples, {pools.labeled_split})",
+            )
         if pools.unlabeled:
-            return Schedule(pools.unlabeled // (batch * world), 2 * batch, pools.unlabeled, f"unlabeled images of {pools.unlabeled_split}")
+            return Schedule(
+                pools.unlabeled // (batch * world),
+                2 * batch,
+                pools.unlabeled,
+                f"unlabeled images of {pools.unlabeled_split}",
+            )
         # every image labeled (the fully supervised reference): one pass over them
-        return Schedule(pools.labeled // (batch * world), 2 * batch, pools.labeled, f"labeled images of {pools.labeled_split}")
+        return Schedule(
+            pools.labeled // (batch * world), 2 * batch, pools.labeled, f"labeled images of {pools.labeled_split}"
+        )
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled=None) -> StepLosses:
         loss = self.labeled_loss(student(labeled.image), labeled.mask)

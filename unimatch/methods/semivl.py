@@ -63,13 +63,21 @@ class SemiVLSettings(PseudoLabelSettings):
     guidance_concepts: str | None = None  # classes file of guidance_text_embeddings (one class per line, concepts by |)
 
 
-def guidance_labels(dense: torch.Tensor, text: torch.Tensor, row_class: torch.Tensor, nclass: int, ignore: torch.Tensor,
-                    threshold: float) -> torch.Tensor:  # fmt: skip
+def guidance_labels(
+    dense: torch.Tensor,
+    text: torch.Tensor,
+    row_class: torch.Tensor,
+    nclass: int,
+    ignore: torch.Tensor,
+    threshold: float,
+) -> torch.Tensor:
     """Zero-shot labels (B, H, W) from dense CLIP embeddings (B, E, h, w) and text rows (R, E): cosine per row,
     max over each class's concepts, upsampled to the image, softmax(100·cos); 255 below ``threshold`` and
     where ``ignore`` marks padding."""
     cosine = torch.einsum("bchw,nc->bnhw", F.normalize(dense.float(), dim=1), F.normalize(text.float(), dim=1))
-    cosine = F.interpolate(aggregate_concepts(cosine, row_class, nclass), ignore.shape[-2:], mode="bilinear", align_corners=False)
+    cosine = F.interpolate(
+        aggregate_concepts(cosine, row_class, nclass), ignore.shape[-2:], mode="bilinear", align_corners=False
+    )
     confidence, label = (CLIP_LOGIT_SCALE * cosine).softmax(dim=1).max(dim=1)
     return label.masked_fill((confidence < threshold) | (ignore == PADDING), IGNORE)
 
@@ -91,8 +99,10 @@ class SemiVL(Method):
     @classmethod
     def build_model(cls, model: Segmentor, settings: SemiVLSettings, input_size: int) -> Segmentor:
         if not isinstance(model.head, VLGHead):
-            raise ConfigError("model.decoder: semivl trains the language-guided decoder: set model.decoder=vlg "
-                              "(with a CLIP encoder, clip-b16 or clip-tiny, and its text embeddings)")  # fmt: skip
+            raise ConfigError(
+                "model.decoder: semivl trains the language-guided decoder: set model.decoder=vlg "
+                "(with a CLIP encoder, clip-b16 or clip-tiny, and its text embeddings)"
+            )
         return model
 
     def on_device(self, model: Segmentor, model_cfg: ModelSettings, device: torch.device) -> None:
@@ -113,7 +123,10 @@ class SemiVL(Method):
         if self.cfg.guidance_concepts:
             classes = read_class_concepts(self.cfg.guidance_concepts)
             if len(classes) != self.nclass:
-                raise ConfigError(f"method.guidance_concepts: {self.cfg.guidance_concepts} lists {len(classes)} classes but dataset.nclass is {self.nclass}")
+                raise ConfigError(
+                    f"method.guidance_concepts: {self.cfg.guidance_concepts} lists {len(classes)} classes but "
+                    f"dataset.nclass is {self.nclass}"
+                )
             rows = concept_classes(classes)
         try:
             text = load_text_embeddings(self.cfg.guidance_text_embeddings, len(rows) if rows else self.nclass)
@@ -128,7 +141,9 @@ class SemiVL(Method):
 
     def guidance_weight(self) -> float:
         """λ_DC of the current step: linear from ``guidance_weight`` to ``guidance_final_weight`` over training."""
-        return linear_decay(self.cfg.guidance_weight, self.cfg.guidance_final_weight, self.progress.iteration, self.progress.total)
+        return linear_decay(
+            self.cfg.guidance_weight, self.cfg.guidance_final_weight, self.progress.iteration, self.progress.total
+        )
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         strong1 = cutmix_images(unlabeled.strong1, unlabeled.box1)
@@ -136,7 +151,10 @@ class SemiVL(Method):
         n_l, n_u, size = labeled.image.shape[0], unlabeled.weak.shape[0], labeled.image.shape[-2:]
         maps = student.features(torch.cat((labeled.image, unlabeled.weak, strong1, strong2)))
         # Dropout2d(0.5) on each level (skips and dense embedding) of the weak view: the feature-perturbed stream.
-        weak_maps = [m[n_l : n_l + n_u] * random_channel_masks(n_u, m.shape[1], m.device)[:, :, None, None].to(m.dtype) for m in maps]
+        weak_maps = [
+            m[n_l : n_l + n_u] * random_channel_masks(n_u, m.shape[1], m.device)[:, :, None, None].to(m.dtype)
+            for m in maps
+        ]
         pred_x, pred_w = student.decode([m[: n_l + n_u] for m in maps], size).split((n_l, n_u))
         pred_fp = student.decode(weak_maps, size)
         pred_s1, pred_s2 = student.decode([m[n_l + n_u :] for m in maps], size).chunk(2)
@@ -157,5 +175,9 @@ class SemiVL(Method):
             return losses
         guided = self.guide_labels(unlabeled.weak, unlabeled.ignore)
         mixed = [torch.where(box.bool(), guided.flip(0), guided) for box in (unlabeled.box1, unlabeled.box2)]
-        loss_dc = 0.5 * guidance_loss(pred_fp, guided) + 0.25 * guidance_loss(pred_s1, mixed[0]) + 0.25 * guidance_loss(pred_s2, mixed[1])
+        loss_dc = (
+            0.5 * guidance_loss(pred_fp, guided)
+            + 0.25 * guidance_loss(pred_s1, mixed[0])
+            + 0.25 * guidance_loss(pred_s2, mixed[1])
+        )
         return StepLosses(losses.loss + weight * loss_dc, losses.labeled, losses.unlabeled, losses.mask_ratio)

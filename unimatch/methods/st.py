@@ -32,23 +32,34 @@ class SelfTrainingSettings(MethodSettings):
 @register_method("st", "ST")
 class SelfTraining(LabeledOnly):
     Settings = SelfTrainingSettings
-    stages = "pipelines.self_training"
+    staged = True
     tasks = ("segmentation",)  # its pseudo-label stages write class masks of single images
 
     def labeled_dataset(self, labeled: Sequence[Sample], root: str, nclass: int, crop: int, task: Task) -> Dataset:
         """The labeled list repeated ceil(|U| / |L|) times, then the pseudo-labelled images (the reference's
         dataset: about as many labeled as pseudo-labelled samples, drawn uniformly)."""
         if not self.cfg.pseudo_labels:
-            raise ConfigError(f"method.pseudo_labels: {self.name} trains on pseudo labels; make them with "
-                              f"`python -m {self.stages}` (or list split files of image + pseudo mask)")  # fmt: skip
+            raise ConfigError(
+                f"method.pseudo_labels: {self.name} trains on pseudo labels; make them with "
+                "`python -m pipelines.self_training` (or list split files of image + pseudo mask)"
+            )
         pseudo = [sample for path in self.cfg.pseudo_labels for sample in read_pseudo_labels(path, root)]
         repeats = math.ceil(len(pseudo) / len(labeled))
-        return ConcatDataset([LabeledDataset(list(labeled) * repeats, nclass, crop), StrongLabeledDataset(pseudo, nclass, crop, cutout=True)])
+        return ConcatDataset(
+            [
+                LabeledDataset(list(labeled) * repeats, nclass, crop),
+                StrongLabeledDataset(pseudo, nclass, crop, cutout=True),
+            ]
+        )
 
     def schedule(self, pools: Pools, batch: int, world: int) -> Schedule:
         """One pass over that dataset per epoch, with labeled-only's doubled batch."""
-        return Schedule(pools.labeled_set // (2 * batch * world), 2 * batch, pools.labeled_set,
-                        f"labeled and pseudo-labelled samples ({', '.join(self.cfg.pseudo_labels)})")  # fmt: skip
+        return Schedule(
+            pools.labeled_set // (2 * batch * world),
+            2 * batch,
+            pools.labeled_set,
+            f"labeled and pseudo-labelled samples ({', '.join(self.cfg.pseudo_labels)})",
+        )
 
 
 @register_method("st++", "ST++")

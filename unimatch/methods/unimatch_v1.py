@@ -23,6 +23,7 @@ from .base import (
 @register_method("unimatch_v1", "UniMatch V1")
 class UniMatchV1(Method):
     tasks = ("segmentation", "change_detection")
+
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)
         strong1 = cutmix_images(unlabeled.strong1, unlabeled.box1)
@@ -30,7 +31,10 @@ class UniMatchV1(Method):
         n_l, n_u, size = labeled.image.shape[0], unlabeled.weak.shape[0], labeled.image.shape[-2:]
         maps = student.features(torch.cat((labeled.image, unlabeled.weak, strong1, strong2)))
         # Dropout2d(0.5) on each feature level independently, as the reference feature perturbation.
-        weak_maps = [m[n_l : n_l + n_u] * random_channel_masks(n_u, m.shape[1], m.device)[:, :, None, None].to(m.dtype) for m in maps]
+        weak_maps = [
+            m[n_l : n_l + n_u] * random_channel_masks(n_u, m.shape[1], m.device)[:, :, None, None].to(m.dtype)
+            for m in maps
+        ]
         pred_x = student.decode([m[:n_l] for m in maps], size)
         pred_fp = student.decode(weak_maps, size)
         pred_s1, pred_s2 = student.decode([m[n_l + n_u :] for m in maps], size).chunk(2)

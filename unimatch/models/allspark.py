@@ -99,7 +99,11 @@ class AllSpark(nn.Module):
         self.register_buffer("pointer", torch.zeros(num_class, dtype=torch.long))
 
     def forward(
-        self, maps: Sequence[torch.Tensor], labeled: int | None = None, guide: torch.Tensor | None = None, use_memory: bool = False
+        self,
+        maps: Sequence[torch.Tensor],
+        labeled: int | None = None,
+        guide: torch.Tensor | None = None,
+        use_memory: bool = False,
     ) -> list[torch.Tensor]:
         """``maps`` with the last level refined. Training: the first ``labeled`` images are labeled, the rest
         unlabeled; ``guide`` holds the unlabeled images' eval-mode logits (for CSG); ``use_memory`` lets
@@ -110,12 +114,16 @@ class AllSpark(nn.Module):
         emb = self.attn_norm(tokens)
         if self.training:
             if labeled is None or guide is None:
-                raise ValueError("AllSpark trains on labeled + unlabeled batches: pass `labeled` and the unlabeled `guide` logits")
+                raise ValueError(
+                    "AllSpark trains on labeled + unlabeled batches: pass `labeled` and the unlabeled `guide` logits"
+                )
             emb_l, emb_u = emb[:labeled], emb[labeled:]
             with torch.no_grad():
                 self.remember(emb_u, guide, (height, width))
             sources = self.memory.transpose(1, 2) if use_memory else emb_u
-            out = torch.cat((self.attention.labeled(emb_l, sources.to(emb.dtype), pooled=True), self.attention.unlabeled(emb_u)))
+            out = torch.cat(
+                (self.attention.labeled(emb_l, sources.to(emb.dtype), pooled=True), self.attention.unlabeled(emb_u))
+            )
         else:
             out = self.attention.labeled(emb, emb, pooled=False)
         out = self.encoder_norm(out + tokens).transpose(1, 2).reshape(batch, channels, height, width)
@@ -126,8 +134,10 @@ class AllSpark(nn.Module):
         """CSG: the guide logits resized to the token grid; each channel joins the class whose map it is most
         cosine-similar to; each image's channels are enqueued in their classes' FIFOs."""
         if grid[0] * grid[1] != self.memory.shape[-1]:
-            raise ValueError(f"AllSpark's memory holds {self.memory.shape[-1]} tokens per channel (the training crop, "
-                             f"dataset.crop_size); this batch has a {grid[0]}x{grid[1]} grid")  # fmt: skip
+            raise ValueError(
+                f"AllSpark's memory holds {self.memory.shape[-1]} tokens per channel (the training crop, "
+                f"dataset.crop_size); this batch has a {grid[0]}x{grid[1]} grid"
+            )
         maps = F.interpolate(guide.float(), size=grid, mode="bilinear", align_corners=False).flatten(2)  # (B, K, N)
         similarity = F.normalize(maps, dim=-1) @ F.normalize(emb_u.float(), dim=1)  # (B, K, C)
         classes = _all_ranks(similarity.argmax(dim=1))

@@ -1,4 +1,5 @@
-"""DPT decoder (registered as ``dpt``): reassemble four encoder feature maps into a pyramid and fuse it coarse-to-fine (RefineNet style)."""
+"""DPT decoder (registered as ``dpt``): reassemble four encoder feature maps into a pyramid and fuse it
+coarse-to-fine (RefineNet style)."""
 
 from __future__ import annotations
 
@@ -39,7 +40,9 @@ class FeatureFusionBlock(nn.Module):
         self.resConfUnit2 = ResidualConvUnit(features, use_bn)
         self.out_conv = nn.Conv2d(features, features, 1)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, size: Sequence[int] | None = None
+    ) -> torch.Tensor:
         if skip is not None:
             x = x + self.resConfUnit1(skip)
         x = self.resConfUnit2(x)
@@ -91,11 +94,20 @@ def pyramid_factors(levels: Sequence[FeatureLevel]) -> list[float]:
 
 
 class DPTHead(Decoder):
-    def __init__(self, nclass: int, levels: Sequence[FeatureLevel], features: int, out_channels: Sequence[int], use_bn: bool = False):
+    def __init__(
+        self,
+        nclass: int,
+        levels: Sequence[FeatureLevel],
+        features: int,
+        out_channels: Sequence[int],
+        use_bn: bool = False,
+    ):
         super().__init__()
         if len(levels) != 4:
             raise ValueError(f"DPT fuses four feature levels, the encoder declares {len(levels)}")
-        self.projects = nn.ModuleList(nn.Conv2d(level.channels, channels, 1) for level, channels in zip(levels, out_channels))
+        self.projects = nn.ModuleList(
+            nn.Conv2d(level.channels, channels, 1) for level, channels in zip(levels, out_channels)
+        )
         self.resize_layers = nn.ModuleList(
             resize_layer(channels, factor) for channels, factor in zip(out_channels, pyramid_factors(levels))
         )
@@ -107,7 +119,8 @@ class DPTHead(Decoder):
         pyramid = [resize(project(x)) for x, project, resize in zip(maps, self.projects, self.resize_layers)]
         scratch = self.scratch
         layer1, layer2, layer3, layer4 = (
-            conv(x) for conv, x in zip((scratch.layer1_rn, scratch.layer2_rn, scratch.layer3_rn, scratch.layer4_rn), pyramid)
+            conv(x)
+            for conv, x in zip((scratch.layer1_rn, scratch.layer2_rn, scratch.layer3_rn, scratch.layer4_rn), pyramid)
         )
         path = scratch.refinenet4(layer4, size=layer3.shape[2:])
         path = scratch.refinenet3(path, layer3, size=layer2.shape[2:])
@@ -117,5 +130,7 @@ class DPTHead(Decoder):
 
 
 @register_decoder("dpt", "DPT (UniMatch V2's decoder): four levels, widths declared by the encoder")
-def dpt(nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: DecoderSettings, use_bn: bool) -> Decoder:
+def dpt(
+    nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: DecoderSettings, use_bn: bool
+) -> Decoder:
     return DPTHead(nclass, levels, encoder.decoder_features, encoder.decoder_channels, use_bn)

@@ -22,7 +22,9 @@ def random_channel_masks(batch: int, channels: int, device: torch.device | None 
     return torch.randint(0, 2, (batch, channels), device=device).float() * 2.0
 
 
-def complementary_masks(batch: int, channels: int, undropped_fraction: float, device: torch.device | None = None) -> torch.Tensor:
+def complementary_masks(
+    batch: int, channels: int, undropped_fraction: float, device: torch.device | None = None
+) -> torch.Tensor:
     """Channel masks for a batch made of two halves (view 1, view 2) of ``batch // 2`` pairs each.
 
     Pair i gets M ~ Bernoulli(0.5)^C scaled by 2 for view 1 and 2(1 - M) for view 2, so the two views
@@ -111,9 +113,14 @@ class Segmentor(nn.Module):
         |f(A) - f(B)|, the encoder running once over A and B stacked on the batch (as the released code)."""
         height, width = x.shape[-2:]
         if height % self.size_divisor or width % self.size_divisor:
-            raise ValueError(f"input size {height}x{width} is not a multiple of the size divisor {self.size_divisor} of encoder '{self.encoder_name}'")
+            raise ValueError(
+                f"input size {height}x{width} is not a multiple of the size divisor {self.size_divisor} of "
+                f"encoder '{self.encoder_name}'"
+            )
         if x.shape[1] != 3 * self.input_images:
-            raise ValueError(f"expected {3 * self.input_images} input channels ({self.input_images} RGB image(s)), got {x.shape[1]}")
+            raise ValueError(
+                f"expected {3 * self.input_images} input channels ({self.input_images} RGB image(s)), got {x.shape[1]}"
+            )
         if self.input_images == 2:
             maps = self._encode(torch.cat(x.chunk(2, dim=1)))
             return [(level[: x.shape[0]] - level[x.shape[0] :]).abs() for level in maps]

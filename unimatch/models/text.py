@@ -57,9 +57,13 @@ def load_text_embeddings(path: str | Path, rows: int | None = None) -> torch.Ten
     except (ValueError, OSError) as error:
         raise TextEmbeddingError(f"{path}: not a .npy array: {error}") from error
     if array.ndim != 2 or array.dtype not in (np.float16, np.float32):
-        raise TextEmbeddingError(f"{path}: expected a float16/float32 (rows, width) array, got {array.dtype} {array.shape}")
+        raise TextEmbeddingError(
+            f"{path}: expected a float16/float32 (rows, width) array, got {array.dtype} {array.shape}"
+        )
     if rows is not None and array.shape[0] != rows:
-        raise TextEmbeddingError(f"{path}: {array.shape[0]} rows, expected {rows} (one per class, or per concept of the classes file)")
+        raise TextEmbeddingError(
+            f"{path}: {array.shape[0]} rows, expected {rows} (one per class, or per concept of the classes file)"
+        )
     embeddings = torch.from_numpy(array.astype(np.float32))
     norms = embeddings.norm(dim=1)
     if not torch.allclose(norms, torch.ones_like(norms), atol=1e-2):  # float16 files round to ~1e-3
@@ -104,7 +108,9 @@ def open_clip_text_encoder(architecture: str, weights: str | Path, quick_gelu: b
     try:
         import open_clip
     except ImportError:
-        raise TextEmbeddingError("computing text embeddings needs open_clip: pip install 'unimatch-pipeline[clip]'") from None
+        raise TextEmbeddingError(
+            "computing text embeddings needs open_clip: pip install 'unimatch-pipeline[clip]'"
+        ) from None
     from .weights import read_checkpoint
 
     state = read_checkpoint(weights)
@@ -113,5 +119,7 @@ def open_clip_text_encoder(architecture: str, weights: str | Path, quick_gelu: b
     model = open_clip.create_model(architecture, force_quick_gelu=quick_gelu, device="cpu")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise TextEmbeddingError(f"{weights} does not fit open_clip's {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise TextEmbeddingError(
+            f"{weights} does not fit open_clip's {architecture}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return model.eval(), open_clip.get_tokenizer(architecture)

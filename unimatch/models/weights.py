@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import UnimatchError
+from ..utils.atomic import write_text_atomic
 from .encoders import Encoder
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,6 @@ def published_digests(folder: str | Path) -> dict[str, str]:
 
 def publish_digest(path: str | Path) -> str:
     """Record ``path``'s sha256 in the SHA256SUMS beside it (other entries kept); returns the digest."""
-    from ..utils.atomic import write_text_atomic
 
     path = Path(path)
     digests = {**published_digests(path.parent), path.name: sha256_file(path)}
@@ -65,12 +65,18 @@ def verify_published(path: str | Path) -> None:
         return
     manifest = path.parent / CHECKSUMS_FILE
     if not path.is_file():
-        raise CheckpointError(f"weights file {path} is missing; expected sha256 {expected} (from {manifest}); "
-                              "rebuild it with `dvc repro foundation` or train with model.weights=null")
+        raise CheckpointError(
+            f"weights file {path} is missing; expected sha256 {expected} (from {manifest}); "
+            "rebuild it with `dvc repro foundation` or train with model.weights=null"
+        )
     actual = sha256_file(path)
     if actual != expected:
-        raise CheckpointError(f"weights file {path} has sha256 {actual}, expected {expected} (from {manifest}); "
-                              "restore it (`git checkout -- {path}`) or rebuild it with `dvc repro foundation`".replace("{path}", str(path)))
+        raise CheckpointError(
+            f"weights file {path} has sha256 {actual}, expected {expected} (from {manifest}); "
+            "restore it (`git checkout -- {path}`) or rebuild it with `dvc repro foundation`".replace(
+                "{path}", str(path)
+            )
+        )
 
 
 def is_torchscript(path: Path) -> bool:
@@ -106,7 +112,7 @@ def _rename(state: Mapping[str, torch.Tensor], rules) -> dict[str, torch.Tensor]
 
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state and all(key.startswith(prefix) for key in state):
-        return {key[len(prefix):]: value for key, value in state.items()}
+        return {key[len(prefix) :]: value for key, value in state.items()}
     return dict(state)
 
 
@@ -155,9 +161,7 @@ def segmentor_state_from(raw: Mapping, model: nn.Module) -> dict[str, torch.Tens
     state = raw["model"] if isinstance(raw.get("model"), Mapping) else raw
     state = _strip_prefix(state, "module.")
     encoder_prefixes = ("backbone.", "encoder.")
-    encoder = {
-        key.split(".", 1)[1]: value for key, value in state.items() if key.startswith(encoder_prefixes)
-    }
+    encoder = {key.split(".", 1)[1]: value for key, value in state.items() if key.startswith(encoder_prefixes)}
     rest = {key: value for key, value in state.items() if not key.startswith(encoder_prefixes)}
     encoder = {"encoder." + key: value for key, value in model.encoder.convert_checkpoint(encoder).items()}
     return {**encoder, **_rename(rest, RELEASED_HEAD_TO_OURS)}

@@ -36,10 +36,19 @@ import functools
 import re
 from typing import Any
 
+from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
+
 from unimatch.config import ExperimentConfig, config_digest
 
 # The metric names the engine logs (see the module docstring).
-TRAIN_METRICS = ("train/loss", "train/loss_labeled", "train/loss_unlabeled", "train/mask_ratio", "train/lr", "train/step_seconds")
+TRAIN_METRICS = (
+    "train/loss",
+    "train/loss_labeled",
+    "train/loss_unlabeled",
+    "train/mask_ratio",
+    "train/lr",
+    "train/step_seconds",
+)
 
 
 VAL_METRICS = ("val/miou_ema", "val/miou_student")
@@ -76,7 +85,6 @@ PARENT_RUN_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests the run unde
 @functools.lru_cache(maxsize=4096)
 def sanitize_key(key: str) -> str:
     """A metric/param/tag key MLflow accepts: bad characters become '_', no empty or dot path parts."""
-    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
     parts = [part if part not in (".", "..") else "_" for part in _BAD_KEY_CHARS.sub("_", key).split("/") if part]
     return "/".join(parts)[:MAX_ENTITY_KEY_LENGTH].rstrip("/") or "_"

@@ -11,13 +11,29 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
+from importlib.metadata import version
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
+import torch
 import yaml
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
 
 from unimatch.config import ExperimentConfig, flatten
 from unimatch.errors import UnimatchError, one_line
@@ -59,7 +75,6 @@ def using_store(uri: str) -> contextlib.AbstractContextManager[None]:
     """MLflow's global store at ``uri`` for a moment, then exactly as it was (unset included: MLflow's own
     helper, since ``set_tracking_uri`` cannot restore "unset"). The fluent API (``mlflow.pytorch.log_model``)
     and parts of MLflow that ignore a client's URI (logged-model lookups) read only the global one."""
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 
     return _use_tracking_uri(uri)
 
@@ -115,7 +130,6 @@ def _check_sqlite_location(db: Path, shown: str) -> None:
 
 def check_tracking_uri(uri: str) -> None:
     """Raise :class:`TrackingError` within seconds when the store at ``uri`` cannot be used."""
-    from mlflow import MlflowClient
 
     shown = redact(uri, uri)
     db = sqlite_path(uri)
@@ -206,9 +220,6 @@ class MlflowTracker(Tracker):
         *,
         resume_run_id: str | None = None,
     ) -> None:
-        import mlflow
-        from mlflow import MlflowClient
-
         active = mlflow.active_run()
         self._owns_run = active is None
         self._store = uri if self._owns_run else mlflow.get_tracking_uri()
@@ -233,19 +244,18 @@ class MlflowTracker(Tracker):
 
     def _reopenable(self, run_id: str) -> bool:
         """Whether ``run_id`` is a live run of this store (a checkpoint may outlive its run or its store)."""
-        from mlflow.exceptions import MlflowException
 
         try:
             lifecycle = self._client.get_run(run_id).info.lifecycle_stage
         except MlflowException:
             lifecycle = "missing"
         if lifecycle != "active":
-            log.warning("MLflow run %s is %s in %s; logging into a new run", run_id, lifecycle, redact(self._uri, self._uri))
+            log.warning(
+                "MLflow run %s is %s in %s; logging into a new run", run_id, lifecycle, redact(self._uri, self._uri)
+            )
         return lifecycle == "active"
 
     def _create_run(self, experiment: str, run_name: str | None, tags: Mapping[str, Any]) -> str:
-        from mlflow.tracking.context.registry import resolve_tags
-
         # resolve_tags adds the user/source/git-commit tags that mlflow.start_run would.
         run = self._client.create_run(
             self._experiment_id(experiment), tags=resolve_tags(self._clean_tags(tags)), run_name=run_name
@@ -277,9 +287,6 @@ class MlflowTracker(Tracker):
         return (db.parent / "mlartifacts" / re.sub(r"[^\w.-]", "_", experiment)).as_uri()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
-
         if self._logged_params is None:
             self._logged_params = dict(self._client.get_run(self._run_id).data.params)
         fresh = {}
@@ -296,9 +303,6 @@ class MlflowTracker(Tracker):
         self._logged_params.update(fresh)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-        from mlflow.utils.validation import MAX_METRICS_PER_BATCH
-
         timestamp = int(time.time() * 1000)
         finite = {}
         for key, value in metrics.items():
@@ -325,14 +329,9 @@ class MlflowTracker(Tracker):
 
     @staticmethod
     def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-        from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
-
         return {sanitize_key(key): truncate(format_number(value), MAX_TAG_VAL_LENGTH) for key, value in tags.items()}
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-        from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
-
         batch = [RunTag(key, value) for key, value in self._clean_tags(tags).items()]
         self._send("tags", batch, MAX_PARAMS_TAGS_PER_BATCH)
 
@@ -342,12 +341,6 @@ class MlflowTracker(Tracker):
         with a signature inferred from ``example`` and ``metadata`` (class names, encoder...); its
         ``models:/`` URI. Pickled, not exported: the segmentor takes any image size, which an exported
         graph would fix. Skipped (None) when the run already holds one (a finished training run again)."""
-        from importlib.metadata import version
-
-        import mlflow
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import infer_signature
 
         run = self._client.get_run(self._run_id)
         if MODEL_TAG in run.data.tags:
@@ -355,13 +348,21 @@ class MlflowTracker(Tracker):
         with torch.no_grad():
             output = model(torch.from_numpy(example)).float().numpy()
         # Created here so that it belongs to the run's experiment and store, not the fluent API's defaults.
-        logged = self._client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self._run_id)
+        logged = self._client.create_logged_model(
+            run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self._run_id
+        )
         with using_store(self._store), _quiet("mlflow.pytorch"):
             info = mlflow.pytorch.log_model(
-                model, name=MODEL_ARTIFACT, model_id=logged.model_id, run_id=self._run_id,
-                signature=infer_signature(example, output), input_example=example, serialization_format="pickle",
-                pip_requirements=[f"torch=={version('torch')}"], metadata=dict(metadata),
-            )  # fmt: skip
+                model,
+                name=MODEL_ARTIFACT,
+                model_id=logged.model_id,
+                run_id=self._run_id,
+                signature=infer_signature(example, output),
+                input_example=example,
+                serialization_format="pickle",
+                pip_requirements=[f"torch=={version('torch')}"],
+                metadata=dict(metadata),
+            )
         self.set_tags({MODEL_TAG: info.model_uri})
         return info.model_uri
 
@@ -369,7 +370,6 @@ class MlflowTracker(Tracker):
         """A new version of registered model ``name`` from this run's model, tagged with its ``score``
         and ``group`` (the method); aliases ``best`` and ``best-<group>`` (``+`` spelt ``p``) then point at
         the highest scoring versions."""
-        from mlflow.exceptions import MlflowException
 
         try:
             self._client.create_registered_model(name)
@@ -378,13 +378,18 @@ class MlflowTracker(Tracker):
                 raise
         with using_store(self._store):  # MLflow's registry resolves a models:/ source in the global store
             version = self._client.create_model_version(
-                name, self._client.get_run(self._run_id).data.tags[MODEL_TAG], run_id=self._run_id,
+                name,
+                self._client.get_run(self._run_id).data.tags[MODEL_TAG],
+                run_id=self._run_id,
                 tags={SCORE_TAG: str(score), GROUP_TAG: group},
-            ).version  # fmt: skip
+            ).version
         versions = self._client.search_model_versions(f"name='{name}'")
         # Aliases allow letters, digits, _ and - only: st++ becomes best-stpp.
         group_alias = "best-" + re.sub(r"[^A-Za-z0-9_-]", "_", group.replace("+", "p"))
-        for alias, members in (("best", versions), (group_alias, [v for v in versions if v.tags.get(GROUP_TAG) == group])):
+        for alias, members in (
+            ("best", versions),
+            (group_alias, [v for v in versions if v.tags.get(GROUP_TAG) == group]),
+        ):
             scored = [v for v in members if SCORE_TAG in v.tags]
             if scored:
                 top = max(scored, key=lambda v: (float(v.tags[SCORE_TAG]), int(v.version)))
@@ -411,9 +416,6 @@ class MlflowTracker(Tracker):
 
 
 def _run_exists(uri: str, run_id: str) -> bool:
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
     try:
         return MlflowClient(tracking_uri=uri).get_run(run_id).info.lifecycle_stage == "active"
     except MlflowException:
@@ -421,14 +423,16 @@ def _run_exists(uri: str, run_id: str) -> bool:
 
 
 def tracker_from_config(
-    cfg: ExperimentConfig, tags: Mapping[str, Any] | None = None, *, resume_run_id: str | None = None,
+    cfg: ExperimentConfig,
+    tags: Mapping[str, Any] | None = None,
+    *,
+    resume_run_id: str | None = None,
     parent_run_id: str | None = None,
 ) -> Tracker:
     """The tracker for one run of ``cfg``: a no-op :class:`Tracker` when tracking is disabled, else an
     :class:`MlflowTracker` (store checked first) with standard tags, the config as params and
     ``config.yaml`` as an artifact. ``parent_run_id`` (an evaluation's training run) nests the run
     under that run in the MLflow UI when the store holds it."""
-    import mlflow
 
     if not cfg.tracking.enabled:
         return Tracker()

@@ -52,5 +52,12 @@ def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
     """``tqdm(iterable, **options)`` for the terminal or for logs (see the module docstring)."""
     if interactive():
         return _Bar(iterable, dynamic_ncols=True, **options)
-    return _Bar(iterable, file=_LogLines(), mininterval=LOG_INTERVAL_S, maxinterval=LOG_INTERVAL_S, ncols=100,
-                ascii=True, **options)  # fmt: skip
+    return _Bar(
+        iterable,
+        file=_LogLines(),
+        mininterval=LOG_INTERVAL_S,
+        maxinterval=LOG_INTERVAL_S,
+        ncols=100,
+        ascii=True,
+        **options,
+    )

@@ -36,8 +36,14 @@ class Decoder(nn.Module):
 
 
 class DecoderBuilder(Protocol):
-    def __call__(self, nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: DecoderSettings,
-                 use_bn: bool) -> Decoder: ...  # fmt: skip
+    def __call__(
+        self,
+        nclass: int,
+        levels: Sequence[FeatureLevel],
+        encoder: EncoderEntry,
+        settings: DecoderSettings,
+        use_bn: bool,
+    ) -> Decoder: ...
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,9 @@ class DecoderEntry:
 DECODERS: Registry[DecoderEntry] = Registry("decoder")
 
 
-def register_decoder(name: str, summary: str, settings: type[DecoderSettings] = DecoderSettings) -> Callable[[DecoderBuilder], DecoderBuilder]:
+def register_decoder(
+    name: str, summary: str, settings: type[DecoderSettings] = DecoderSettings
+) -> Callable[[DecoderBuilder], DecoderBuilder]:
     """Decorator: register ``builder(nclass, levels, encoder_entry, settings, use_bn) -> Decoder`` under
     ``name`` (the config's ``model.decoder``) with its settings model."""
 

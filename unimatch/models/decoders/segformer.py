@@ -29,7 +29,9 @@ class SegFormerHead(Decoder):
             raise ValueError(f"the SegFormer head fuses four feature levels, the encoder declares {len(levels)}")
         self.linear_c = nn.ModuleList(nn.Linear(level.channels, embedding_dim) for level in levels)
         self.linear_fuse = nn.Sequential(
-            nn.Conv2d(4 * embedding_dim, embedding_dim, 1, bias=False), nn.BatchNorm2d(embedding_dim), nn.ReLU(inplace=True)
+            nn.Conv2d(4 * embedding_dim, embedding_dim, 1, bias=False),
+            nn.BatchNorm2d(embedding_dim),
+            nn.ReLU(inplace=True),
         )
         self.dropout = nn.Dropout2d(0.1)
         self.classifier = nn.Conv2d(embedding_dim, nclass, 1)
@@ -40,10 +42,16 @@ class SegFormerHead(Decoder):
         projected = []
         for x, linear in zip(maps, self.linear_c):
             y = linear(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[-2:])
-            projected.append(y if y.shape[-2:] == size else F.interpolate(y, size=size, mode="bilinear", align_corners=False))
+            projected.append(
+                y if y.shape[-2:] == size else F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            )
         return self.dropout(self.linear_fuse(torch.cat(projected[::-1], dim=1)))
 
 
 @register_decoder("segformer", "SegFormer all-MLP head (AllSpark on MiT-B5)", SegFormerSettings)
-def segformer(nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: SegFormerSettings, use_bn: bool) -> Decoder:
-    return SegFormerHead(nclass, levels, settings.embedding_dim)  # BatchNorm always, as SegFormer (model.use_bn is DPT's)
+def segformer(
+    nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: SegFormerSettings, use_bn: bool
+) -> Decoder:
+    return SegFormerHead(
+        nclass, levels, settings.embedding_dim
+    )  # BatchNorm always, as SegFormer (model.use_bn is DPT's)

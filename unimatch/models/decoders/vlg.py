@@ -75,12 +75,19 @@ class ResidualASPP(nn.Module):
 
     def __init__(self, channels: int, dilations: Sequence[int] = (6, 12, 18)):
         super().__init__()
-        self.branches = nn.ModuleList([nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), *norm_relu(channels))])
-        self.branches.extend(
-            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, bias=False), *norm_relu(channels)) for d in dilations
+        self.branches = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(channels, channels, 1, bias=False), *norm_relu(channels))]
         )
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1, bias=False), *norm_relu(channels))
-        self.project = nn.Sequential(nn.Conv2d(channels * (len(dilations) + 2), channels, 1, bias=False), *norm_relu(channels))
+        self.branches.extend(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=d, dilation=d, bias=False), *norm_relu(channels))
+            for d in dilations
+        )
+        self.pool = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, channels, 1, bias=False), *norm_relu(channels)
+        )
+        self.project = nn.Sequential(
+            nn.Conv2d(channels * (len(dilations) + 2), channels, 1, bias=False), *norm_relu(channels)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.interpolate(self.pool(x), x.shape[-2:], mode="bilinear", align_corners=True)
@@ -95,9 +102,14 @@ class SemanticLayer(nn.Module):
         super().__init__()
         self.pool = pool
         self.layer = nn.TransformerEncoderLayer(
-            channels + text_channels, heads, dim_feedforward=4 * channels, dropout=0.0, activation="gelu",
-            batch_first=True, norm_first=True,
-        )  # fmt: skip
+            channels + text_channels,
+            heads,
+            dim_feedforward=4 * channels,
+            dropout=0.0,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
 
     def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """x (B, N, C, h, w) per-class maps; text (N, T) projected class embeddings."""
@@ -108,7 +120,11 @@ class SemanticLayer(nn.Module):
         tokens = pooled.view(batch, classes, channels, ph * pw).permute(0, 3, 1, 2).reshape(-1, classes, channels)
         tokens = torch.cat((tokens, text.to(tokens.dtype).expand(tokens.shape[0], -1, -1)), dim=-1)
         tokens = self.layer(tokens)[..., :channels]
-        maps = tokens.view(batch, ph * pw, classes, channels).permute(0, 2, 3, 1).reshape(batch * classes, channels, ph, pw)
+        maps = (
+            tokens.view(batch, ph * pw, classes, channels)
+            .permute(0, 2, 3, 1)
+            .reshape(batch * classes, channels, ph, pw)
+        )
         maps = F.interpolate(maps, (height, width), mode="bilinear", align_corners=True)
         return x + maps.view(batch, classes, channels, height, width)
 
@@ -126,7 +142,9 @@ class UpBlock(nn.Module):
         self.fuse_map = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
         self.fuse_skip = nn.Conv2d(skip_channels, out_channels, 3, padding=1, bias=False)
         self.refine = nn.Sequential(
-            *norm_relu(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), *norm_relu(out_channels)
+            *norm_relu(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            *norm_relu(out_channels),
         )
 
     def forward(self, maps: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -165,12 +183,20 @@ class VLGHead(Decoder):
     ):
         super().__init__()
         if len(levels) != 3:
-            raise ValueError(f"the language-guided decoder reads two skip levels and the dense embedding, the encoder declares {len(levels)} levels")
+            raise ValueError(
+                "the language-guided decoder reads two skip levels and the dense embedding, the encoder declares "
+                f"{len(levels)} levels"
+            )
         if text_embeddings.shape[1] != levels[-1].channels:
-            raise ValueError(f"text embeddings are {text_embeddings.shape[1]} wide but the encoder's dense embedding is {levels[-1].channels}")
+            raise ValueError(
+                f"text embeddings are {text_embeddings.shape[1]} wide but the encoder's dense embedding is "
+                f"{levels[-1].channels}"
+            )
         row_class = list(range(nclass)) if row_class is None else list(row_class)
         if len(row_class) != text_embeddings.shape[0] or sorted(set(row_class)) != list(range(nclass)):
-            raise ValueError(f"{text_embeddings.shape[0]} text-embedding rows must cover the {nclass} classes, one row or more each")
+            raise ValueError(
+                f"{text_embeddings.shape[0]} text-embedding rows must cover the {nclass} classes, one row or more each"
+            )
         self.nclass = nclass
         self.register_buffer("text_embeddings", F.normalize(text_embeddings.float(), dim=-1))
         self.conv1 = nn.Conv2d(1, channels, kernel, padding=kernel // 2)
@@ -179,7 +205,8 @@ class VLGHead(Decoder):
         self.layers = nn.ModuleList(SemanticLayer(channels, text_channels, heads, pool) for _ in range(layers))
         # the later skip (second level) joins the first up block, the earlier one the second, as SemiVL
         self.skip_proj = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(levels[i].channels, width, 3, padding=1), nn.ReLU()) for i, width in zip((1, 0), skip_channels)
+            nn.Sequential(nn.Conv2d(levels[i].channels, width, 3, padding=1), nn.ReLU())
+            for i, width in zip((1, 0), skip_channels)
         )
         self.up1 = UpBlock(channels, up_channels[0], skip_channels[0])
         self.up2 = UpBlock(up_channels[0], up_channels[1], skip_channels[1])
@@ -203,7 +230,6 @@ class VLGHead(Decoder):
         return self.up2(x, self.skip_proj[1](first))
 
 
-
 class RowClassifier(nn.Module):
     """A 3x3 conv to one logit per row (weights shared over rows), regrouped per image, concepts
     max-aggregated to their classes: (B*R, C, h, w) -> (B, nclass, h, w)."""
@@ -220,20 +246,38 @@ class RowClassifier(nn.Module):
         return aggregate_concepts(logits, self.row_class, self.nclass)
 
 
-@register_decoder("vlg", "SemiVL's language-guided decoder: class text embeddings against a CLIP encoder's dense embedding", VLGSettings)
-def vlg(nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: VLGSettings, use_bn: bool) -> Decoder:
+@register_decoder(
+    "vlg",
+    "SemiVL's language-guided decoder: class text embeddings against a CLIP encoder's dense embedding",
+    VLGSettings,
+)
+def vlg(
+    nclass: int, levels: Sequence[FeatureLevel], encoder: EncoderEntry, settings: VLGSettings, use_bn: bool
+) -> Decoder:
     widths = settings.model_dump(exclude={"text_embeddings", "concepts"})
     row_class = None
     if settings.concepts:
         classes = read_class_concepts(settings.concepts)
         if len(classes) != nclass:
-            raise ConfigError(f"model.decoder_settings.concepts: {settings.concepts} lists {len(classes)} classes but dataset.nclass is {nclass}")
+            raise ConfigError(
+                f"model.decoder_settings.concepts: {settings.concepts} lists {len(classes)} classes but "
+                f"dataset.nclass is {nclass}"
+            )
         row_class = concept_classes(classes)
     rows = len(row_class) if row_class else nclass
     if settings.text_embeddings is None:
-        warnings.warn("model.decoder_settings.text_embeddings is not set: the language-guided decoder gets RANDOM text "
-                      "embeddings (a plumbing check, not CLIP's); compute real ones with `unimatch text-embeddings`", stacklevel=2)  # fmt: skip
-        return VLGHead(nclass, levels, torch.from_numpy(random_text_embeddings(rows, levels[-1].channels, seed=0)), row_class, **widths)
+        warnings.warn(
+            "model.decoder_settings.text_embeddings is not set: the language-guided decoder gets RANDOM text "
+            "embeddings (a plumbing check, not CLIP's); compute real ones with `unimatch text-embeddings`",
+            stacklevel=2,
+        )
+        return VLGHead(
+            nclass,
+            levels,
+            torch.from_numpy(random_text_embeddings(rows, levels[-1].channels, seed=0)),
+            row_class,
+            **widths,
+        )
     try:
         embeddings = load_text_embeddings(settings.text_embeddings, rows)
     except TextEmbeddingError as error:

@@ -13,4 +13,15 @@ from .base import (
 )
 from .dinov2 import DINOv2Encoder, interpolate_pos_embed
 
-__all__ = ["ENCODERS", "DINOv2Encoder", "Encoder", "EncoderEntry", "FeatureLevel", "build_encoder", "encoder_entry", "parameter_counts", "interpolate_pos_embed", "register_encoder"]
+__all__ = [
+    "ENCODERS",
+    "DINOv2Encoder",
+    "Encoder",
+    "EncoderEntry",
+    "FeatureLevel",
+    "build_encoder",
+    "encoder_entry",
+    "parameter_counts",
+    "interpolate_pos_embed",
+    "register_encoder",
+]

@@ -50,7 +50,9 @@ class CLIPEncoder(Encoder):
         self.proj = nn.Linear(vit.embed_dim, JOINT_DIM, bias=False)  # CLIP's `proj`, applied per token
         self.num_prefix_tokens = 1
         self.skip_indices = skip_indices
-        self.feature_info = tuple(FeatureLevel(vit.embed_dim, PATCH_SIZE) for _ in skip_indices) + (FeatureLevel(JOINT_DIM, PATCH_SIZE),)
+        self.feature_info = tuple(FeatureLevel(vit.embed_dim, PATCH_SIZE) for _ in skip_indices) + (
+            FeatureLevel(JOINT_DIM, PATCH_SIZE),
+        )
         for name, parameter in self.named_parameters():
             parameter.requires_grad_(any(key in name for key in TRAINABLE))
 
@@ -100,24 +102,47 @@ class CLIPEncoder(Encoder):
 def clip_vit(input_size: int, embed_dim: int, depth: int, num_heads: int, skip_indices: tuple[int, ...]) -> CLIPEncoder:
     """Built for ``input_size`` crops: the position table covers that grid (resized from 14 x 14 on loading)."""
     vit = VisionTransformer(
-        img_size=(input_size // PATCH_SIZE) * PATCH_SIZE, patch_size=PATCH_SIZE, embed_dim=embed_dim, depth=depth,
-        num_heads=num_heads, pre_norm=True, num_classes=0, dynamic_img_size=True,
-        norm_layer=partial(nn.LayerNorm, eps=1e-6), act_layer=nn.GELU,
-    )  # fmt: skip
+        img_size=(input_size // PATCH_SIZE) * PATCH_SIZE,
+        patch_size=PATCH_SIZE,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        pre_norm=True,
+        num_classes=0,
+        dynamic_img_size=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        act_layer=nn.GELU,
+    )
     return CLIPEncoder(vit, skip_indices)
 
 
 # SemiVL's recipe on Pascal (backbone lr = 1e-4 x 0.01, decoder 1e-4 x 10): encoder 1e-6, decoder x 1000.
-@register_encoder("clip-b16", summary="CLIP ViT-B/16, MaskCLIP dense features, spatial fine-tuning (SemiVL)",
-                  size_divisor=PATCH_SIZE, decoder_features=128, decoder_channels=(96, 192, 384, 768), lr=1e-6,
-                  lr_multiplier=1000.0, decoder="vlg", weights_hint="ViT-B-16.pt (OpenAI CLIP, or open_clip's state dict)")  # fmt: skip
+@register_encoder(
+    "clip-b16",
+    summary="CLIP ViT-B/16, MaskCLIP dense features, spatial fine-tuning (SemiVL)",
+    size_divisor=PATCH_SIZE,
+    decoder_features=128,
+    decoder_channels=(96, 192, 384, 768),
+    lr=1e-6,
+    lr_multiplier=1000.0,
+    decoder="vlg",
+    weights_hint="ViT-B-16.pt (OpenAI CLIP, or open_clip's state dict)",
+)
 def clip_b16(input_size: int) -> Encoder:
     return clip_vit(input_size, 768, 12, 12, (0, 4))
 
 
 # CLIP's design at CPU size for the embedded benchmark (random init: no CLIP weights exist at this size).
-@register_encoder("clip-tiny", summary="CLIP-layout ViT/16, 96 wide, 4 blocks, MaskCLIP dense features (CPU)",
-                  size_divisor=PATCH_SIZE, decoder_features=32, decoder_channels=(24, 48, 96, 96), lr=1e-4,
-                  lr_multiplier=10.0, decoder="vlg", cpu_sized=True)  # fmt: skip
+@register_encoder(
+    "clip-tiny",
+    summary="CLIP-layout ViT/16, 96 wide, 4 blocks, MaskCLIP dense features (CPU)",
+    size_divisor=PATCH_SIZE,
+    decoder_features=32,
+    decoder_channels=(24, 48, 96, 96),
+    lr=1e-4,
+    lr_multiplier=10.0,
+    decoder="vlg",
+    cpu_sized=True,
+)
 def clip_tiny(input_size: int) -> Encoder:
     return clip_vit(input_size, 96, 4, 3, (0, 1))

@@ -40,7 +40,9 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, grid_h: int, grid_w: int) -> 
     scale = ((grid_h + INTERPOLATE_OFFSET) / side, (grid_w + INTERPOLATE_OFFSET) / side)
     patch_pos = F.interpolate(patch_pos, scale_factor=scale, mode="bicubic", antialias=False)
     if patch_pos.shape[-2:] != (grid_h, grid_w):
-        raise RuntimeError(f"positional embedding resized to {tuple(patch_pos.shape[-2:])}, expected {(grid_h, grid_w)}")
+        raise RuntimeError(
+            f"positional embedding resized to {tuple(patch_pos.shape[-2:])}, expected {(grid_h, grid_w)}"
+        )
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)
     return torch.cat((class_pos, patch_pos), dim=1).to(pos_embed.dtype)
 
@@ -63,7 +65,9 @@ class DINOv2Encoder(Encoder):
         """Patch tokens with the class token and DINOv2's interpolated positions: (B, 1 + h*w, D), h, w."""
         height, width = x.shape[-2:]
         if height % PATCH_SIZE or width % PATCH_SIZE:
-            raise ValueError(f"input size {height}x{width} is not a multiple of the encoder's size divisor {PATCH_SIZE}")
+            raise ValueError(
+                f"input size {height}x{width} is not a multiple of the encoder's size divisor {PATCH_SIZE}"
+            )
         patches = self.patch_embed(x)  # (B, h, w, D): timm's dynamic-size patch embedding is channels-last
         batch, grid_h, grid_w, dim = patches.shape
         tokens = torch.cat((self.cls_token.expand(batch, -1, -1), patches.reshape(batch, -1, dim)), dim=1)
@@ -95,7 +99,9 @@ class DINOv2Encoder(Encoder):
 
 
 def dinov2(timm_name: str, layer_indices: tuple[int, ...]) -> DINOv2Encoder:
-    vit = timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=PRETRAIN_GRID * PATCH_SIZE)
+    vit = timm.create_model(
+        timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=PRETRAIN_GRID * PATCH_SIZE
+    )
     return DINOv2Encoder(vit, layer_indices)
 
 
@@ -103,38 +109,82 @@ DINOV2 = dict(size_divisor=PATCH_SIZE, lr=5e-6, lr_multiplier=40.0)  # the paper
 HUB = ("facebookresearch/dinov2",)
 
 
-@register_encoder("small", summary="DINOv2 ViT-S/14", decoder_features=64, decoder_channels=(48, 96, 192, 384),
-                  weights_hint="dinov2_vits14_pretrain.pth", hub=HUB + ("dinov2_vits14",), **DINOV2)  # fmt: skip
+@register_encoder(
+    "small",
+    summary="DINOv2 ViT-S/14",
+    decoder_features=64,
+    decoder_channels=(48, 96, 192, 384),
+    weights_hint="dinov2_vits14_pretrain.pth",
+    hub=HUB + ("dinov2_vits14",),
+    **DINOV2,
+)
 def dinov2_small(input_size: int) -> Encoder:
     return dinov2("vit_small_patch14_dinov2", (2, 5, 8, 11))
 
 
-@register_encoder("base", summary="DINOv2 ViT-B/14", decoder_features=128, decoder_channels=(96, 192, 384, 768),
-                  weights_hint="dinov2_vitb14_pretrain.pth", hub=HUB + ("dinov2_vitb14",), **DINOV2)  # fmt: skip
+@register_encoder(
+    "base",
+    summary="DINOv2 ViT-B/14",
+    decoder_features=128,
+    decoder_channels=(96, 192, 384, 768),
+    weights_hint="dinov2_vitb14_pretrain.pth",
+    hub=HUB + ("dinov2_vitb14",),
+    **DINOV2,
+)
 def dinov2_base(input_size: int) -> Encoder:
     return dinov2("vit_base_patch14_dinov2", (2, 5, 8, 11))
 
 
-@register_encoder("large", summary="DINOv2 ViT-L/14", decoder_features=256, decoder_channels=(256, 512, 1024, 1024),
-                  weights_hint="dinov2_vitl14_pretrain.pth", hub=HUB + ("dinov2_vitl14",), **DINOV2)  # fmt: skip
+@register_encoder(
+    "large",
+    summary="DINOv2 ViT-L/14",
+    decoder_features=256,
+    decoder_channels=(256, 512, 1024, 1024),
+    weights_hint="dinov2_vitl14_pretrain.pth",
+    hub=HUB + ("dinov2_vitl14",),
+    **DINOV2,
+)
 def dinov2_large(input_size: int) -> Encoder:
     return dinov2("vit_large_patch14_dinov2", (4, 11, 17, 23))
 
 
-@register_encoder("giant", summary="DINOv2 ViT-g/14 (SwiGLU)", decoder_features=384, decoder_channels=(1536,) * 4,
-                  weights_hint="dinov2_vitg14_pretrain.pth", hub=HUB + ("dinov2_vitg14",), **DINOV2)  # fmt: skip
+@register_encoder(
+    "giant",
+    summary="DINOv2 ViT-g/14 (SwiGLU)",
+    decoder_features=384,
+    decoder_channels=(1536,) * 4,
+    weights_hint="dinov2_vitg14_pretrain.pth",
+    hub=HUB + ("dinov2_vitg14",),
+    **DINOV2,
+)
 def dinov2_giant(input_size: int) -> Encoder:
     return dinov2("vit_giant_patch14_dinov2", (9, 19, 29, 39))
 
 
 # Not a DINOv2 release: DINOv2's layout at CPU size. The embedded world's foundation weights are for it;
 # fine-tuned at 1e-4 with the decoder at 10x (measured on the embedded benchmark, README).
-@register_encoder("tiny", summary="DINOv2-layout ViT, 96 wide, 4 blocks (CPU)", decoder_features=32,
-                  decoder_channels=(24, 48, 96, 96), size_divisor=PATCH_SIZE, lr=1e-4, lr_multiplier=10.0,
-                  cpu_sized=True, weights_hint="weights/foundation/embedded-tiny.pth")  # fmt: skip
+@register_encoder(
+    "tiny",
+    summary="DINOv2-layout ViT, 96 wide, 4 blocks (CPU)",
+    decoder_features=32,
+    decoder_channels=(24, 48, 96, 96),
+    size_divisor=PATCH_SIZE,
+    lr=1e-4,
+    lr_multiplier=10.0,
+    cpu_sized=True,
+    weights_hint="weights/foundation/embedded-tiny.pth",
+)
 def tiny_vit(input_size: int) -> Encoder:
     vit = VisionTransformer(
-        img_size=PRETRAIN_GRID * PATCH_SIZE, patch_size=PATCH_SIZE, embed_dim=96, depth=4, num_heads=3, mlp_ratio=4.0,
-        init_values=1.0, num_classes=0, dynamic_img_size=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
-    )  # fmt: skip
+        img_size=PRETRAIN_GRID * PATCH_SIZE,
+        patch_size=PATCH_SIZE,
+        embed_dim=96,
+        depth=4,
+        num_heads=3,
+        mlp_ratio=4.0,
+        init_values=1.0,
+        num_classes=0,
+        dynamic_img_size=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    )
     return DINOv2Encoder(vit, (0, 1, 2, 3))

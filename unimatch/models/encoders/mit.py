@@ -28,19 +28,42 @@ class MiTEncoder(WrappedEncoder):
         return list(self.model(x)[2:])
 
 
-@register_encoder("mit-b5", summary="MiT-B5 (SegFormer) from segmentation-models-pytorch", size_divisor=32,
-                  weights_hint="mit_b5.pth (NVlabs SegFormer layout)", **LARGE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "mit-b5",
+    summary="MiT-B5 (SegFormer) from segmentation-models-pytorch",
+    size_divisor=32,
+    weights_hint="mit_b5.pth (NVlabs SegFormer layout)",
+    **LARGE_HEAD,
+    **TABLE9_LR,
+)
 def mit_b5(input_size: int) -> Encoder:
     return MiTEncoder(get_encoder("mit_b5", weights=None))
 
 
 # SPEC §12's CPU size: MiT-B5's layout with widths 8..64 and one block per stage; random init, so it trains
 # at from-scratch rates (like resnet-tiny).
-@register_encoder("mit-tiny", summary="MiT, 8..64 wide, 1 block per stage (CPU)", size_divisor=32, decoder_features=32,
-                  decoder_channels=(24, 48, 96, 96), lr=1e-3, lr_multiplier=1.0, cpu_sized=True)  # fmt: skip
+@register_encoder(
+    "mit-tiny",
+    summary="MiT, 8..64 wide, 1 block per stage (CPU)",
+    size_divisor=32,
+    decoder_features=32,
+    decoder_channels=(24, 48, 96, 96),
+    lr=1e-3,
+    lr_multiplier=1.0,
+    cpu_sized=True,
+)
 def mit_tiny(input_size: int) -> Encoder:
-    return MiTEncoder(MixVisionTransformerEncoder(
-        out_channels=[3, 0, 8, 16, 32, 64], embed_dims=[8, 16, 32, 64], num_heads=[1, 2, 4, 8], mlp_ratios=[4, 4, 4, 4],
-        qkv_bias=True, norm_layer=partial(LayerNorm, eps=1e-6), depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1],
-        drop_rate=0.0, drop_path_rate=0.1,
-    ))  # fmt: skip
+    return MiTEncoder(
+        MixVisionTransformerEncoder(
+            out_channels=[3, 0, 8, 16, 32, 64],
+            embed_dims=[8, 16, 32, 64],
+            num_heads=[1, 2, 4, 8],
+            mlp_ratios=[4, 4, 4, 4],
+            qkv_bias=True,
+            norm_layer=partial(LayerNorm, eps=1e-6),
+            depths=[1, 1, 1, 1],
+            sr_ratios=[8, 4, 2, 1],
+            drop_rate=0.0,
+            drop_path_rate=0.1,
+        )
+    )

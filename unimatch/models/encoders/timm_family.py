@@ -75,20 +75,40 @@ class SAMEncoder(TimmEncoder):
 
 # Hierarchical encoders take DINOv2-L's DPT widths: with a 1x1 projection per level and no resizing this
 # reproduces the decoder sizes of the authors' logs (20.3M on ResNet-152, 17.7M on MiT-B5 at 21 classes).
-@register_encoder("resnet152", summary="ResNet-152, deep 3-conv stem (resnet152s)", size_divisor=32,
-                  weights_hint="resnet152s (timm/torchvision layout, deep stem)", **LARGE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "resnet152",
+    summary="ResNet-152, deep 3-conv stem (resnet152s)",
+    size_divisor=32,
+    weights_hint="resnet152s (timm/torchvision layout, deep stem)",
+    **LARGE_HEAD,
+    **TABLE9_LR,
+)
 def resnet152(input_size: int) -> Encoder:
     return ResNetEncoder(timm.create_model("resnet152s", pretrained=False, num_classes=0))
 
 
 # A CPU-sized CNN: one basic block per stage, the last stage dilated (output stride 16, DeepLab-style) so
 # that the embedded crop of 112 = 7 x 16 fits; random init, so it trains at from-scratch rates.
-@register_encoder("resnet-tiny", summary="ResNet, 1 basic block per stage, 24..192 wide, output stride 16 (CPU)",
-                  size_divisor=16, decoder_features=32, decoder_channels=(24, 48, 96, 96), lr=1e-3, lr_multiplier=1.0,
-                  cpu_sized=True)  # fmt: skip
+@register_encoder(
+    "resnet-tiny",
+    summary="ResNet, 1 basic block per stage, 24..192 wide, output stride 16 (CPU)",
+    size_divisor=16,
+    decoder_features=32,
+    decoder_channels=(24, 48, 96, 96),
+    lr=1e-3,
+    lr_multiplier=1.0,
+    cpu_sized=True,
+)
 def resnet_tiny(input_size: int) -> Encoder:
-    model = ResNet(BasicBlock, (1, 1, 1, 1), num_classes=0, channels=(24, 48, 96, 192), stem_width=16,
-                   stem_type="deep", output_stride=16)  # fmt: skip
+    model = ResNet(
+        BasicBlock,
+        (1, 1, 1, 1),
+        num_classes=0,
+        channels=(24, 48, 96, 192),
+        stem_width=16,
+        stem_type="deep",
+        output_stride=16,
+    )
     return ResNetEncoder(model)
 
 
@@ -101,14 +121,30 @@ def beit_encoder(timm_name: str, input_size: int, indices: tuple[int, ...]) -> E
 
 # BEiT and SAM feed DPT from blocks 2/5/8/11 (base) and 5/11/17/23 (large): SAM's global-attention blocks,
 # and the hooks MiDaS v3.1 uses for BEiT. The authors' logs: pseudo labels from the student for BEiT.
-@register_encoder("beit-b", summary="BEiT-B/16", size_divisor=16, teacher="student", fixed_input=True,
-                  weights_hint="beit_base_patch16_224_pt22k_ft22k.pth (unilm layout)", **BASE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "beit-b",
+    summary="BEiT-B/16",
+    size_divisor=16,
+    teacher="student",
+    fixed_input=True,
+    weights_hint="beit_base_patch16_224_pt22k_ft22k.pth (unilm layout)",
+    **BASE_HEAD,
+    **TABLE9_LR,
+)
 def beit_b(input_size: int) -> Encoder:
     return beit_encoder("beit_base_patch16_224", input_size, (2, 5, 8, 11))
 
 
-@register_encoder("beit-l", summary="BEiT-L/16", size_divisor=16, teacher="student", fixed_input=True,
-                  weights_hint="beit_large_patch16_224_pt22k_ft22k.pth (unilm layout)", **LARGE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "beit-l",
+    summary="BEiT-L/16",
+    size_divisor=16,
+    teacher="student",
+    fixed_input=True,
+    weights_hint="beit_large_patch16_224_pt22k_ft22k.pth (unilm layout)",
+    **LARGE_HEAD,
+    **TABLE9_LR,
+)
 def beit_l(input_size: int) -> Encoder:
     return beit_encoder("beit_large_patch16_224", input_size, (5, 11, 17, 23))
 
@@ -119,13 +155,25 @@ def sam_encoder(timm_name: str, indices: tuple[int, ...]) -> Encoder:
     return SAMEncoder(model, indices, (16,) * len(indices))
 
 
-@register_encoder("sam-b", summary="SAM ViT-B/16 image encoder, no neck", size_divisor=16,
-                  weights_hint="sam_vit_b_01ec64.pth (SAM layout)", **BASE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "sam-b",
+    summary="SAM ViT-B/16 image encoder, no neck",
+    size_divisor=16,
+    weights_hint="sam_vit_b_01ec64.pth (SAM layout)",
+    **BASE_HEAD,
+    **TABLE9_LR,
+)
 def sam_b(input_size: int) -> Encoder:
     return sam_encoder("samvit_base_patch16", (2, 5, 8, 11))
 
 
-@register_encoder("sam-l", summary="SAM ViT-L/16 image encoder, no neck", size_divisor=16,
-                  weights_hint="sam_vit_l_0b3195.pth (SAM layout)", **LARGE_HEAD, **TABLE9_LR)  # fmt: skip
+@register_encoder(
+    "sam-l",
+    summary="SAM ViT-L/16 image encoder, no neck",
+    size_divisor=16,
+    weights_hint="sam_vit_l_0b3195.pth (SAM layout)",
+    **LARGE_HEAD,
+    **TABLE9_LR,
+)
 def sam_l(input_size: int) -> Encoder:
     return sam_encoder("samvit_large_patch16", (5, 11, 17, 23))
