@@ -56,3 +56,12 @@ def test_nothing_config_imports_imports_config_back() -> None:
     below = graph.find_modules_directly_imported_by("unimatch.config")
     cycles = {module: graph.find_shortest_chain(module, "unimatch.config") for module in below}
     assert below and not any(cycles.values()), cycles
+
+
+def test_the_code_keeps_the_line_length_and_the_format() -> None:
+    """pyproject's [tool.ruff] (line length 120): the library, the steps and the pipelines pass its lint and
+    are formatted as `ruff format` writes them."""
+    ruff = str(Path(sys.executable).with_name("ruff"))
+    for command in ([ruff, "check", *PACKAGES], [ruff, "format", "--check", *PACKAGES]):
+        result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, check=False)
+        assert result.returncode == 0, result.stdout + result.stderr
