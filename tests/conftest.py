@@ -3,6 +3,10 @@ dataset and a config factory on it for engine-level tests of methods and model h
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,22 +89,32 @@ runpy.run_module("unimatch.cli", run_name="__main__", alter_sys=True)
 """
 
 
-def start_paused_after_first_evaluation(args: list[str], marker: Path, **popen):
-    """The ``unimatch`` command line with ``args`` in a subprocess, returned once it waits after its first
-    evaluation's checkpoint (see PAUSE_AFTER_FIRST_EVALUATION). SIGINT has its default disposition in the
-    child, as under a terminal, even when the suite itself runs in the background with SIGINT ignored."""
-    import signal
-    import subprocess
-    import sys
-    import time
+@pytest.fixture
+def start_paused_after_first_evaluation():
+    """``start(args, marker, **popen)``: the ``unimatch`` command line with ``args`` in a subprocess, returned once it
+    waits after its first evaluation's checkpoint (see PAUSE_AFTER_FIRST_EVALUATION). SIGINT has its default
+    disposition in the child, as under a terminal, even when the suite itself runs in the background with SIGINT
+    ignored. A child the test leaves waiting (a failed assertion) is killed at teardown."""
+    started = []
 
-    process = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_FIRST_EVALUATION, str(marker), *args],
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)  # fmt: skip
-    while not marker.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"the run ended (exit {process.returncode}) before its first evaluation")
-        time.sleep(0.05)
-    return process
+    def start(args: list[str], marker: Path, **popen) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-c", PAUSE_AFTER_FIRST_EVALUATION, str(marker), *args],
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            **popen,
+        )
+        started.append(process)
+        while not marker.exists():
+            if process.poll() is not None:
+                raise AssertionError(f"the run ended (exit {process.returncode}) before its first evaluation")
+            time.sleep(0.05)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import start_paused_after_first_evaluation
 from mlflow import MlflowClient
 from PIL import Image
 
@@ -230,7 +229,9 @@ def test_predict_above_the_token_budget_switches_to_sliding_windows(dataset, tmp
 # ----------------------------------------------------------------- signals and MLflow
 @pytest.mark.parametrize(("sent", "code", "says"), [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                                     (signal.SIGINT, 130, "interrupted (Ctrl-C)")], ids=["sigterm", "ctrl-c"])  # fmt: skip
-def test_signal_marks_the_run_killed_in_one_line_and_the_rerun_finishes_that_run(dataset, tmp_path, sent, code, says):
+def test_signal_marks_the_run_killed_in_one_line_and_the_rerun_finishes_that_run(
+    dataset, tmp_path, sent, code, says, start_paused_after_first_evaluation
+):
     args = train_args(dataset, tmp_path, "train.num_workers=0", "train.epochs=3", "train.checkpoint_every=1")
     process = start_paused_after_first_evaluation(args, tmp_path / "paused", cwd=PROJECT, env=ONE_THREAD, text=True,
                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip

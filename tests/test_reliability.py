@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start_paused_after_first_evaluation
 from mlflow import MlflowClient
 
 from unimatch.config import load_config
@@ -85,7 +84,7 @@ def _train(dataset: Path, out: Path, *tracking: str) -> list[str]:
     return [sys.executable, "-m", "unimatch.cli", *_train_args(dataset, out, *tracking)]
 
 
-def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dataset, tmp_path):
+def test_sigkill_mid_run_then_rerun_resumes_and_matches_an_uninterrupted_run(dataset, tmp_path, start_paused_after_first_evaluation):
     run = dict(cwd=PROJECT, env=ONE_THREAD, text=True)
     reference = subprocess.Popen(_train(dataset, tmp_path / "reference"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **run)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
