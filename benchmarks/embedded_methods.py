@@ -28,7 +28,14 @@ from unimatch.tracking import tracker_from_config
 
 FULLY_SUPERVISED = "fully_supervised"
 LABELS = {**method_labels(), FULLY_SUPERVISED: "fully supervised"}
-QUALITY = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
+QUALITY = {
+    "pseudo/precision": "precision",
+    "pseudo/object_precision": "object-class precision",
+    "pseudo/foreground_recall": "object pixels confident & right",
+    "pseudo/foreground_accuracy": "object pixels right (arg-max)",
+    "pseudo/mask_ratio": "mask ratio",
+}
+CLASS_RECALL = "pseudo/class_recall/"
 
 
 def _config(method: str, seed: int, labeled: int, overrides: list[str], name: str):
@@ -66,12 +73,17 @@ def run(method: str, seed: int, labeled: int, overrides: list[str], name: str) -
 
 
 def best_epoch_quality(result: TrainResult) -> dict[str, float]:
-    """Pseudo-label quality at the epoch of the best EMA mIoU (NaN when it was not measured)."""
+    """Pseudo-label quality (QUALITY and per class) at the epoch of the best EMA mIoU (NaN when not measured)."""
     curve = result.history.get("val/miou_ema", [])
+    keys = [*QUALITY, *sorted(key for key in result.history if key.startswith(CLASS_RECALL))]
     if not curve:
-        return {key: float("nan") for key in QUALITY}
+        return {key: float("nan") for key in keys}
     best_epoch = max(curve, key=lambda point: point[1])[0]
-    return {key: dict(result.history.get(key, [])).get(best_epoch, float("nan")) for key in QUALITY}
+    return {key: dict(result.history.get(key, [])).get(best_epoch, float("nan")) for key in keys}
+
+
+def _cell(value: float) -> str:
+    return "—" if math.isnan(value) else f"{value:.1f}"  # no unlabeled images with ground truth: —
 
 
 def _table(results: dict[str, list[TrainResult]], seeds: list[int]) -> dict[str, float]:
@@ -82,13 +94,18 @@ def _table(results: dict[str, list[TrainResult]], seeds: list[int]) -> dict[str,
         values = [r.metrics["best_miou_ema"] for r in runs]
         means[method] = statistics.mean(values)
         print(f"| {LABELS[method]} | {' | '.join(f'{v:.1f}' for v in values)} | {means[method]:.1f} |")
-    print("\npseudo-label quality of the teacher at each run's best epoch (unlabeled ground truth, mean over seeds):\n")
-    print("| method | precision (%) | foreground confident & right (%) | mask ratio (%) |\n|---|---|---|---|")
-    for method, runs in results.items():
-        quality = [best_epoch_quality(r) for r in runs]
-        means = [statistics.mean(q[key] for q in quality) for key in QUALITY]
-        cells = " | ".join("—" if math.isnan(v) else f"{v:.1f}" for v in means)  # no unlabeled images: —
+    print("\npseudo-label quality of the teacher at each run's best epoch (unlabeled ground truth, τ as the method's "
+          "or 0.95, mean over seeds, %):\n")
+    qualities = {method: [best_epoch_quality(r) for r in runs] for method, runs in results.items()}
+    classes = sorted({key for runs in qualities.values() for q in runs for key in q if key.startswith(CLASS_RECALL)})
+    columns = [*QUALITY, *classes]
+    titles = [*QUALITY.values(), *(f"{key.removeprefix(CLASS_RECALL)} confident & right" for key in classes)]
+    print(f"| method | {' | '.join(titles)} |\n|---|{'---|' * len(titles)}")
+    for method, quality in qualities.items():
+        cells = " | ".join(_cell(statistics.mean(q.get(key, float("nan")) for q in quality)) for key in columns)
         print(f"| {LABELS[method]} | {cells} |")
+    means.update({f"{method}:{key}": statistics.mean(q.get(key, float("nan")) for q in quality)
+                  for method, quality in qualities.items() for key in QUALITY})
     return means
 
 
@@ -96,6 +113,11 @@ def _verdict(means: dict[str, float]) -> None:
     """The issue's bars on the means, each printed as met or missed with its numbers."""
     lo, v2, fm, full = (means.get(k) for k in ("labeled_only", "unimatch_v2", "fixmatch", FULLY_SUPERVISED))
     checks = []
+    if lo is not None:  # the premise: a labeled-only teacher that is right, and confidently right, on objects
+        accuracy, precision, recall = (means["labeled_only:pseudo/" + k] for k in ("foreground_accuracy", "object_precision", "foreground_recall"))
+        checks.append((f"labeled-only object pixels right >= 70 % ({accuracy:.1f})", accuracy >= 70))
+        checks.append((f"labeled-only confident object-class labels right >= 85 % ({precision:.1f})", precision >= 85))
+        checks.append((f"labeled-only object pixels confident and right >= 30 % ({recall:.1f})", recall >= 30))
     if lo is not None and full is not None:
         checks.append((f"fully supervised >= labeled-only + 10 ({full:.1f} vs {lo + 10:.1f})", full >= lo + 10))
     if lo is not None and v2 is not None:

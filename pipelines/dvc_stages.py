@@ -127,7 +127,9 @@ def _read(model: type[RecordT], path: Path) -> RecordT:
 
 def foundation(params: dict[str, Any]) -> None:
     """Rebuild the shipped foundation encoder (its outputs are committed to git: ``cache: false``)."""
-    jobs.train_foundation_encoder(load_foundation_config(params["foundation_config"]))
+    settings = load_foundation_config(params["foundation_config"])
+    report = jobs.probe_foundation_encoder(jobs.train_foundation_encoder(settings), settings.probe)
+    print(report.table())
 
 
 def splits(stage: Stage) -> None:

@@ -4,8 +4,9 @@
         [key=value ...]
     zenml pipeline run pipelines.pretrain_foundation.pretrain_foundation
 
-One step, cached by the settings and the library's source: the corpus is rendered on the fly, so there
-is no data artifact to version. The DVC stage `foundation` runs the same step function.
+Two steps, cached by the settings and the library's source: pre-training (the corpus is rendered from
+its seed, so there is no data artifact to version), then the feature-quality probe of the result
+(unimatch.engine.probe), whose table joins the summary JSON. The DVC stage `foundation` runs both jobs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 
 from zenml import pipeline
 
-from steps import train_foundation_encoder
+from steps import probe_foundation_encoder, train_foundation_encoder
 from unimatch.apps.foundation import load_foundation_config
 from unimatch.errors import run_guarded
 
@@ -26,8 +27,9 @@ DEFAULT_FOUNDATION_CONFIG = "configs/foundation/embedded-tiny.yaml"
 
 @pipeline(name="pretrain_foundation")
 def pretrain_foundation(config: str = DEFAULT_FOUNDATION_CONFIG, overrides: list[str] | None = None) -> None:
-    """foundation corpus → pre-trained encoder weights (+ SHA256SUMS, summary JSON, figure)."""
-    train_foundation_encoder(load_foundation_config(config, overrides))
+    """foundation corpus → pre-trained encoder weights (+ SHA256SUMS, summary JSON, figure) → probe."""
+    settings = load_foundation_config(config, overrides)
+    probe_foundation_encoder(train_foundation_encoder(settings), settings)
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 from .data import make_unlabeled_pool
 from .evaluate import evaluate_model
-from .foundation import train_foundation_encoder
+from .foundation import probe_foundation_encoder, train_foundation_encoder
 from .predict import export_predictions
 from .pretrain import pretrain_encoder
 from .pseudo_labels import pseudo_label_images, rank_by_stability, select_pseudo_labels, train_student, unlabeled_images
@@ -20,6 +20,7 @@ __all__ = [
     "pseudo_label_images",
     "rank_by_stability",
     "select_pseudo_labels",
+    "probe_foundation_encoder",
     "train_foundation_encoder",
     "train_model",
     "train_student",

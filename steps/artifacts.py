@@ -28,6 +28,7 @@ from unimatch.jobs import (
     FoundationEncoder,
     Predictions,
     PretrainedEncoder,
+    ProbeReport,
     PseudoLabelSet,
     ReportFiles,
     SplitFile,
@@ -39,6 +40,7 @@ from unimatch.jobs import (
 __all__ = [
     "Evaluation",
     "FoundationEncoder",
+    "ProbeReport",
     "Predictions",
     "PretrainedEncoder",
     "PseudoLabelSet",

@@ -171,12 +171,37 @@ def test_pseudo_label_counts_on_a_hand_computed_case() -> None:
         for col, (label, confidence) in enumerate(cells):
             probabilities[0, :, row, col] = (1 - confidence) / 2
             probabilities[0, label, row, col] = confidence
-    counts = PseudoLabelCounts()
+    counts = PseudoLabelCounts(3)
     counts.update(probabilities, target, threshold=0.9)
-    quality = counts.result()
+    quality = counts.result(["background", "one", "two"])
     # valid 5; confident 4 (all but the 0.5); right 2 -> precision 50 %.
     # foreground (targets 1, 1, 2) 3; confident 2 (the 0.92 and 0.97); right 1 (the 0.92).
     assert quality.precision == pytest.approx(50.0)
     assert quality.foreground_coverage == pytest.approx(200 / 3)
     assert quality.foreground_recall == pytest.approx(100 / 3)
     assert quality.mask_ratio == pytest.approx(80.0)
+    # confident and predicted as an object: the 0.92 (right), the 0.97 and the 0.99 (wrong) -> 1 of 3.
+    assert quality.object_precision == pytest.approx(100 / 3)
+    # arg-max right on the foreground, confident or not: the 0.92 and the unconfident 0.5 -> 2 of 3.
+    assert quality.foreground_accuracy == pytest.approx(200 / 3)
+    # class one: 2 pixels, 1 confident and right; class two: 1 pixel, none.
+    assert quality.class_recall == pytest.approx({"one": 50.0, "two": 0.0})
+
+
+def test_object_precision_is_not_the_background_precision() -> None:
+    """96 background pixels confidently right, 4 object pixels (class 1) of which the teacher is confident on
+    all: 1 right, 3 called class 2. Overall precision is 97 %, but only 1 of the 4 confident object labels
+    is right (25 %): the regime where pseudo labels confirm the teacher's mistakes on objects."""
+    target = torch.zeros(1, 10, 10, dtype=torch.long)
+    target[0, 0, :4] = 1
+    labels = torch.zeros_like(target)
+    labels[0, 0, 0], labels[0, 0, 1:4] = 1, 2
+    probabilities = torch.nn.functional.one_hot(labels, 3).permute(0, 3, 1, 2).float() * 0.98 + 0.01
+    counts = PseudoLabelCounts(3)
+    counts.update(probabilities, target, threshold=0.95)
+    quality = counts.result()
+    assert quality.precision == pytest.approx(97.0)
+    assert quality.object_precision == pytest.approx(25.0)
+    assert quality.foreground_recall == pytest.approx(25.0) and quality.foreground_accuracy == pytest.approx(25.0)
+    assert quality.class_recall == {"class_1": pytest.approx(25.0)}  # class 2 has no pixels: not reported
+    assert quality.metrics()["pseudo/class_recall/class_1"] == pytest.approx(25.0)

@@ -158,13 +158,18 @@ def test_second_identical_run_is_served_from_the_step_cache(project: Path, bench
 
 def test_pretrain_foundation_pipeline_writes_tracked_weights_and_is_cached(project: Path) -> None:
     output = project / "weights" / "tiny.pth"
-    overrides = ["iterations=3", "batch_size=4", "corpus_size=12", "num_workers=0", "warmup_iters=1", f"output={output}"]
+    overrides = ["iterations=3", "batch_size=4", "corpus_size=12", "num_workers=0", "warmup_iters=1", f"output={output}",
+                 "probe.labeled=2", "probe.iterations=2", "probe.batch_size=2"]  # fmt: skip
     first = _python(project, "-m", "pipelines.pretrain_foundation", *overrides)
     assert re.search(r"train_foundation_encoder +completed", first.stdout)
+    assert re.search(r"probe_foundation_encoder +completed", first.stdout)
     assert output.is_file() and (project / "weights" / "SHA256SUMS").read_text().split()[1] == "tiny.pth"
-    (run,) = _runs(project, "foundation")
-    assert run.info.status == "FINISHED" and run.data.tags["kind"] == "foundation"
-    assert "foundation/loss" in run.data.metrics and "foundation/held_out_miou" in run.data.metrics
+    runs = {run.data.tags["kind"]: run for run in _runs(project, "foundation")}
+    assert sorted(runs) == ["foundation", "probe"] and all(run.info.status == "FINISHED" for run in runs.values())
+    assert "foundation/loss" in runs["foundation"].data.metrics and "foundation/held_out_miou" in runs["foundation"].data.metrics
+    assert {"probe/frozen/miou", "probe/finetuned/foreground_accuracy"} <= set(runs["probe"].data.metrics)
+    summary = json.loads(output.with_suffix(".json").read_text())  # the probe's table joins the summary
+    assert [row["mode"] for row in summary["probe"]["results"]] == ["frozen", "finetuned"]
     second = _python(project, "-m", "pipelines.pretrain_foundation", *overrides)
     assert re.search(r"train_foundation_encoder +cached", second.stdout)
 

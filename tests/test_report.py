@@ -186,21 +186,24 @@ def test_pseudo_label_figure_draws_each_measured_runs_history(tmp_path: Path, sa
                 client.log_metric(run_id, f"pseudo/{key}", value, step=step)
         client.set_terminated(run_id)
 
-    run("fixmatch", precision=[(20, 90.0), (10, 80.0)], foreground_recall=[(10, 1.5), (20, 3.0)], mask_ratio=[(10, 50.0), (20, 60.0)])
+    run("fixmatch", precision=[(20, 90.0), (10, 80.0)], object_precision=[(10, 30.0), (20, 40.0)],
+        foreground_recall=[(10, 1.5), (20, 3.0)], mask_ratio=[(10, 50.0), (20, 60.0)])  # fmt: skip
     run("unimatch_v2", precision=[(10, 85.0)], foreground_recall=[(10, 2.0)], mask_ratio=[(10, 55.0)])
     run("labeled_only")  # nothing measured: not drawn
     runs = collect_runs(uri, ["quality"])
     path = plot_pseudo_label_quality(uri, runs, tmp_path / "quality.png")
     assert path == tmp_path / "quality.png" and path.is_file()
     (figure,) = saved_figures
-    precision, recall = figure.axes
+    precision, objects, recall = figure.axes
 
     def lines(ax):
         return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
 
-    assert "precision" in precision.get_title() and "foreground" in recall.get_title()
+    assert "precision" in precision.get_title() and "confident and right" in recall.get_title()
     assert lines(precision) == {"fixmatch": ([10, 20], [80.0, 90.0]), "unimatch_v2": ([10], [85.0])}  # by step
     assert lines(recall) == {"fixmatch": ([10, 20], [1.5, 3.0]), "unimatch_v2": ([10], [2.0])}
+    assert "object-class" in objects.get_title()
+    assert lines(objects) == {"fixmatch": ([10, 20], [30.0, 40.0])}  # unimatch_v2 did not log it: no line
     assert plot_pseudo_label_quality(uri, runs[runs["tags.method"] == "labeled_only"], tmp_path / "none.png") is None
 
 

@@ -85,8 +85,26 @@ def cmd_foundation(args: argparse.Namespace) -> None:
     from .jobs.commands import foundation_encoder
 
     settings = load_foundation_config(args.config, args.overrides)
-    path = foundation_encoder(settings, args.uri, tracked=not args.no_tracking, progress=not args.no_progress)
+    path, report = foundation_encoder(
+        settings, args.uri, tracked=not args.no_tracking, progress=not args.no_progress, probe=not args.no_probe
+    )
     print(f"foundation encoder {path}")
+    if report:
+        print(report.table())
+
+
+def cmd_probe(args: argparse.Namespace) -> None:
+    from .config import apply_overrides, validate_as
+    from .engine.probe import ProbeSettings
+    from .jobs.commands import probe_weights
+
+    settings = validate_as(ProbeSettings, apply_overrides({}, args.overrides), "probe settings", args.overrides)
+    report = probe_weights(args.encoder, args.weights, settings, args.uri, tracked=not args.no_tracking)
+    print(
+        f"probe of {args.weights or 'random initialisation'} ({args.encoder}), {settings.labeled} labeled "
+        f"development-world images, {settings.iterations} iterations:"
+    )
+    print(report.table())
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -247,7 +265,22 @@ def build_parser() -> argparse.ArgumentParser:
     foundation.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     foundation.add_argument("--no-tracking", action="store_true", help="no MLflow run")
     foundation.add_argument("--no-progress", action="store_true")
+    foundation.add_argument("--no-probe", action="store_true", help="skip the feature-quality probe of the result")
     foundation.set_defaults(func=cmd_foundation)
+
+    probe = sub.add_parser(
+        "probe",
+        help="feature-quality probe of an encoder: a DPT head on 24 labels of the development world (data seed "
+        "17), encoder frozen and fine-tuned; mIoU and object-pixel scores (a few minutes on a CPU)",
+    )
+    probe.add_argument("--encoder", default="tiny", help="a registered encoder (default: tiny)")
+    probe.add_argument("--weights", help="encoder weights file (default: none, random initialisation)")
+    probe.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="e.g. labeled=48 iterations=600 modes=[frozen]"
+    )
+    probe.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    probe.add_argument("--no-tracking", action="store_true", help="no MLflow run")
+    probe.set_defaults(func=cmd_probe)
 
     evaluate = sub.add_parser(
         "evaluate", help="mIoU of a checkpoint (ours or the authors' released UniMatch V2) on a split"

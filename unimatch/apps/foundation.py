@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -28,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from ..config import apply_overrides, read_layers, validate_as
 from ..data.classes import palette
-from ..data.foundation_corpus import CORPUS_SIZE, FOUNDATION_CLASSES, IMAGE_SIZE, FoundationCorpus
+from ..data.foundation_corpus import CORPUS_SIZE, IMAGE_SIZE, FoundationCorpus, WorldPool, class_names
 from ..data.transforms import normalize
 from ..engine.checkpoint import previous_path, resume_state, save_checkpoint
+from ..engine.probe import ProbeSettings
 from ..engine.setup import resolve_device
 from ..metrics import ConfusionMatrix, mean_iou
 from ..models import build_segmentor
@@ -45,6 +46,7 @@ from ..models.weights import publish_digest
 from ..tracking import Tracker
 from ..utils.atomic import atomic_write, check_output_dir, write_bytes_atomic, write_text_atomic
 from ..utils.progress import progress_bar
+from .foundation_routes import DinoRoute, Route, TokenRoute
 from .mae import MaskedAutoencoder, descend, random_keep, reconstruction_loss, vit_encoder, warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class FoundationConfig(BaseModel):
     encoder: str = "tiny"
     corpus_size: int = Field(CORPUS_SIZE, ge=1)
     corpus_seed: int = Field(0, ge=0)
+    # 0: the thirteen hand-made shapes; N: N procedural shape classes (unimatch.data.shape_families)
+    shape_classes: int = Field(0, ge=0)
     iterations: int = Field(3000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -73,6 +77,7 @@ class FoundationConfig(BaseModel):
     log_every: int = Field(25, ge=1)
     checkpoint_every: int = Field(250, ge=1)
     output: str = "weights/foundation/embedded-tiny.pth"
+    probe: ProbeSettings = ProbeSettings()  # how the result is scored (unimatch.engine.probe)
 
     @field_validator("route")
     @classmethod
@@ -93,20 +98,22 @@ def load_foundation_config(path: str | Path, overrides: list[str] | None = None)
     return validate_as(FoundationConfig, apply_overrides(read_layers(path), overrides or []), str(path), overrides)
 
 
-class SupervisedRoute(nn.Module):
+class SupervisedRoute(Route):
     """Segment the corpus's shapes: the encoder plus a DPT head over the foundation label space."""
 
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
-        self.segmentor = build_segmentor(cfg.encoder, len(FOUNDATION_CLASSES), input_size=grid * PATCH_SIZE)
+        self.segmentor = build_segmentor(cfg.encoder, len(class_names(cfg.shape_classes)), input_size=grid * PATCH_SIZE)
         self.encoder = self.segmentor.encoder
 
     def loss(self, images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return F.cross_entropy(self.segmentor(images), masks)
 
 
-class MaeRoute(nn.Module):
+class MaeRoute(Route):
     """Reconstruct hidden patches of corpus images, labels unused."""
+
+    labels = False
 
     def __init__(self, cfg: FoundationConfig, grid: int) -> None:
         super().__init__()
@@ -124,8 +131,13 @@ class MaeRoute(nn.Module):
         return reconstruction_loss(self.autoencoder(images, keep), images, keep)
 
 
-# Pre-training routes by name (``route:`` in the config): a module holding ``.encoder`` with a ``loss``.
-ROUTES: dict[str, type[SupervisedRoute | MaeRoute]] = {"supervised": SupervisedRoute, "mae": MaeRoute}
+# Pre-training routes by name (``route:`` in the config): (config, patch grid) -> a Route.
+ROUTES: dict[str, Callable[[FoundationConfig, int], Route]] = {
+    "supervised": SupervisedRoute,
+    "mae": MaeRoute,
+    "tokens": lambda cfg, grid: TokenRoute(cfg.encoder, len(class_names(cfg.shape_classes)), grid * PATCH_SIZE),
+    "dino": lambda cfg, grid: DinoRoute(cfg.encoder, grid * PATCH_SIZE),
+}
 
 
 def _loader(corpus: FoundationCorpus, cfg: FoundationConfig, start: int) -> DataLoader:
@@ -150,7 +162,7 @@ def held_out_miou(
     route: SupervisedRoute, corpus: FoundationCorpus, held: FoundationCorpus, device: torch.device
 ) -> float:
     """mIoU (%) on ``held``'s images after ``corpus``'s range, never trained on."""
-    confusion = ConfusionMatrix(len(FOUNDATION_CLASSES), device)
+    confusion = ConfusionMatrix(route.segmentor.nclass, device)
     route.eval()
     for index in range(corpus.size, corpus.size + HELD_OUT):
         image, mask = held[index]
@@ -192,11 +204,12 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
     output = Path(cfg.output)
     check_output_dir(output.parent, "output")
     checkpoint = output.with_suffix(".ckpt") / "latest.pth"
-    corpus = FoundationCorpus(cfg.corpus_size, cfg.corpus_seed)
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     route = ROUTES[cfg.route](cfg, IMAGE_SIZE[1] // PATCH_SIZE).to(device)
-    optimizer = torch.optim.AdamW(route.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    corpus = (WorldPool if route.world else FoundationCorpus)(cfg.corpus_size, cfg.corpus_seed, cfg.shape_classes)
+    trained = [parameter for parameter in route.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, losses = 0, []
     resumed = resume_state(checkpoint, entries=CHECKPOINT_ENTRIES)
     if resumed:
@@ -217,6 +230,7 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
         loss = route.loss(images.to(device), masks.to(device), generator)
         lr = warmup_cosine(cfg.lr, cfg.warmup_iters, cfg.iterations, iteration)
         losses.append(descend(optimizer, loss, lr, f"foundation pre-training at iteration {iteration} (lower lr)"))
+        route.after_step(iteration, cfg.iterations)
         iteration += 1
         bar.update()
         if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
@@ -242,13 +256,13 @@ def train_foundation(cfg: FoundationConfig, tracker: Tracker | None = None, prog
         "route": cfg.route,
         "encoder": cfg.encoder,
         "settings": cfg.model_dump(mode="json"),
-        "classes": list(FOUNDATION_CLASSES) if cfg.route == "supervised" else None,
+        "classes": class_names(cfg.shape_classes) if route.labels else None,
         "final_loss": float(np.mean(losses[-cfg.log_every :])),
         "seconds_this_session": round(time.time() - started, 1),
         "device": str(device),
         "losses": losses,
     }
-    held = FoundationCorpus(corpus.size + HELD_OUT, corpus.seed)  # one source load for the score and the figure
+    held = type(corpus)(corpus.size + HELD_OUT, corpus.seed, corpus.classes)  # one source load for score and figure
     if isinstance(route, SupervisedRoute):
         summary["held_out_miou"] = round(held_out_miou(route, corpus, held, device), 2)
         if tracker:

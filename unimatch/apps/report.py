@@ -418,8 +418,10 @@ def write_report(
 
 
 def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) -> Path | None:
-    """One PNG comparing the training runs of a table: the teacher's pseudo-label precision and the
-    confident-and-right share of the foreground, per epoch (None when no run measured them)."""
+    """One PNG comparing the training runs of a table, per epoch: the precision of all confident pseudo
+    labels, of those predicted as an object class, and the confident-and-right share of the object pixels
+    (None when no run measured them). The first is mostly the background's; the other two show whether
+    the unlabeled loss teaches objects."""
     from matplotlib.figure import Figure
     from mlflow import MlflowClient
 
@@ -430,13 +432,9 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
     measured = runs[runs[presence].notna()]
     if measured.empty:
         return None
-    fig = Figure(figsize=(12, 4.5), layout="constrained")
-    panels = zip(
-        fig.subplots(1, 2),
-        ("pseudo/precision", "pseudo/foreground_recall"),
-        ("precision of confident pseudo labels (%)", "foreground pixels confident and right (%)"),
-    )
-    for ax, key, title in panels:
+    fig = Figure(figsize=(17, 4.5), layout="constrained")
+    panels = zip(fig.subplots(1, 3), PSEUDO_LABEL_PANELS)
+    for ax, (key, title) in panels:
         for _, run in measured.sort_values("run_id").iterrows():
             history = sorted((m.step, m.value) for m in client.get_metric_history(run["run_id"], key))
             if history:
@@ -446,6 +444,13 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
         ax.grid(alpha=0.3)
         ax.legend(fontsize="x-small")
     return save_figure(fig, path)
+
+
+PSEUDO_LABEL_PANELS = (
+    ("pseudo/precision", "precision of confident pseudo labels (%)"),
+    ("pseudo/object_precision", "precision of confident object-class labels (%)"),
+    ("pseudo/foreground_recall", "object pixels confident and right (%)"),
+)
 
 
 def _no_runs(uri: str, experiments: list[str] | None, filter_tags: Mapping[str, Any] | None) -> str:

@@ -372,3 +372,16 @@ def generate_embedded(
     _check_replaceable(root, force)
     write_into_place(root, lambda folder: _write_dataset(folder, meta))
     return root
+
+
+def render_world(
+    seed: int, subset: str, count: int, size: Size = (160, 120), scene: Scene | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` images of ``subset`` of the world with data seed ``seed`` rendered in memory, exactly as
+    :func:`generate_embedded` would write them before JPEG encoding: images uint8 (N, H, W, 3) and masks
+    uint8 (N, H, W)."""
+    sources = load_sources()
+    pairs = [
+        render(np.random.default_rng([seed, SUBSETS[subset], index]), sources, size, scene) for index in range(count)
+    ]
+    return np.stack([image for image, _ in pairs]), np.stack([mask for _, mask in pairs])

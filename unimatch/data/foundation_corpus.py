@@ -7,6 +7,11 @@ a broader range of sizes and counts, in any colour. None of the benchmark's six 
 so no benchmark image or label can occur, and every image's random stream is seeded in a namespace of
 its own (``[seed, FOUNDATION_STREAM, index]``; the benchmark uses stream ids 0 and 1).
 
+Breadth is a setting: ``classes=0`` draws the thirteen hand-made shapes below, ``classes=N`` that many
+procedural shape classes (:mod:`unimatch.data.shape_families`, each unlike every benchmark class).
+:class:`WorldPool` is the other source: unlabeled images of the benchmark's own world (its six classes
+may appear, as Pascal's objects appear in DINOv2's LVD-142M) from a seed stream no benchmark image uses.
+
 Images are rendered on the fly from their index (about 12 ms each on one core), so the corpus needs no
 disk and any ``(seed, index)`` gives the same pixels on a given software stack.
 """
@@ -21,10 +26,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .embedded import SUBSETS, Polygon, Scene, load_sources, render, star_outline
+from .embedded import BENCHMARK, SUBSETS, Polygon, Scene, load_sources, render, star_outline
+from .shape_families import procedural_shapes
 from .transforms import normalize
 
 FOUNDATION_STREAM = 7  # second entry of every corpus image's seed; the benchmark's are SUBSETS' values
+WORLD_STREAM = 8  # second entry of every world-pool image's seed
 CORPUS_SIZE = 50_000
 CORPUS_SEED = 0
 IMAGE_SIZE = (112, 112)  # rendered at the pre-training crop size
@@ -98,26 +105,45 @@ FOUNDATION_CLASSES = (
 # Broader than the benchmark (36-72 px, 1-4 objects, class hues): more scales, more clutter, any colour.
 FOUNDATION_SCENE = Scene(FOUNDATION_SHAPES, diameter=(24.0, 84.0), objects=(1, 6), distractors=(0, 2), hue_prior=False)
 
-if FOUNDATION_STREAM in SUBSETS.values():  # pragma: no cover - a guard on the constants above
-    raise AssertionError("the foundation corpus must not share a seed stream with the benchmark")
+if {FOUNDATION_STREAM, WORLD_STREAM} & set(SUBSETS.values()):  # pragma: no cover - a guard on the constants above
+    raise AssertionError("the foundation corpus and world pool must not share a seed stream with the benchmark")
 
 
-def corpus_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([seed, FOUNDATION_STREAM, index])
+def corpus_scene(classes: int) -> Scene:
+    """The hand-made thirteen shapes (``classes`` 0) or ``classes`` procedural ones, in the corpus's broad scene."""
+    if classes == 0:
+        return FOUNDATION_SCENE
+    shapes = {label: shape for label, shape in enumerate(procedural_shapes(classes), start=1)}
+    return Scene(shapes, diameter=FOUNDATION_SCENE.diameter, objects=FOUNDATION_SCENE.objects,
+                 distractors=FOUNDATION_SCENE.distractors, hue_prior=False)  # fmt: skip
+
+
+def class_names(classes: int) -> list[str]:
+    """Label names of :func:`corpus_scene` (background first)."""
+    return (
+        list(FOUNDATION_CLASSES) if classes == 0 else ["background", *(f"shape_{i:03d}" for i in range(1, classes + 1))]
+    )
 
 
 class FoundationCorpus(Dataset):
     """``(image float32 [3, H, W] normalised, mask int64 [H, W])`` of corpus image ``index``, rendered on
     demand (no further augmentation: the renderer already randomises placement, rotation and scale)."""
 
-    def __init__(self, size: int = CORPUS_SIZE, seed: int = CORPUS_SEED) -> None:
-        if size < 1 or seed < 0:
-            raise ValueError(f"foundation corpus: need size >= 1 and seed >= 0, got size {size}, seed {seed}")
-        self.size, self.seed = size, seed
+    stream = FOUNDATION_STREAM
+
+    def __init__(self, size: int = CORPUS_SIZE, seed: int = CORPUS_SEED, classes: int = 0) -> None:
+        if size < 1 or seed < 0 or classes < 0:
+            problem = f"size {size}, seed {seed}, classes {classes}"
+            raise ValueError(f"foundation corpus: need size >= 1, seed >= 0 and classes >= 0, got {problem}")
+        self.size, self.seed, self.classes = size, seed, classes
 
     @cached_property
     def _sources(self) -> list[np.ndarray]:  # loaded once per (worker) process
         return load_sources()
+
+    @cached_property
+    def scene(self) -> Scene:
+        return corpus_scene(self.classes)
 
     def __len__(self) -> int:
         return self.size
@@ -126,8 +152,22 @@ class FoundationCorpus(Dataset):
         """The raw (image uint8 (H, W, 3), mask uint8 (H, W)) of ``index``."""
         if not 0 <= index < self.size:
             raise IndexError(f"foundation corpus index {index} outside 0..{self.size - 1}")
-        return render(corpus_rng(self.seed, index), self._sources, IMAGE_SIZE, FOUNDATION_SCENE)
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        image, mask = render(rng, self._sources, IMAGE_SIZE, self.scene)
+        return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.render(index)
         return normalize(Image.fromarray(image)), torch.from_numpy(mask.astype(np.int64))
+
+
+class WorldPool(FoundationCorpus):
+    """Unlabeled images of the benchmark's world (its scene, class hues included) for self-distillation,
+    seeded ``[seed, WORLD_STREAM, index]``: never a benchmark image. The masks it returns are never read by
+    the self-distillation route; they stay available for diagnostics."""
+
+    stream = WORLD_STREAM
+
+    @cached_property
+    def scene(self) -> Scene:
+        return BENCHMARK

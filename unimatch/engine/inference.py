@@ -171,37 +171,51 @@ def evaluate(
 
 @dataclass
 class PseudoLabelQuality:
-    """How good a teacher's confident pseudo labels are, measured on unlabeled images that have ground
-    truth (percent). ``precision``: confident pixels whose label is right; ``foreground_coverage``:
-    ground-truth foreground pixels (any class but 0, the background of Pascal, COCO and the embedded data)
-    that are confident; ``foreground_recall``: those that
-    are confident and right; ``mask_ratio``: confident share of all pixels."""
+    """How good a teacher's pseudo labels are, measured on unlabeled images that have ground truth (percent).
+
+    ``precision``: confident (>= threshold) pixels whose label is right. On object-centric data most
+    confident pixels are background, so this is mostly the background's precision; ``object_precision``
+    is the same over the confident pixels *predicted as an object class* (any class but 0, the background
+    of Pascal, COCO and the embedded data), what decides whether the unlabeled loss teaches objects or
+    confirms mistakes. ``foreground_coverage``: ground-truth object pixels that are confident;
+    ``foreground_recall``: those that are confident and right; ``foreground_accuracy``: object pixels
+    whose arg-max label is right, confident or not; ``mask_ratio``: confident share of all pixels;
+    ``class_recall``: per object class, its pixels that are confident and right."""
 
     precision: float
+    object_precision: float
     foreground_coverage: float
     foreground_recall: float
+    foreground_accuracy: float
     mask_ratio: float
+    class_recall: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "pseudo/") -> dict[str, float]:
-        return {f"{prefix}{name}": value for name, value in self.__dict__.items()}
+        values = {f"{prefix}{name}": value for name, value in self.__dict__.items() if name != "class_recall"}
+        values.update({f"{prefix}class_recall/{name}": value for name, value in self.class_recall.items()})
+        return values
 
 
 class PseudoLabelCounts:
-    """Pixel counts behind :class:`PseudoLabelQuality`, accumulated over batches (and ranks)."""
+    """Pixel counts behind :class:`PseudoLabelQuality`, accumulated over batches (and ranks) in one tensor
+    (one all-reduce): nine totals, then per class its pixels and its confident-and-right pixels."""
 
-    def __init__(self, device: torch.device | str = "cpu", background: int = 0) -> None:
-        # valid, confident, confident & right, foreground, foreground & confident, foreground & confident & right
-        self.counts = torch.zeros(6, dtype=torch.int64, device=device)
-        self.background = background
+    TOTALS = 9
+
+    def __init__(self, nclass: int, device: torch.device | str = "cpu", background: int = 0) -> None:
+        self.counts = torch.zeros(self.TOTALS + 2 * nclass, dtype=torch.int64, device=device)
+        self.nclass, self.background = nclass, background
 
     def update(self, probabilities: torch.Tensor, target: torch.Tensor, threshold: float) -> None:
         """``probabilities`` (B, C, H, W) softmax of the teacher, ``target`` (B, H, W) with 255 = ignore."""
         confidence, label = probabilities.max(dim=1)
         valid = target != IGNORE_INDEX
         confident = valid & (confidence >= threshold)
-        right = confident & (label == target)
+        correct = valid & (label == target)
+        right = confident & correct
         foreground = valid & (target != self.background)
-        self.counts += torch.stack(
+        confident_object = confident & (label != self.background)
+        totals = torch.stack(
             [
                 valid.sum(),
                 confident.sum(),
@@ -209,17 +223,36 @@ class PseudoLabelCounts:
                 foreground.sum(),
                 (foreground & confident).sum(),
                 (foreground & right).sum(),
+                confident_object.sum(),
+                (confident_object & correct).sum(),
+                (foreground & correct).sum(),
             ]
         )
+        per_class = torch.bincount(target[valid], minlength=self.nclass)[: self.nclass]
+        per_class_right = torch.bincount(target[right], minlength=self.nclass)[: self.nclass]
+        self.counts += torch.cat((totals, per_class, per_class_right))
 
-    def result(self) -> PseudoLabelQuality:
-        valid, confident, right, foreground, fg_confident, fg_right = (int(c) for c in self.counts.cpu())
+    def result(self, class_names: list[str] | None = None) -> PseudoLabelQuality:
+        counts = [int(c) for c in self.counts.cpu()]
+        valid, confident, right, foreground, fg_confident, fg_right, objects, objects_right, fg_correct = counts[
+            : self.TOTALS
+        ]
+        pixels, pixels_right = counts[self.TOTALS : self.TOTALS + self.nclass], counts[self.TOTALS + self.nclass :]
+        names = class_names or [f"class_{index}" for index in range(self.nclass)]
         share = lambda part, whole: 100.0 * part / whole if whole else float("nan")  # noqa: E731
+        classes = {
+            names[c]: share(pixels_right[c], pixels[c])
+            for c in range(self.nclass)
+            if c != self.background and pixels[c]
+        }
         return PseudoLabelQuality(
             share(right, confident),
+            share(objects_right, objects),
             share(fg_confident, foreground),
             share(fg_right, foreground),
+            share(fg_correct, foreground),
             share(confident, valid),
+            classes,
         )
 
 
@@ -228,16 +261,18 @@ def pseudo_label_quality(
     teacher: nn.Module,
     batches: Iterable,
     threshold: float,
+    nclass: int,
     device: torch.device | str = "cpu",
     autocast_dtype: torch.dtype | None = None,
     distributed: bool = False,
+    class_names: list[str] | None = None,
 ) -> PseudoLabelQuality:
     """Score the teacher's confident (>= ``threshold``) pseudo labels against ground truth on ``batches`` of
     (image, mask, name): whole images at their original size, as "original" evaluation predicts them."""
     device = torch.device(device)
     was_training = teacher.training
     teacher.eval()
-    counts = PseudoLabelCounts(device)
+    counts = PseudoLabelCounts(nclass, device)
     for image, mask, _ in batches:
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -246,4 +281,4 @@ def pseudo_label_quality(
     teacher.train(was_training)
     if distributed:
         torch.distributed.all_reduce(counts.counts)
-    return counts.result()
+    return counts.result(class_names)

@@ -341,7 +341,16 @@ class Trainer:
         )
         # A method without pseudo labels (labeled-only) is scored at the default confidence threshold.
         threshold = getattr(self.cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
-        return pseudo_label_quality(self.teacher, loader, threshold, self.device, self.amp_dtype, self.dist.enabled)
+        return pseudo_label_quality(
+            self.teacher,
+            loader,
+            threshold,
+            self.cfg.dataset.nclass,
+            self.device,
+            self.amp_dtype,
+            self.dist.enabled,
+            self.class_names,
+        )
 
     def _end_epoch(self, epoch: int, window_metrics: dict[str, float], started: float) -> str:
         results = self.evaluate_models()
@@ -378,7 +387,10 @@ class Trainer:
         }
         pseudo = ""
         if quality:
-            pseudo = f" | pseudo precision {quality.precision:.1f} fg {quality.foreground_recall:.1f}"
+            pseudo = (
+                f" | pseudo precision {quality.precision:.1f} objects {quality.object_precision:.1f}"
+                f" fg {quality.foreground_recall:.1f}"
+            )
         best = f"{self.best[f'{headline}_ema']:.1f}{' *' if improved else ''}"
         return (
             f"epoch {epoch}/{self.cfg.train.epochs} | loss {losses['loss']:.3f} "

@@ -14,9 +14,11 @@ from ..engine import resolve_device
 from ..engine.data import extra_unlabeled_samples, prepare_splits
 from ..engine.evaluate import load_model_source, prepare_evaluation, run_evaluation
 from ..engine.inference import EvalResult
+from ..engine.probe import ProbeSettings
 from ..errors import ConfigError
 from ..tasks import task_for
 from ..tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
+from .units import ProbeReport, add_to_summary, probe_features
 
 
 def check_data(cfg: ExperimentConfig, decode: bool, progress: bool = True) -> DataCheck:
@@ -46,9 +48,10 @@ def pretrain_encoder(cfg: ExperimentConfig, progress: bool = True) -> Path:
 
 
 def foundation_encoder(
-    settings: FoundationConfig, uri: str | None, tracked: bool = True, progress: bool = True
-) -> Path:
-    """The foundation encoder of ``settings``, as an MLflow run of experiment ``foundation`` unless not ``tracked``."""
+    settings: FoundationConfig, uri: str | None, tracked: bool = True, progress: bool = True, probe: bool = True
+) -> tuple[Path, ProbeReport | None]:
+    """The foundation encoder of ``settings``, as an MLflow run of experiment ``foundation`` unless not
+    ``tracked``, and (``probe``) its feature-quality probe, whose table joins the summary JSON."""
     tracker = Tracker()
     if tracked:
         uri = resolve_tracking_uri(uri)
@@ -57,7 +60,26 @@ def foundation_encoder(
             uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}
         )
     with tracker:
-        return train_foundation(settings, tracker, progress=progress)
+        path = train_foundation(settings, tracker, progress=progress)
+        report = probe_features(settings.encoder, str(path), settings.probe, tracker) if probe else None
+    if report:
+        add_to_summary(report, path.with_suffix(".json"))
+    return path, report
+
+
+def probe_weights(
+    encoder: str, weights: str | None, settings: ProbeSettings, uri: str | None, tracked: bool = True
+) -> ProbeReport:
+    """The feature-quality probe of ``weights`` (None: random initialisation) as an MLflow run of experiment
+    ``foundation`` (tag ``kind=probe``) unless not ``tracked``."""
+    tracker = Tracker()
+    if tracked:
+        uri = resolve_tracking_uri(uri)
+        check_tracking_uri(uri)
+        name = f"probe-{Path(weights).stem if weights else 'random-init'}-{encoder}"
+        tracker = MlflowTracker(uri, "foundation", name, {"kind": "probe"})
+    with tracker:
+        return probe_features(encoder, weights, settings, tracker)
 
 
 def evaluate(cfg: ExperimentConfig, source: str, split: str | None, weights: str, progress: bool = True) -> EvalResult:

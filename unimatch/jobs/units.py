@@ -39,9 +39,11 @@ from ..data.layouts import SplitFormat
 from ..engine import resolve_device
 from ..engine.data import prepare_splits
 from ..engine.evaluate import checkpoint_model, evaluate_checkpoint
+from ..engine.probe import ProbeResult, ProbeSettings, probe_encoder, probe_table
 from ..errors import UnimatchError
 from ..models.weights import sha256_file
-from ..tracking import MlflowTracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
+from ..tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
+from ..utils.atomic import write_text_atomic
 from .training import run_training
 
 
@@ -108,8 +110,21 @@ class FoundationEncoder(BaseModel):
     path: str  # the weights file (configs/foundation/*.yaml: output), loaded through model.weights
     sha256: str
     route: str
+    encoder: str
     final_loss: float
     held_out_miou: float | None  # supervised route: corpus images never trained on
+
+
+class ProbeReport(BaseModel):
+    """The feature-quality probe of one encoder (unimatch.engine.probe): one row per mode."""
+
+    encoder: str
+    weights: str | None
+    settings: ProbeSettings
+    results: list[dict[str, float | str]]
+
+    def table(self) -> str:
+        return probe_table([ProbeResult(**row) for row in self.results])
 
 
 class TrainedModel(BaseModel):
@@ -225,9 +240,39 @@ def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) 
         path=Path(path).as_posix(),
         sha256=sha256_file(path),
         route=settings.route,
+        encoder=settings.encoder,
         final_loss=summary["final_loss"],
         held_out_miou=summary.get("held_out_miou"),
     )
+
+
+def probe_features(
+    encoder: str, weights: str | None, settings: ProbeSettings, tracker: Tracker | None = None
+) -> ProbeReport:
+    """Score an encoder's features with the probe; metrics ``probe/<mode>/<score>`` go to ``tracker``."""
+    results = probe_encoder(encoder, weights, settings, resolve_device("auto"))
+    if tracker:
+        tracker.log_metrics({f"probe/{r.mode}/{k}": v for r in results for k, v in r.as_dict().items() if k != "mode"})
+    return ProbeReport(encoder=encoder, weights=weights, settings=settings, results=[r.as_dict() for r in results])
+
+
+def probe_foundation_encoder(foundation: FoundationEncoder, settings: ProbeSettings) -> ProbeReport:
+    """Probe a freshly trained foundation encoder and add the table to its summary JSON (``probe``), as an
+    MLflow run of experiment ``foundation`` (tag ``kind=probe``)."""
+    uri = resolve_tracking_uri(None)
+    check_tracking_uri(uri)
+    name = f"probe-{Path(foundation.path).stem}"
+    with MlflowTracker(uri, "foundation", name, {"kind": "probe", "weights_sha256": foundation.sha256}) as tracker:
+        report = probe_features(foundation.encoder, foundation.path, settings, tracker)
+    add_to_summary(report, Path(foundation.path).with_suffix(".json"))
+    return report
+
+
+def add_to_summary(report: ProbeReport, summary_path: Path) -> None:
+    """Write the probe's settings and rows into a foundation summary JSON (key ``probe``)."""
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    summary["probe"] = {"settings": report.settings.model_dump(mode="json"), "results": report.results}
+    write_text_atomic(summary_path, json.dumps(summary, indent=1) + "\n")
 
 
 def train_variant(

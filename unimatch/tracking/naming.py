@@ -7,8 +7,10 @@ Metrics (mIoU values are PERCENTAGES, 0-100):
   of the steps since the last point, data loading excluded)
 * per evaluation (step = global iteration, with ``epoch`` alongside): ``val/miou_ema``,
   ``val/miou_student``, ``val/iou_ema/<class name>``; where unlabeled images have ground truth, the
-  teacher's pseudo-label quality on them (percent): ``pseudo/precision``, ``pseudo/foreground_coverage``,
-  ``pseudo/foreground_recall``, ``pseudo/mask_ratio`` (:func:`unimatch.engine.inference.pseudo_label_quality`)
+  teacher's pseudo-label quality on them (percent): ``pseudo/precision``, ``pseudo/object_precision``,
+  ``pseudo/foreground_coverage``, ``pseudo/foreground_recall``, ``pseudo/foreground_accuracy``,
+  ``pseudo/mask_ratio``, ``pseudo/class_recall/<class name>``
+  (:func:`unimatch.engine.inference.pseudo_label_quality`)
 * once at the end of training: ``best_miou_ema``, ``best_miou_student``, ``final_miou_ema``,
   ``params_encoder_m``, ``params_decoder_m`` (millions), ``mean_step_seconds`` (Table 9's columns)
 * standalone evaluation runs: ``eval/miou``, ``eval/iou/<class name>``
@@ -54,7 +56,7 @@ TRAIN_METRICS = (
 VAL_METRICS = ("val/miou_ema", "val/miou_student")
 
 
-PSEUDO_METRICS = ("pseudo/precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
+PSEUDO_METRICS = ("pseudo/precision", "pseudo/object_precision", "pseudo/foreground_recall", "pseudo/mask_ratio")
 
 
 SUMMARY_METRICS = ("best_miou_ema", "best_miou_student", "final_miou_ema")
