@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import mlflow
-import mlflow.pytorch
 from mlflow.exceptions import MlflowException
 from torch.utils.data import DataLoader, Dataset
 
@@ -70,6 +68,8 @@ def _resolve_model_uri(client: Any, uri: str) -> tuple[str, str | None]:
 def mlflow_model(cfg: ExperimentConfig, uri: str) -> tuple[Segmentor, str | None]:
     """A model logged by a training (``runs:/<id>/model``) or registered (``models:/NAME@best``), from
     the config's tracking store (its registry too), and the run that trained it."""
+    # On use: importing mlflow.pytorch sets up the root logger (ERROR), which hides a process's INFO log.
+    import mlflow.pytorch
 
     store = resolve_tracking_uri(cfg.tracking.uri)
     try:

@@ -18,7 +18,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 import yaml
@@ -341,6 +340,8 @@ class MlflowTracker(Tracker):
         with a signature inferred from ``example`` and ``metadata`` (class names, encoder...); its
         ``models:/`` URI. Pickled, not exported: the segmentor takes any image size, which an exported
         graph would fix. Skipped (None) when the run already holds one (a finished training run again)."""
+        # On use: importing mlflow.pytorch sets up the root logger (ERROR), which hides a process's INFO log.
+        import mlflow.pytorch
 
         run = self._client.get_run(self._run_id)
         if MODEL_TAG in run.data.tags:
