@@ -13,10 +13,19 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .data.layouts import layout_task
 from .errors import ConfigError
@@ -50,14 +59,20 @@ class DatasetConfig(DatasetSettings):
         return self
 
 
+def registered_encoder(name: str) -> str:
+    """``name`` when it is a registered encoder, else the registry's ValueError naming the registered ones."""
+    encoder_entry(name)
+    return name
+
+
+# A config field holding an encoder name (model.encoder, the foundation recipe's encoder).
+RegisteredEncoder = Annotated[str, AfterValidator(registered_encoder)]
+
+
 class ModelConfig(ModelSettings):
     """The ``model`` section, its encoder, decoder and decoder settings checked against the registries."""
 
-    @field_validator("encoder")
-    @classmethod
-    def _registered(cls, value: str) -> str:
-        encoder_entry(value)  # ValueError naming the registered encoders
-        return value
+    encoder: RegisteredEncoder = ModelSettings.model_fields["encoder"].default
 
     @field_validator("decoder")
     @classmethod
