@@ -115,7 +115,7 @@ def test_foundation_config_errors_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="iterations"):
         load_foundation_config(SHIPPED_CONFIG, ["iterations=0"])
     with pytest.raises(ConfigError, match="route"):
-        load_foundation_config(SHIPPED_CONFIG, ["route=dino"])
+        load_foundation_config(SHIPPED_CONFIG, ["route=simclr"])  # not a registered route
 
 
 def test_shipped_weights_match_their_published_digest_and_the_default_config_loads_them() -> None:
