@@ -102,10 +102,9 @@ def _table(results: dict[str, list[TrainResult]], seeds: list[int]) -> dict[str,
     titles = [*QUALITY.values(), *(f"{key.removeprefix(CLASS_RECALL)} confident & right" for key in classes)]
     print(f"| method | {' | '.join(titles)} |\n|---|{'---|' * len(titles)}")
     for method, quality in qualities.items():
-        cells = " | ".join(_cell(statistics.mean(q.get(key, float("nan")) for q in quality)) for key in columns)
-        print(f"| {LABELS[method]} | {cells} |")
-    means.update({f"{method}:{key}": statistics.mean(q.get(key, float("nan")) for q in quality)
-                  for method, quality in qualities.items() for key in QUALITY})
+        averaged = {key: statistics.mean(q.get(key, float("nan")) for q in quality) for key in columns}
+        print(f"| {LABELS[method]} | {' | '.join(_cell(averaged[key]) for key in columns)} |")
+        means.update({f"{method}:{key}": averaged[key] for key in QUALITY})
     return means
 
 

@@ -30,10 +30,12 @@ from ..metrics import ConfusionMatrix, mean_iou
 from ..models import build_segmentor, load_encoder_weights
 from ..models.segmentor import Segmentor
 from .inference import PseudoLabelCounts
+from .optim import set_poly_lr
 
 DEV_WORLD_SEED = 17  # the development world: not the benchmark's data seed (0) nor a split seed (0, 1, 2)
 DEV_VAL_IMAGES = 100
 THRESHOLD = 0.95  # the paper's pseudo-label threshold
+POLY_POWER = 0.9  # the training schedule's decay
 MODES = ("frozen", "finetuned")
 
 
@@ -105,12 +107,12 @@ def train_probe(
     if not frozen:
         groups.append({"params": model.encoder_parameters(), "lr": settings.encoder_lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=0.01)
-    bases = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["base_lr"] = group["lr"]
     batches = _crops(images, masks, settings, torch.Generator().manual_seed(settings.seed))
     model.train()
     for iteration in range(settings.iterations):
-        for group, base in zip(optimizer.param_groups, bases):
-            group["lr"] = base * (1 - iteration / settings.iterations) ** 0.9
+        set_poly_lr(optimizer, iteration, settings.iterations, POLY_POWER)
         image, mask = next(batches)
         loss = F.cross_entropy(model(image.to(device)), mask.to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -120,7 +122,8 @@ def train_probe(
 
 @torch.no_grad()
 def _score(model: Segmentor, images: np.ndarray, masks: np.ndarray, device: torch.device) -> dict[str, float]:
-    """Whole images, zero-padded (after normalisation) to the size divisor, as "original" evaluation does."""
+    """Whole images, zero-padded (after normalisation) to the size divisor. (Training's "original"
+    evaluation resizes to the nearest multiple instead; the probe's recorded scores use padding.)"""
     nclass = model.nclass
     confusion, counts = ConfusionMatrix(nclass, device), PseudoLabelCounts(nclass, device)
     model.eval()

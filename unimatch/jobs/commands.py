@@ -17,8 +17,8 @@ from ..engine.inference import EvalResult
 from ..engine.probe import ProbeSettings
 from ..errors import ConfigError
 from ..tasks import task_for
-from ..tracking import MlflowTracker, Tracker, check_tracking_uri, resolve_tracking_uri, tracker_from_config
-from .units import ProbeReport, add_to_summary, probe_features
+from ..tracking import tracker_from_config
+from .units import ProbeReport, add_to_summary, foundation_tracker, probe_features
 
 
 def check_data(cfg: ExperimentConfig, decode: bool, progress: bool = True) -> DataCheck:
@@ -52,14 +52,8 @@ def foundation_encoder(
 ) -> tuple[Path, ProbeReport | None]:
     """The foundation encoder of ``settings``, as an MLflow run of experiment ``foundation`` unless not
     ``tracked``, and (``probe``) its feature-quality probe, whose table joins the summary JSON."""
-    tracker = Tracker()
-    if tracked:
-        uri = resolve_tracking_uri(uri)
-        check_tracking_uri(uri)
-        tracker = MlflowTracker(
-            uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}
-        )
-    with tracker:
+    name = f"foundation-{settings.route}-{settings.encoder}"
+    with foundation_tracker(name, {"kind": "foundation"}, uri, tracked) as tracker:
         path = train_foundation(settings, tracker, progress=progress)
         report = probe_features(settings.encoder, str(path), settings.probe, tracker) if probe else None
     if report:
@@ -72,13 +66,8 @@ def probe_weights(
 ) -> ProbeReport:
     """The feature-quality probe of ``weights`` (None: random initialisation) as an MLflow run of experiment
     ``foundation`` (tag ``kind=probe``) unless not ``tracked``."""
-    tracker = Tracker()
-    if tracked:
-        uri = resolve_tracking_uri(uri)
-        check_tracking_uri(uri)
-        name = f"probe-{Path(weights).stem if weights else 'random-init'}-{encoder}"
-        tracker = MlflowTracker(uri, "foundation", name, {"kind": "probe"})
-    with tracker:
+    name = f"probe-{Path(weights).stem if weights else 'random-init'}-{encoder}"
+    with foundation_tracker(name, {"kind": "probe"}, uri, tracked) as tracker:
         return probe_features(encoder, weights, settings, tracker)
 
 

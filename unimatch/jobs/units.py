@@ -226,14 +226,21 @@ def pretrain(
     return PretrainedEncoder(path=path.as_posix(), sha256=sha256_file(path))
 
 
+def foundation_tracker(run_name: str, tags: Mapping[str, str], uri: str | None = None, tracked: bool = True) -> Tracker:
+    """A run of MLflow experiment ``foundation`` in the store of ``uri`` (default: the configured one),
+    checked before anything is trained; a no-op tracker unless ``tracked``."""
+    if not tracked:
+        return Tracker()
+    uri = resolve_tracking_uri(uri)
+    check_tracking_uri(uri)
+    return MlflowTracker(uri, "foundation", run_name, dict(tags))
+
+
 def train_foundation_encoder(settings: FoundationConfig, progress: bool = True) -> FoundationEncoder:
     """The embedded world's released encoder, pre-trained on the foundation corpus, as an MLflow run
     (experiment ``foundation``, tag ``kind=foundation``)."""
-    uri = resolve_tracking_uri(None)
-    check_tracking_uri(uri)
-    with MlflowTracker(
-        uri, "foundation", f"foundation-{settings.route}-{settings.encoder}", {"kind": "foundation"}
-    ) as tracker:
+    name = f"foundation-{settings.route}-{settings.encoder}"
+    with foundation_tracker(name, {"kind": "foundation"}) as tracker:
         path = train_foundation(settings, tracker, progress=progress)
     summary = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
     return FoundationEncoder(
@@ -259,10 +266,8 @@ def probe_features(
 def probe_foundation_encoder(foundation: FoundationEncoder, settings: ProbeSettings) -> ProbeReport:
     """Probe a freshly trained foundation encoder and add the table to its summary JSON (``probe``), as an
     MLflow run of experiment ``foundation`` (tag ``kind=probe``)."""
-    uri = resolve_tracking_uri(None)
-    check_tracking_uri(uri)
     name = f"probe-{Path(foundation.path).stem}"
-    with MlflowTracker(uri, "foundation", name, {"kind": "probe", "weights_sha256": foundation.sha256}) as tracker:
+    with foundation_tracker(name, {"kind": "probe", "weights_sha256": foundation.sha256}) as tracker:
         report = probe_features(foundation.encoder, foundation.path, settings, tracker)
     add_to_summary(report, Path(foundation.path).with_suffix(".json"))
     return report
