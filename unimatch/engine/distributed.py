@@ -8,6 +8,7 @@ from them are identical on all ranks; rank 0 alone writes checkpoints, figures a
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -120,6 +121,12 @@ def init_distributed(device_name: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), device)
 
 
+def rank_log_level(level: int) -> int:
+    """``level`` on global rank 0 (or without torchrun), WARNING on the other ranks: their INFO lines would
+    repeat rank 0's."""
+    return level if os.environ.get("RANK", "0") == "0" else max(level, logging.WARNING)
+
+
 def shutdown_distributed() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -151,11 +158,18 @@ def wrap_for_training(model: nn.Module, method: Method, ctx: Distributed) -> nn.
 
     Constructing DDP copies rank 0's weights to every rank. ``static_graph``: every step uses the same
     parameters, so the coarsest fusion block's unused ``resConfUnit1`` is found once instead of searching
-    the autograd graph at each step. Gradients live in DDP's communication buckets (no extra copy).
+    the autograd graph at each step. Gradients live in DDP's communication buckets (no extra copy): each
+    trained parameter gets a zero gradient of its own layout first, which DDP replaces by its bucket's view,
+    so that backward accumulates into the buckets in place from the first step on (a gradient made by
+    backward instead would be copied into its bucket, with a warning where its strides differ, as a
+    channels-last 1x1 kernel's do). The engine then zeroes gradients in place, never sets them to None.
     """
     step = TrainStep(model, method)
     if not ctx.enabled:
         return step
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)  # keeps the parameter's strides
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
     return DistributedDataParallel(step, device_ids=device_ids, gradient_as_bucket_view=True, static_graph=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -26,16 +27,19 @@ from ..tracking import Tracker
 from ..utils.atomic import check_output_dir
 from ..utils.progress import progress_bar
 from .checkpoint import CheckpointKeeper, TrainingError, capture_rng, recorded_run_id, restore_rng, seed_everything
+from .classification import classification_training_data
 from .data import training_data
 from .distributed import init_distributed, sync_batch_norm, weights_checksum, wrap_for_training
 from .ema import ema_decay, update_ema
 from .inference import EvalResult, PseudoLabelQuality, evaluate, pseudo_label_quality
 from .losses import build_labeled_loss
-from .optim import build_optimizer, set_poly_lr
+from .optim import build_optimizer, set_lr
 from .setup import autocast_dtype, build_model, compile_blocks, describe, make_loader, optimize_for_device
 from .stream import StreamPositions
 
 log = logging.getLogger(__name__)
+# Tasks whose training data are not the segmentation split files (their own assembly, by task name).
+TASK_DATA = {"classification": classification_training_data}
 
 
 @dataclass
@@ -55,6 +59,37 @@ class TrainResult:
 
     def summary(self) -> str:
         return f"best EMA mIoU {self.metrics['best_miou_ema']:.2f} | checkpoint {self.best_checkpoint}"
+
+
+def micro_batches(
+    labeled: LabeledBatch, unlabeled: UnlabeledBatch | None, count: int
+) -> list[tuple[LabeledBatch, UnlabeledBatch | None]]:
+    """An optimizer step's batch as ``count`` micro-batches of consecutive samples (train.accumulate).
+
+    A micro-batch is what a method's step sees, as one rank's batch is under DDP: CutMix partners are
+    paired inside it (sample i with its micro-batch's B-1-i), the unlabeled loss is normalised by its own
+    non-padding pixels and the labeled cross-entropy averages its own labeled pixels, then the
+    micro-batches' losses are averaged with equal weights; the dropout masks are drawn per micro-batch.
+    So the update equals one large batch's wherever these coincide (README "Fit your hardware")."""
+    if count == 1:
+        return [(labeled, unlabeled)]
+    parts = [LabeledBatch(*fields) for fields in zip(labeled.image.chunk(count), labeled.mask.chunk(count))]
+    if unlabeled is None:
+        return [(part, None) for part in parts]
+    views = zip(*(getattr(unlabeled, field.name).chunk(count) for field in dataclasses.fields(unlabeled)))
+    return [(part, UnlabeledBatch(*fields)) for part, fields in zip(parts, views)]
+
+
+def mean_losses(parts: list[StepLosses]) -> StepLosses:
+    """The micro-batches' losses averaged, detached (for the log and the finiteness check)."""
+    if len(parts) == 1:
+        return parts[0]
+    return StepLosses(
+        *(
+            torch.stack([getattr(part, field.name).detach() for part in parts]).mean()
+            for field in dataclasses.fields(StepLosses)
+        )
+    )
 
 
 def _read_later(flag: torch.Tensor) -> Callable[[], bool]:
@@ -102,7 +137,7 @@ class Trainer:
                 f"method.name: {cfg.method.name} is not defined for {self.task.name} "
                 f"(dataset.name={cfg.dataset.name}); it supports {', '.join(self.method.tasks)}"
             )
-        data = training_data(cfg, self.task, self.method, self.dist, self.progress)
+        data = TASK_DATA.get(self.task.name, training_data)(cfg, self.task, self.method, self.dist, self.progress)
         self.class_names, self.val_set, self.pseudo_set, self.streams = (
             data.class_names,
             data.val_set,
@@ -112,8 +147,13 @@ class Trainer:
         self.sizes, self.iters_per_epoch, self.total_iters = data.sizes, data.iters_per_epoch, data.total_iters
         model_cfg = cfg.model if encoder_weights is None else cfg.model.model_copy(update={"weights": encoder_weights})
         model = build_model(
-            model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, input_images=self.task.input_images
+            model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, task=self.task
         )
+        if model_cfg.activation_checkpointing:
+            try:
+                model.checkpoint_activations()
+            except ValueError as error:  # an encoder without blocks (a CNN)
+                raise ConfigError(f"model.activation_checkpointing: {error} (encoder {model_cfg.encoder})") from None
         self.model = sync_batch_norm(optimize_for_device(model, self.device), self.dist)
         self.method.on_device(self.model, model_cfg, self.device)
         self.step_module = wrap_for_training(self.model, self.method, self.dist)  # DDP: rank 0's weights everywhere
@@ -257,19 +297,28 @@ class Trainer:
             )
 
     def train_step(self, labeled: LabeledBatch, unlabeled: UnlabeledBatch | None) -> tuple[StepLosses | None, float]:
-        """One optimisation step at ``self.iteration``: its losses (None if skipped as non-finite) and lr."""
-        lr = set_poly_lr(self.optimizer, self.iteration, self.total_iters, self.cfg.train.poly_power)
+        """One optimizer step at ``self.iteration`` over the step's batch, in ``train.accumulate`` micro-batches:
+        its losses averaged over them (None if skipped as non-finite) and lr."""
+        lr = set_lr(self.optimizer, self.iteration, self.total_iters, self.cfg.train)
         self.method.progress = Progress(self.iteration, self.total_iters, self.iters_per_epoch)
         self.model.train()
-        with torch.autocast(
-            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        ):
-            losses = StepLosses(*self.step_module(self.teacher, labeled, unlabeled))
-        finite = _read_later(self.dist.all_true(torch.isfinite(losses.loss)))
-        self.optimizer.zero_grad(set_to_none=True)
-        losses.loss.backward()  # even when non-finite: every rank must join DDP's gradient all-reduce
-        if not finite():  # the step's one host read, made while the backward pass is queued on the GPU
-            self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
+        micro = micro_batches(labeled, unlabeled, self.cfg.train.accumulate)
+        parts = []
+        for index, (part_labeled, part_unlabeled) in enumerate(micro):
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+            ):
+                part = StepLosses(*self.step_module(self.teacher, part_labeled, part_unlabeled))
+            parts.append(part)
+            if index == len(micro) - 1:  # read while the last backward pass is queued on the GPU
+                losses = mean_losses(parts)
+                finite = _read_later(self.dist.all_true(torch.isfinite(losses.loss)))
+            # The mean of the micro-batches' losses, as DDP averages the ranks'. Every micro-batch's backward
+            # all-reduces under DDP: no_sync() is broken with static_graph (pytorch/pytorch#187732).
+            (part.loss / len(micro)).backward()  # even when non-finite: every rank must join the all-reduce
+        if not finite():  # the step's one host read
+            self._zero_grad()
             self.bad_steps += 1
             if self.bad_steps > self.cfg.train.max_bad_steps:
                 raise TrainingError(
@@ -282,6 +331,12 @@ class Trainer:
         if self.ema is not None:
             update_ema(self.model, self.ema, ema_decay(self.iteration, self.cfg.method.ema_decay))
         return losses, lr
+
+    def _zero_grad(self) -> None:
+        """Under DDP the gradients are DDP's bucket views (``wrap_for_training``), zeroed in place: a new
+        gradient tensor would be copied into its bucket at every step, and warned about where its strides
+        differ from the bucket's."""
+        self.optimizer.zero_grad(set_to_none=not self.dist.enabled)
 
     def _record(self, name: str, step: int, value: float) -> None:
         self.history.setdefault(name, []).append((step, value))
@@ -468,7 +523,8 @@ class Trainer:
         }
         self.tracker.log_metrics(metrics, step=self.iteration)
         if self.dist.enabled:
-            log.info("rank %d/%d: weights checksum %s", self.dist.rank, self.dist.world, self._check_replicas())
+            checksum = self._check_replicas()  # the same on every rank, else a TrainingError
+            log.info("weights checksum %s on all %d ranks", checksum, self.dist.world)
         return TrainResult(
             self.output_dir,
             self.checkpoints.best,

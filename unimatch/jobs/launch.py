@@ -1,12 +1,16 @@
-"""Starting a multi-GPU run on this node: ``torchrun --standalone --nproc_per_node N -m unimatch.engine.worker``.
+"""Starting this node's ranks of a run: ``torchrun --nproc_per_node N -m unimatch.engine.worker``.
 
-Used by the training job when ``train.gpus > 1``. The processes get the resolved config as a file, so they
-train exactly the caller's config; rank 0 hands its result back as JSON. Runs across several nodes are
-started by the cluster's launcher (torchrun on each node running ``unimatch train``), not from here.
+Used by the training job when ``train.gpus > 1`` or ``train.nnodes > 1``. The processes get the resolved
+config as a file, so they train exactly the caller's config; global rank 0 hands its result back as JSON.
+One node: ``--standalone``. Several nodes: every node runs the same command, and torchrun's elastic
+rendezvous (c10d backend at ``train.rdzv_endpoint``) assigns the ranks; the node that got global rank 0
+is the one whose launch returns a result. After a node fails, ``train.max_restarts`` lets torchrun restart
+the ranks; beyond that, rerunning the command on every node resumes from the last checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,28 +27,32 @@ from ..errors import ConfigError
 
 
 def torchrun_command(
+    cfg: ExperimentConfig,
     config_file: Path,
-    processes: int,
     result_file: Path,
     run_id: str | None,
     encoder_weights: str | None,
     progress: bool,
+    tags: dict[str, str] | None = None,
 ) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={processes}",
-        "-m",
-        "unimatch.engine.worker",
-        "--config",
-        str(config_file),
-        "--result",
-        str(result_file),
-    ]
+    """The torchrun command of this node. ``tags``: several nodes, global rank 0 opens (or resumes) the run."""
+    train = cfg.train
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={train.gpus}"]
+    command += [f"--max-restarts={train.max_restarts}"]
+    if train.nnodes > 1:
+        command += [
+            f"--nnodes={train.nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={train.rdzv_endpoint}",
+            f"--rdzv-id={train.rdzv_id}",
+        ]
+    else:
+        command.append("--standalone")
+    command += ["-m", "unimatch.engine.worker", "--config", str(config_file), "--result", str(result_file)]
     if run_id:
         command += ["--run-id", run_id]
+    if tags is not None:
+        command += ["--tags", json.dumps(tags)]
     if encoder_weights:
         command += ["--encoder-weights", encoder_weights]
     if not progress:
@@ -62,26 +70,39 @@ def _check_gpus(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"train.gpus={gpus} but this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
+def _check_nodes(cfg: ExperimentConfig) -> None:
+    if cfg.train.nnodes > 1 and not cfg.train.rdzv_endpoint:
+        raise ConfigError(
+            f"train.rdzv_endpoint: train.nnodes={cfg.train.nnodes} needs the HOST:PORT where the nodes meet "
+            "(one node's address, reachable from every node; --rdzv-endpoint)"
+        )
+
+
 def launch_torchrun(
     cfg: ExperimentConfig,
     run_id: str | None = None,
     tracking_uri: str | None = None,
     progress: bool = True,
     encoder_weights: str | None = None,
-) -> TrainResult:
+    tags: dict[str, str] | None = None,
+) -> TrainResult | None:
     """Train ``cfg`` in ``cfg.train.gpus`` processes on this node (gloo processes when train.device is
-    cpu) and return rank 0's result. ``run_id``: rank 0 logs into this MLflow run (at ``tracking_uri``)
-    instead of creating one. The ranks' output goes to this process's stdout and stderr."""
+    cpu), with the other ``train.nnodes - 1`` nodes, and return global rank 0's result: None on a node
+    without rank 0. ``run_id``: rank 0 logs into this MLflow run (at ``tracking_uri``); ``tags``: rank 0
+    opens the run itself with these tags (several nodes: which node gets rank 0 is only known at the
+    rendezvous). The ranks' output goes to this process's stdout and stderr."""
     _check_gpus(cfg)
+    _check_nodes(cfg)
     with tempfile.TemporaryDirectory(prefix="unimatch-torchrun-") as scratch:
         config_file, result_file = Path(scratch) / "config.yaml", Path(scratch) / "result.json"
         config_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
         env = {**os.environ, **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
-        command = torchrun_command(config_file, cfg.train.gpus, result_file, run_id, encoder_weights, progress)
+        command = torchrun_command(cfg, config_file, result_file, run_id, encoder_weights, progress, tags)
         status = subprocess.run(command, env=env, check=False).returncode
         if status != 0:
+            nodes = f" on each of {cfg.train.nnodes} nodes" if cfg.train.nnodes > 1 else ""
             raise TrainingError(
-                f"torchrun with {cfg.train.gpus} processes failed (exit status {status}); "
-                "the ranks' errors are printed above"
+                f"torchrun with {cfg.train.gpus} processes{nodes} failed (exit status {status}); "
+                "the ranks' errors are printed above; run the same command again to resume from the last checkpoint"
             )
-        return read_result(result_file)
+        return read_result(result_file) if result_file.exists() else None

@@ -92,6 +92,10 @@ class Segmentor(nn.Module):
         self.encoder.requires_grad_(False)
         self.encoder.eval()
 
+    def checkpoint_activations(self) -> None:
+        """``model.activation_checkpointing``: the encoder blocks' activations recomputed in backward."""
+        self.encoder.checkpoint_activations()
+
     def train(self, mode: bool = True) -> "Segmentor":
         super().train(mode)
         if self.frozen_encoder:

@@ -9,12 +9,14 @@ dropouts, the methods, evaluation, transforms and configs read only these declar
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ...utils.registry import Registry
 
@@ -46,6 +48,34 @@ class Encoder(nn.Module):
 
     def compile_blocks(self) -> None:
         self.compile()
+
+    def checkpointed_blocks(self) -> Sequence[nn.Module]:
+        """The blocks whose activations ``model.activation_checkpointing`` recomputes: a ViT's ``blocks``."""
+        return getattr(self, "blocks", ())
+
+    def checkpoint_activations(self) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them
+        (non-reentrant ``torch.utils.checkpoint``, the RNG and autocast state restored on recomputation).
+        State-dict keys are unchanged; without gradients (frozen encoder, teacher, evaluation) blocks run plainly."""
+        blocks = self.checkpointed_blocks()
+        if not blocks:
+            raise ValueError(f"{type(self).__name__} has no blocks for activation checkpointing")
+        for block in blocks:
+            block.forward = CheckpointedForward(block)
+
+
+class CheckpointedForward:
+    """A block's forward through ``torch.utils.checkpoint`` while gradients are recorded. An object rather
+    than a closure: deep copies (the EMA teacher) then call their own block, not the original's."""
+
+    def __init__(self, block: nn.Module):
+        self.block = block
+
+    def __call__(self, *args, **kwargs):
+        forward = partial(type(self.block).forward, self.block)
+        if not torch.is_grad_enabled():
+            return forward(*args, **kwargs)
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ to): ResNet-152 with the deep stem, BEiT-B/L, SAM-B/L without its neck, and a CP
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import timm
 import torch
@@ -34,6 +34,9 @@ class WrappedEncoder(Encoder):
     def compile_blocks(self) -> None:
         for block in getattr(self.model, "blocks", [self.model]):
             block.compile()
+
+    def checkpointed_blocks(self) -> Sequence[nn.Module]:
+        return getattr(self.model, "blocks", ())
 
 
 class TimmEncoder(WrappedEncoder):

@@ -1,0 +1,215 @@
+"""`unimatch plan-memory`: what fits a GPU's memory at the configured run's effective batch.
+
+The configured run (encoder, crop, classes, method, precision) is measured for a few steps at micro-batches
+of 1 and 2 images, with and without activation checkpointing, on the device at hand, on random batches of
+the configured sizes and a random-weight model (nothing is read or downloaded: memory and time do not
+depend on the values). Peak memory is close to linear in the micro-batch: ``fixed + batch x per_image``
+(weights, gradients, optimizer state and EMA teacher are the fixed part). The recommendation is the
+micro-batch size, accumulation K and checkpointing that keep the per-process batch of the config
+(``train.batch_size x train.accumulate``), hence the effective batch, and whose estimated peak stays below
+the target less a 10 % margin (allocator fragmentation): no checkpointing where a micro-batch fits without
+it, and then the fewest accumulation steps.
+Methods that mix CutMix partners inside a batch need micro-batches of at least 2 images.
+"""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ExperimentConfig, load_config, validate
+from ..data import cutmix_box, generate_embedded
+from ..engine import Trainer
+from ..engine.memory import GIB, StepMeasurement, measure_steps
+from ..errors import ConfigError
+from ..methods import LabeledBatch, UnlabeledBatch, method_class
+
+MEASURED_BATCHES = (1, 2)  # micro-batch sizes of the linear fit
+MARGIN = 0.9  # the share of the target memory a recommendation may use
+EMBEDDED = Path(__file__).resolve().parents[2] / "configs" / "embedded.yaml"
+
+
+@dataclass(frozen=True)
+class Measured:
+    checkpointing: bool
+    batch: int
+    step: StepMeasurement
+    device: str
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Peak bytes and step seconds as ``fixed + batch x per_image``, for one checkpointing setting."""
+
+    checkpointing: bool
+    fixed_bytes: float
+    bytes_per_image: float
+    fixed_seconds: float
+    seconds_per_image: float
+
+    def peak_gib(self, batch: int) -> float:
+        return (self.fixed_bytes + batch * self.bytes_per_image) / GIB
+
+    def step_seconds(self, batch: int, accumulate: int) -> float:
+        return accumulate * (self.fixed_seconds + batch * self.seconds_per_image)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    batch_size: int
+    accumulate: int
+    checkpointing: bool
+    peak_gib: float  # estimated
+    step_seconds: float  # estimated, per optimizer step
+
+    def overrides(self) -> str:
+        return (
+            f"train.batch_size={self.batch_size} train.accumulate={self.accumulate} "
+            f"model.activation_checkpointing={str(self.checkpointing).lower()}"
+        )
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    device: str
+    per_process_batch: int  # train.batch_size x train.accumulate of the config
+    min_micro_batch: int
+    measured: list[Measured]
+    fits: list[Fit]
+
+    def recommend(self, target_gib: float) -> Recommendation | None:
+        """The largest micro-batch (fewest accumulation steps) whose estimated peak is below ``MARGIN x
+        target_gib``, without activation checkpointing where one fits (recomputing the encoder costs about
+        a third of a step; a smaller micro-batch costs little on a GPU), else with it; None when not even
+        the smallest micro-batch fits."""
+        batch = self.per_process_batch
+        candidates = [
+            Recommendation(
+                micro, batch // micro, fit.checkpointing, fit.peak_gib(micro), fit.step_seconds(micro, batch // micro)
+            )
+            for fit in self.fits
+            for micro in range(self.min_micro_batch, batch + 1)
+            if batch % micro == 0 and fit.peak_gib(micro) <= MARGIN * target_gib
+        ]
+        return min(candidates, key=lambda r: (r.checkpointing, r.accumulate), default=None)
+
+    def table(self) -> str:
+        source = "CUDA allocator" if self.device.startswith("cuda") else "live tensors"
+        lines = [
+            f"measured on {self.device} (peak: {source})",
+            "| checkpointing | micro-batch | peak GiB | s/step |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {'yes' if m.checkpointing else 'no'} | {m.batch} | {m.step.peak_gib:.3f} | {m.step.seconds:.3f} |"
+            for m in self.measured
+        ]
+        return "\n".join(lines)
+
+
+def _fit(checkpointing: bool, points: list[Measured]) -> Fit:
+    (small, large) = sorted(points, key=lambda m: m.batch)
+    span = large.batch - small.batch
+    per_image = max(0.0, (large.step.peak_bytes - small.step.peak_bytes) / span)
+    per_second = max(0.0, (large.step.seconds - small.step.seconds) / span)
+    return Fit(
+        checkpointing,
+        small.step.peak_bytes - small.batch * per_image,
+        per_image,
+        max(0.0, small.step.seconds - small.batch * per_second),
+        per_second,
+    )
+
+
+def _probe_config(cfg: ExperimentConfig, data: Path, batch: int, checkpointing: bool, out: Path) -> ExperimentConfig:
+    """``cfg``'s model, method and precision on a few generated images, at micro-batch ``batch``."""
+    settings = cfg.to_dict()
+    embedded = load_config(EMBEDDED).to_dict()
+    settings["dataset"] = {**embedded["dataset"], "root": str(data), "crop_size": cfg.dataset.crop_size}
+    settings["split"] = {**embedded["split"], "labeled": 2}
+    settings["model"] = {**settings["model"], "weights": None, "init_checkpoint": None, "hub_download": False}
+    settings["model"]["activation_checkpointing"] = checkpointing
+    settings["train"] = {
+        **settings["train"],
+        "batch_size": batch,
+        "accumulate": 1,
+        "gpus": 1,
+        "nnodes": 1,
+        "epochs": 1000,
+        "max_iters": None,
+        "num_workers": 0,
+        "resume": False,
+    }
+    settings["pretrain"] = {**settings["pretrain"], "method": "none"}
+    settings["tracking"] = {**settings["tracking"], "enabled": False}
+    settings["output_dir"] = str(out)
+    return validate(settings, "plan-memory probe")
+
+
+def _random_batches(trainer: Trainer, nclass: int, crop: int) -> tuple[LabeledBatch, UnlabeledBatch | None]:
+    generator = torch.Generator().manual_seed(0)
+    device, channels = trainer.device, 3 * trainer.task.input_images
+
+    def images(count: int) -> torch.Tensor:
+        return torch.randn(count, channels, crop, crop, generator=generator).to(device)
+
+    labeled_count = trainer.streams["labeled"][1]
+    labeled = LabeledBatch(images(labeled_count), torch.randint(0, nclass, (labeled_count, crop, crop)).to(device))
+    if "unlabeled" not in trainer.streams:
+        return labeled, None
+    count = trainer.streams["unlabeled"][1]
+    ignore = torch.zeros(count, crop, crop, dtype=torch.int64, device=device)
+    boxes = [torch.stack([cutmix_box(crop, p=1.0) for _ in range(count)]).to(device) for _ in range(2)]
+    return labeled, UnlabeledBatch(images(count), images(count), images(count), ignore, *boxes)
+
+
+def _measure(cfg: ExperimentConfig, scratch: Path, checkpointing: bool, batch: int) -> Measured:
+    data = generate_embedded(scratch / "data", n_train=2 * max(MEASURED_BATCHES) + 4, n_val=1, size=(64, 48))
+    probe = _probe_config(cfg, data, batch, checkpointing, scratch / f"run-{checkpointing}-{batch}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "randomly initialised": intended here
+        trainer = Trainer(probe, progress=False)
+    batches = _random_batches(trainer, cfg.dataset.nclass, cfg.dataset.crop_size)
+
+    def step() -> None:
+        trainer.train_step(*batches)
+        trainer.iteration += 1
+
+    resident = [*trainer.model.parameters(), *trainer.model.buffers()]
+    resident += [*trainer.ema.parameters(), *trainer.ema.buffers()] if trainer.ema is not None else []
+    step_measurement = measure_steps(step, trainer.device, resident + _optimizer_state(trainer))
+    measured = Measured(checkpointing, batch, step_measurement, str(trainer.device))
+    return measured
+
+
+def _release() -> None:
+    """Free the measured trainer's memory before the next one is built."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _optimizer_state(trainer: Trainer) -> list[torch.Tensor]:
+    """Tensors the optimizer keeps (created by the warm-up step) and the gradients."""
+    state = [value for entry in trainer.optimizer.state.values() for value in entry.values() if torch.is_tensor(value)]
+    return state + [p.grad for p in trainer.model.parameters() if p.grad is not None]
+
+
+def plan_memory(cfg: ExperimentConfig, checkpointing: tuple[bool, ...] = (False, True)) -> MemoryPlan:
+    """Measure ``cfg``'s training step at small micro-batches on this device and fit the memory model."""
+    if cfg.dataset.crop_size is None:
+        raise ConfigError("dataset.crop_size: plan-memory needs the training crop size")
+    min_micro = 2 if method_class(cfg.method.name).uses_unlabeled else 1  # CutMix partners within a micro-batch
+    measured = []
+    with tempfile.TemporaryDirectory(prefix="unimatch-plan-memory-") as scratch:
+        for setting in checkpointing:
+            for batch in MEASURED_BATCHES:
+                measured.append(_measure(cfg, Path(scratch), setting, batch))
+                _release()
+    fits = [_fit(setting, [m for m in measured if m.checkpointing == setting]) for setting in checkpointing]
+    return MemoryPlan(measured[0].device, cfg.train.batch_size * cfg.train.accumulate, min_micro, measured, fits)
