@@ -11,20 +11,17 @@ import os
 import re
 import time
 from collections.abc import Iterator, Mapping
-from importlib.metadata import version
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import mlflow
-import numpy as np
-import torch
 import yaml
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import Model
 from mlflow.tracking._tracking_service.utils import _use_tracking_uri
 from mlflow.tracking.context.registry import resolve_tags
 from mlflow.utils.validation import (
@@ -169,8 +166,9 @@ class Tracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         pass
 
-    def log_model(self, model: Any, example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
-        """Log ``model`` as an MLflow model; its URI (None when not tracking or already logged)."""
+    def log_model(self, model: Any, metadata: Mapping[str, Any], flavor: ModuleType, **options: Any) -> str | None:
+        """Log ``model`` as an MLflow model through the flavour module ``flavor``; its URI (None when not
+        tracking or already logged)."""
         return None
 
     def register_model(self, name: str, score: float, group: str) -> str | None:
@@ -334,35 +332,31 @@ class MlflowTracker(Tracker):
         batch = [RunTag(key, value) for key, value in self._clean_tags(tags).items()]
         self._send("tags", batch, MAX_PARAMS_TAGS_PER_BATCH)
 
-    def log_model(self, model: Any, example: np.ndarray, metadata: Mapping[str, Any]) -> str | None:
-        """``model`` (a torch module) logged with ``mlflow.pytorch.log_model`` as this run's model
-        ``model`` (an MLflow 3 logged model: ``runs:/<run>/model`` and ``models:/<model id>`` load it),
-        with a signature inferred from ``example`` and ``metadata`` (class names, encoder...); its
-        ``models:/`` URI. Pickled, not exported: the segmentor takes any image size, which an exported
-        graph would fix. Skipped (None) when the run already holds one (a finished training run again)."""
-        # On use: importing mlflow.pytorch sets up the root logger (ERROR), which hides a process's INFO log.
-        import mlflow.pytorch
-
+    def log_model(self, model: Any, metadata: Mapping[str, Any], flavor: ModuleType, **options: Any) -> str | None:
+        """``model`` (a torch module) logged by ``mlflow.models.Model.log`` through the flavour module
+        ``flavor`` (a ``save_model(path, mlflow_model, pytorch_model=..., **options)``) as this run's model
+        ``model`` (an MLflow 3 logged model: ``runs:/<run>/model`` and ``models:/<model id>`` load it), with
+        ``metadata`` (class names, encoder...); its ``models:/`` URI. Pickled: ``mlflow.pytorch.load_model``
+        gives the segmentor back as it trained. Skipped (None) when the run already holds one (a finished
+        training run again)."""
         run = self._client.get_run(self._run_id)
         if MODEL_TAG in run.data.tags:
             return None
-        with torch.no_grad():
-            output = model(torch.from_numpy(example)).float().numpy()
         # Created here so that it belongs to the run's experiment and store, not the fluent API's defaults.
         logged = self._client.create_logged_model(
             run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=self._run_id
         )
         with using_store(self._store), _quiet("mlflow.pytorch"):
-            info = mlflow.pytorch.log_model(
-                model,
+            info = Model.log(
+                None,  # artifact_path: deprecated, MLflow 3 names the logged model instead
                 name=MODEL_ARTIFACT,
+                flavor=flavor,
                 model_id=logged.model_id,
                 run_id=self._run_id,
-                signature=infer_signature(example, output),
-                input_example=example,
-                serialization_format="pickle",
-                pip_requirements=[f"torch=={version('torch')}"],
                 metadata=dict(metadata),
+                pytorch_model=model,
+                serialization_format="pickle",
+                **options,
             )
         self.set_tags({MODEL_TAG: info.model_uri})
         return info.model_uri
@@ -414,6 +408,15 @@ class MlflowTracker(Tracker):
             self._client.set_terminated(self._run_id, status)
         else:
             self.set_tags({"unimatch.status": status})
+
+
+def log_to_run(uri: str, run_id: str | None, path: str | Path, artifact_path: str) -> bool:
+    """Add the file ``path`` to the artifacts of the existing run ``run_id`` of the store at ``uri`` (a
+    finished training's run, e.g. its model's exports); False when the store does not hold that run."""
+    if run_id is None or not _run_exists(uri, run_id):
+        return False
+    MlflowClient(tracking_uri=uri).log_artifact(run_id, str(path), artifact_path)
+    return True
 
 
 def _run_exists(uri: str, run_id: str) -> bool:
