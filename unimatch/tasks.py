@@ -1,6 +1,9 @@
 """Tasks: what a dataset's samples are and how the engine reads, augments, checks and scores them.
 
 ``segmentation``: one image -> a class mask (Pascal, Cityscapes, ADE20K, COCO, folders, the embedded data).
+``classification``: one image -> one class (CIFAR-10, SVHN, STL-10, ImageNet-style folders, the embedded
+classification data; SPEC §9). Its label is a 1 x 1 mask and its classifier's logits (B, nclass, 1, 1), so
+methods, EMA and evaluation run unchanged; its data are read by ``unimatch.data.classification``.
 ``change_detection``: a bi-temporal pair (A, B) -> a binary change mask (LEVIR-CD, WHU-CD, the embedded
 change data; SPEC §10). A pair travels through the engine as one 6-channel input, so methods, CutMix,
 channel dropout and evaluation work unchanged; the siamese segmentor splits it.
@@ -15,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 from torch.utils.data import Dataset
 
 from .data import (
@@ -30,6 +34,9 @@ from .data import (
 )
 from .data.layouts import SplitFormat, layout_task
 from .metrics import iou_per_class
+from .models import build_segmentor
+from .models.classifier import build_classifier
+from .settings import ModelSettings
 
 
 class SegmentationTask:
@@ -46,6 +53,20 @@ class SegmentationTask:
 
     def class_names(self, dataset: str, root: str | Path, nclass: int) -> list[str]:
         return class_names(dataset, root, nclass)
+
+    def build_network(self, model: ModelSettings, nclass: int, input_size: int) -> nn.Module:
+        """The task's network of the ``model`` section with random weights."""
+        return build_segmentor(
+            model.encoder,
+            nclass,
+            use_bn=model.use_bn,
+            undropped_fraction=model.undropped_fraction,
+            drop_position=model.drop_position,
+            input_size=input_size,
+            decoder=model.decoder,
+            decoder_settings=model.decoder_settings,
+            input_images=self.input_images,
+        )
 
     def labeled_dataset(self, samples: Sequence[Sample], nclass: int, crop: int) -> Dataset:
         return LabeledDataset(samples, nclass, crop)
@@ -136,7 +157,26 @@ def change_scores(confusion: np.ndarray) -> dict[str, float]:
     }
 
 
-TASKS = {task.name: task for task in (SegmentationTask(), ChangeDetectionTask())}
+class ClassificationTask:
+    """Image-level labels (SPEC §9). The engine reads its data through ``unimatch.data.classification``
+    (``unimatch.engine.classification``); its headline is the top-1 accuracy of the evaluation."""
+
+    name = "classification"
+    input_images = 1
+    headline = "top1"
+
+    def build_network(self, model: ModelSettings, nclass: int, input_size: int) -> nn.Module:
+        """A wide ResNet (``model.network``) or the encoder with a pooled linear head, channel dropout on the
+        pooled feature."""
+        return build_classifier(model.encoder, nclass, model.network, input_size, model.undropped_fraction)
+
+    def scores(self, confusion: np.ndarray) -> dict[str, float]:
+        """Top-1 accuracy (percent): every pixel of an evaluation image is its one prediction."""
+        total = confusion.sum()
+        return {"top1": float(np.trace(confusion) / total * 100.0) if total else 0.0}
+
+
+TASKS = {task.name: task for task in (SegmentationTask(), ChangeDetectionTask(), ClassificationTask())}
 
 
 def task_for(dataset: str) -> SegmentationTask:

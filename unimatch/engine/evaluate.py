@@ -42,10 +42,8 @@ class PreparedEvaluation:
 def checkpoint_model(cfg: ExperimentConfig, checkpoint: str | Path, weights: str = "ema") -> Segmentor:
     """``cfg.model`` holding the ``weights`` entry ('ema' or 'model') of ``checkpoint``."""
     model_cfg = cfg.model.model_copy(update={"weights": None, "init_checkpoint": None})
-    input_images = task_for(cfg.dataset.name).input_images
-    model = build_model(
-        model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True, input_images=input_images
-    )
+    task = task_for(cfg.dataset.name)
+    model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True, task=task)
     load_segmentor_weights(model, checkpoint, key=weights)
     return model
 

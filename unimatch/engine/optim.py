@@ -1,6 +1,9 @@
-"""AdamW (or SGD with momentum) with an encoder group and a decoder group (lr x multiplier), and the poly schedule."""
+"""AdamW (or SGD with momentum) with an encoder group and a decoder group (lr x multiplier), and the poly (or
+FixMatch's cosine) schedule."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,4 +32,18 @@ def set_poly_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, po
     """Apply lr * (1 - iter/total)^power to every group; returns the encoder-group (first) lr."""
     for group in optimizer.param_groups:
         group["lr"] = poly_lr(group["base_lr"], iteration, total, power)
+    return optimizer.param_groups[0]["lr"]
+
+
+def cosine_lr(base_lr: float, iteration: int, total: int) -> float:
+    """FixMatch's cosine decay: base_lr x cos(7 pi k / (16 K)) (not to zero: 0.2 x base_lr at the end)."""
+    return base_lr * math.cos(7.0 * math.pi * iteration / (16.0 * total))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, cfg: TrainConfig) -> float:
+    """The ``train.lr_schedule`` learning rate of every group at ``iteration``; returns the first group's."""
+    if cfg.lr_schedule == "poly":
+        return set_poly_lr(optimizer, iteration, total, cfg.poly_power)
+    for group in optimizer.param_groups:
+        group["lr"] = cosine_lr(group["base_lr"], iteration, total)
     return optimizer.param_groups[0]["lr"]

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..methods import method_class
 from ..models import Segmentor, build_segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
 from ..settings import MethodSettings
+from ..tasks import ClassificationTask, SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -51,24 +52,29 @@ def build_model(
     method: MethodSettings | None = None,
     quiet: bool = False,
     input_images: int = 1,
+    task: ClassificationTask | SegmentationTask | None = None,
 ) -> Segmentor:
     """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
     released encoder weights, or (loudly) random. ``method``: the config's method section, whose method
     may change the architecture (``Method.build_model``) before any weights load, so that training,
     evaluation and prediction build the same model from a config. ``quiet`` skips the
     random-initialisation warning when the caller loads a checkpoint next. ``input_images``: 2 for the
-    siamese change detector (the task's declaration)."""
-    model = build_segmentor(
-        model_cfg.encoder,
-        nclass,
-        use_bn=model_cfg.use_bn,
-        undropped_fraction=model_cfg.undropped_fraction,
-        drop_position=model_cfg.drop_position,
-        input_size=input_size,
-        decoder=model_cfg.decoder,
-        decoder_settings=model_cfg.decoder_settings,
-        input_images=input_images,
-    )
+    siamese change detector (the task's declaration). ``task``: the task whose network it is (its
+    ``build_network``; None: a segmentor)."""
+    if task is not None:
+        model = task.build_network(model_cfg, nclass, input_size)
+    else:
+        model = build_segmentor(
+            model_cfg.encoder,
+            nclass,
+            use_bn=model_cfg.use_bn,
+            undropped_fraction=model_cfg.undropped_fraction,
+            drop_position=model_cfg.drop_position,
+            input_size=input_size,
+            decoder=model_cfg.decoder,
+            decoder_settings=model_cfg.decoder_settings,
+            input_images=input_images,
+        )
     if method is not None:
         model = method_class(method.name).build_model(model, method, input_size)
     entry = encoder_entry(model_cfg.encoder)
@@ -79,7 +85,7 @@ def build_model(
     elif model_cfg.hub_download and entry.hub:
         hub_model = torch.hub.load(*entry.hub)
         model.encoder.load_state_dict(model.encoder.convert_checkpoint(hub_model.state_dict()))
-    elif not quiet:
+    elif not quiet and not model_cfg.network:  # a wide ResNet trains from scratch (SPEC §9)
         hint = entry.weights_hint
         warnings.warn(
             f"model.weights is not set: the '{model_cfg.encoder}' encoder is RANDOMLY INITIALISED. "

@@ -19,7 +19,7 @@ from .base import (
 
 @register_method("fixmatch", "FixMatch")
 class FixMatch(Method):
-    tasks = ("segmentation", "change_detection")
+    tasks = ("segmentation", "change_detection", "classification")
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:
         pseudo = pseudo_label(teacher, unlabeled.weak, unlabeled.ignore)

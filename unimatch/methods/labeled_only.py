@@ -21,7 +21,7 @@ class LabeledOnlySettings(MethodSettings):
 
 @register_method("labeled_only", "labeled-only")
 class LabeledOnly(Method):
-    tasks = ("segmentation", "change_detection")
+    tasks = ("segmentation", "change_detection", "classification")
     uses_unlabeled = False
     Settings = LabeledOnlySettings
 

@@ -34,7 +34,7 @@ class UniMatchV2Settings(PseudoLabelSettings):
 
 @register_method("unimatch_v2", "UniMatch V2")
 class UniMatchV2(Method):
-    tasks = ("segmentation", "change_detection")
+    tasks = ("segmentation", "change_detection", "classification")
     Settings = UniMatchV2Settings
 
     def step(self, student, teacher, labeled: LabeledBatch, unlabeled: UnlabeledBatch) -> StepLosses:

@@ -1,0 +1,238 @@
+"""The semi-supervised classification benchmark (SPEC §9, Tables 15-17) as jobs: per-class splits per seed,
+one tracked training per method and seed on the shared engine, an evaluation of each best EMA model (top-1,
+top-5, and the final pseudo-label quality: confident share, precision), and the report in the tables' layout
+(seed columns, mean last) as markdown, CSV and a figure.
+
+The ZenML pipeline (``pipelines/classification.py``) and the DVC stage (``unimatch classification``) compose
+these; neither holds logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from ..config import ExperimentConfig, follow_method_name, load_config, validate
+from ..data.classification import ClassificationEval, read_split, read_subset
+from ..engine.classification import classification_splits
+from ..engine.evaluate import checkpoint_model
+from ..engine.inference import PseudoLabelCounts
+from ..engine.setup import resolve_device
+from ..errors import ConfigError
+from ..methods import METHODS
+from ..tasks import task_for
+from ..utils.atomic import write_text_atomic
+from .training import run_training
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = "configs/classification/embedded.yaml"
+DEFAULT_METHODS = ("labeled_only", "fixmatch", "fixmatch_da", "unimatch_v2")
+DEFAULT_SEEDS = (0, 1)
+# --quick: one seed, a few iterations per method (the pipeline end to end in about a minute on 2 cores)
+QUICK_OVERRIDES = ("train.max_iters=8", "train.epochs=1", "eval.pseudo_label_images=100")
+QUICK_SEEDS = (0,)
+
+
+def classification_methods() -> list[str]:
+    """The methods defined for classification (their registry declaration), in registration order."""
+    return [name for name, cls in METHODS.items() if "classification" in cls.tasks and not cls.staged]
+
+
+@dataclass
+class ClassificationResult:
+    """One method and seed: the best EMA model's evaluation and its pseudo labels' quality (percent)."""
+
+    method: str
+    seed: int
+    top1: float  # the best EMA checkpoint's top-1 on the test subset
+    top5: float
+    confident_share: float  # unlabeled images whose pseudo label clears the threshold
+    precision: float  # of those, the share whose pseudo label is right
+    best_top1_during_training: float  # the training's best EMA evaluation (the logs' "best eval accuracy")
+    checkpoint: str
+    run_id: str | None
+
+
+def benchmark_base(config: str, overrides: list[str], quick: bool) -> dict[str, Any]:
+    """The benchmark's base config (validated, as a dict) with ``overrides`` and the quick budget."""
+    cfg = load_config(config, [*(QUICK_OVERRIDES if quick else ()), *overrides])
+    if task_for(cfg.dataset.name).name != "classification":
+        raise ConfigError(f"dataset.name: {cfg.dataset.name} is not a classification dataset")
+    return cfg.to_dict()
+
+
+def run_config(base: dict[str, Any], method: str, seed: int) -> ExperimentConfig:
+    """``base`` for one method and seed: the seed draws the labeled split and the training's randomness;
+    each run writes under ``<base output_dir>/<method>-seed<seed>``, the seed's splits under ``splits/``."""
+    tree = {**base}
+    root = Path(base["output_dir"])
+    tree["split"] = {**base["split"], "seed": seed, "dir": str(root / "splits" / f"seed{seed}")}
+    tree["train"] = {**base["train"], "seed": seed}
+    tree["output_dir"] = str(root / f"{method}-seed{seed}")
+    tree["method"] = follow_method_name(base["method"], method)
+    return validate(tree)
+
+
+def make_splits(cfg: ExperimentConfig) -> dict[str, str]:
+    """The labeled and unlabeled split files of ``cfg``'s seed (written once; identical files untouched)."""
+    splits = classification_splits(cfg)
+    return {"labeled": str(splits.labeled_file), "unlabeled": str(splits.unlabeled_file)}
+
+
+@torch.no_grad()
+def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[str, float]:
+    """Top-1 / top-5 (percent) of ``checkpoint``'s EMA on the test subset, and its pseudo labels' quality on the
+    unlabeled images of ``cfg``'s split (confident share and precision at ``method.threshold``)."""
+    device = resolve_device(cfg.train.device)
+    model = checkpoint_model(cfg, checkpoint, "ema").to(device).eval()
+    data, size = cfg.dataset, cfg.dataset.crop_size
+    test = read_subset(data.name, data.root, "test")
+    hits = {1: 0, 5: 0}
+    for images, masks, _ in DataLoader(ClassificationEval(test, range(len(test)), size), batch_size=64):
+        logits = model(images.to(device)).flatten(1)
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
+        labels = masks[:, 0, 0]
+        for k in hits:
+            hits[k] += int((ranked[:, :k] == labels[:, None]).any(dim=1).sum())
+    train = read_subset(data.name, data.root, "train")
+    unlabeled = read_split(Path(cfg.split.dir or Path(cfg.output_dir) / "splits") / "unlabeled.txt", train)
+    threshold = getattr(cfg.method, "threshold", 0.95)
+    counts = PseudoLabelCounts(data.nclass)
+    for images, masks, _ in DataLoader(ClassificationEval(train, unlabeled, size), batch_size=64):
+        probabilities = model(images.to(device)).float().softmax(dim=1).cpu()
+        counts.update(probabilities, masks[:, :1, :1], threshold)
+    quality = counts.result()
+    return {
+        "top1": 100.0 * hits[1] / len(test),
+        "top5": 100.0 * hits[5] / len(test),
+        "confident_share": quality.mask_ratio,
+        "precision": quality.precision,
+    }
+
+
+def train_classifier(
+    cfg: ExperimentConfig, tags: dict[str, str], progress: bool = True, tracking_uri: str | None = None
+) -> dict[str, Any]:
+    """One tracked training of ``cfg`` on the shared engine (resumed if interrupted): its best checkpoint, run
+    and best EMA top-1 during training."""
+    tags = {**tags, "method": cfg.method.name, "seed": str(cfg.split.seed)}
+    result = run_training(cfg, tags, tracking_uri=tracking_uri, progress=progress)
+    return {
+        "checkpoint": str(result.best_checkpoint),
+        "run_id": result.run_id,
+        "best_top1_ema": float(result.metrics["best_top1_ema"]),
+    }
+
+
+def evaluate_trained(cfg: ExperimentConfig, trained: dict[str, Any]) -> ClassificationResult:
+    """The evaluation of a :func:`train_classifier` output."""
+    scores = evaluate_classifier(cfg, trained["checkpoint"])
+    return ClassificationResult(
+        cfg.method.name,
+        cfg.split.seed,
+        scores["top1"],
+        scores["top5"],
+        scores["confident_share"],
+        scores["precision"],
+        trained["best_top1_ema"],
+        trained["checkpoint"],
+        trained["run_id"],
+    )
+
+
+def report_tables(results: list[ClassificationResult], top5: bool = False) -> dict[str, pd.DataFrame]:
+    """Tables 15-17's layout: a row per method (registry order), a column per seed, the mean last; top-1
+    (and top-5, Table 18's second number); the pseudo-label quality per method, averaged over seeds."""
+    labels = {name: cls.label for name, cls in METHODS.items()}
+    order = [m for m in METHODS if any(r.method == m for r in results)]
+    seeds = sorted({r.seed for r in results})
+    tables = {}
+    for metric in ("top1", "top5") if top5 else ("top1",):
+        rows = {}
+        for method in order:
+            values = {f"seed {r.seed}": getattr(r, metric) for r in results if r.method == method}
+            rows[labels[method]] = {**{f"seed {s}": values.get(f"seed {s}", np.nan) for s in seeds}}
+            rows[labels[method]]["mean"] = float(np.nanmean(list(values.values())))
+        tables[metric] = pd.DataFrame.from_dict(rows, orient="index").round(2)
+    quality = {
+        labels[m]: {
+            "confident share %": float(np.mean([r.confident_share for r in results if r.method == m])),
+            "precision %": float(np.nanmean([r.precision for r in results if r.method == m])),
+        }
+        for m in order
+    }
+    tables["pseudo_labels"] = pd.DataFrame.from_dict(quality, orient="index").round(1)
+    return tables
+
+
+def write_report(results: list[ClassificationResult], out_dir: str | Path, title: str) -> dict[str, str]:
+    """``<out_dir>/classification.{md,csv,png}`` and ``results.csv`` (one row per run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    top5 = any(r.top5 < 100.0 for r in results) and "imagenet" in title.lower()
+    tables = report_tables(results, top5)
+    parts = [f"# {title}\n"]
+    for name, table in tables.items():
+        caption = {"top1": "Top-1 accuracy (%)", "top5": "Top-5 accuracy (%)", "pseudo_labels": ""}[name]
+        caption = caption or "Pseudo labels of the best EMA model on the unlabeled images (mean over seeds)"
+        parts.append(f"## {caption}\n\n{table.to_markdown()}\n")
+    markdown = "\n".join(parts)
+    write_text_atomic(out / "classification.md", markdown)
+    write_text_atomic(out / "classification.csv", tables["top1"].to_csv())
+    write_text_atomic(out / "results.csv", pd.DataFrame([asdict(r) for r in results]).to_csv(index=False))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    means = tables["top1"]["mean"]
+    seed_columns = [c for c in tables["top1"].columns if c.startswith("seed")]
+    axis.barh(means.index, means.values, color="tab:blue")
+    for row, name in enumerate(means.index):
+        axis.scatter(tables["top1"].loc[name, seed_columns].values, [row] * len(seed_columns), color="black", s=12)
+    axis.set_xlabel("top-1 accuracy (%) — bars: mean, dots: seeds")
+    axis.set_title(title)
+    figure.tight_layout()
+    figure.savefig(out / "classification.png", dpi=120)
+    plt.close(figure)
+    return {
+        "markdown": str(out / "classification.md"),
+        "csv": str(out / "classification.csv"),
+        "figure": str(out / "classification.png"),
+    }
+
+
+def run_benchmark(
+    config: str = DEFAULT_CONFIG,
+    overrides: list[str] | None = None,
+    quick: bool = False,
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    out_dir: str | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, str], str]:
+    """Splits -> each method per seed -> evaluation -> report, in this process (the DVC stage, `unimatch
+    classification`); returns the report files and the markdown."""
+    base = benchmark_base(config, list(overrides or []), quick)
+    methods = list(methods or DEFAULT_METHODS)
+    seeds = list(seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS))
+    results = []
+    for seed in seeds:
+        make_splits(run_config(base, methods[0], seed))
+        for method in methods:
+            cfg = run_config(base, method, seed)
+            results.append(evaluate_trained(cfg, train_classifier(cfg, {"table": "classification"}, progress)))
+    experiment = base["tracking"]["experiment"]
+    files = write_report(
+        results, out_dir or f"outputs/{experiment}", f"{base['dataset']['name']}: semi-supervised classification"
+    )
+    return files, Path(files["markdown"]).read_text()
