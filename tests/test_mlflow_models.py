@@ -107,3 +107,23 @@ def test_evaluation_run_is_a_child_of_its_training_run(world: dict) -> None:
     (evaluation,) = client.search_runs([experiment], "tags.kind = 'eval'")
     assert evaluation.data.tags[PARENT_RUN_TAG] == result.run_id
     assert evaluation.data.params["eval.model"] == str(result.best_checkpoint)
+
+
+def test_a_quick_run_leaves_the_best_alias_of_the_real_registered_model(world: dict) -> None:
+    """Issue 31: a --quick smoke test of the same experiment registers into <name>-quick, never into the real
+    registered model, so its `best` alias stays on the real version."""
+    from unimatch.config import validate
+    from unimatch.jobs import Variant, resolve_base, run_training, variant_config
+
+    client = world["client"]
+    before = client.get_model_version_by_alias(EXPERIMENT, "best").version
+    versions = {v.version for v in client.search_model_versions(f"name='{EXPERIMENT}'")}
+    overrides = [f"dataset.root={world['data']}", f"tracking.uri={world['store']}", *COMMON]
+    base = resolve_base("configs/embedded.yaml", overrides, True, EXPERIMENT, "table5")
+    base["split"]["dir"] = str(world["root"] / "splits")  # not the project's runs/
+    tree = variant_config(base, Variant("quick", []))
+    tree["output_dir"] = str(world["root"] / "quick")
+    result = run_training(validate(tree), {"kind": "train"}, progress=False)
+    assert result.registered_model == f"models:/{EXPERIMENT}-quick/1"
+    assert client.get_model_version_by_alias(EXPERIMENT, "best").version == before
+    assert {v.version for v in client.search_model_versions(f"name='{EXPERIMENT}'")} == versions

@@ -18,6 +18,7 @@ from ..tracking import format_number
 
 # --quick: a smoke-test budget (minutes on a laptop CPU), not a result worth reporting.
 QUICK_OVERRIDES = ("train.epochs=1", "train.max_iters=3", "pretrain.iterations=3")
+QUICK_SUFFIX = "-quick"  # of a smoke test's registered model (and default experiment)
 # Keys a variant may not change: the table's runs share one set of split files.
 SHARED_KEYS = (
     "split",
@@ -58,13 +59,16 @@ def resolve_base(
 ) -> dict[str, Any]:
     """The table's base config: ``config`` + (quick budget) + ``overrides``, logging to ``experiment``
     (default ``<dataset>-<table>``, ``-quick`` appended for smoke tests so that they never overwrite a
-    real report) with split files under ``runs/<experiment>/splits``."""
+    real report) with split files under ``runs/<experiment>/splits``. A smoke test registers its models
+    as ``<registered model>-quick``, so that it never moves the ``best`` alias of a real one."""
     layers = [*(QUICK_OVERRIDES if quick else ()), *(overrides or ())]
     cfg = load_config(config, layers)
-    experiment = experiment or f"{cfg.dataset.name}-{table}{'-quick' if quick else ''}"
-    return load_config(
-        config, [*layers, f"tracking.experiment={experiment}", f"split.dir=runs/{experiment}/splits"]
-    ).to_dict()
+    experiment = experiment or f"{cfg.dataset.name}-{table}{QUICK_SUFFIX if quick else ''}"
+    layers += [f"tracking.experiment={experiment}", f"split.dir=runs/{experiment}/splits"]
+    if quick:
+        registered = (cfg.tracking.registered_model or experiment).removesuffix(QUICK_SUFFIX) + QUICK_SUFFIX
+        layers.append(f"tracking.registered_model={registered}")
+    return load_config(config, layers).to_dict()
 
 
 def variant_config(base: dict[str, Any], variant: Variant) -> dict[str, Any]:
