@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch, torchvision, torchvision.ops" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
-	$(PY) -m pip install -q -e ".[dev,clip]"  # clip: the tests run the optional CLIP text path too
+	$(PY) -m pip install -q -e ".[dev,clip,serve]"  # clip, serve: the tests run the optional CLIP text path and exports too
 	$(PY) -c "from pipelines.zenml_env import install_startup_hook; install_startup_hook()"
 	touch $(STAMP)
 

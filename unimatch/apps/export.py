@@ -160,8 +160,14 @@ def _save_torchscript(model: nn.Module, example: torch.Tensor, file: BinaryIO, d
     torch.jit.save(traced, file, _extra_files={f"{METADATA_KEY}.json": metadata})
 
 
+def _jit_load(path: Path, extra_files: dict[str, str] | None = None) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice: the format is still read
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files)
+
+
 def _load_torchscript(path: Path) -> Runner:
-    module = torch.jit.load(str(path), map_location="cpu")
+    module = _jit_load(path)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -179,7 +185,7 @@ def _onnx_metadata(path: Path) -> str:
 
 def _torchscript_metadata(path: Path) -> str:
     extra = {f"{METADATA_KEY}.json": ""}
-    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    _jit_load(path, extra)
     return extra[f"{METADATA_KEY}.json"]
 
 
