@@ -20,13 +20,30 @@ from unimatch.config import load_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).with_name("dvc"))
-COPIED = ("dvc.yaml", "dvc.lock", "params.yaml", "data.dvc", ".dvcignore", ".dvc/config", "configs", "pipelines", "steps",
-          "unimatch", "weights")
+COPIED = (
+    "dvc.yaml",
+    "dvc.lock",
+    "params.yaml",
+    "data.dvc",
+    ".dvcignore",
+    ".dvc/config",
+    ".dvc/plots",
+    "configs",
+    "pipelines",
+    "steps",
+    "unimatch",
+    "weights",
+)
 
 
 def _run(root: Path, *command: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "ZENML_CONFIG_PATH": str(root / ".zen" / "global"), "ZENML_REPOSITORY_PATH": str(root)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "ZENML_CONFIG_PATH": str(root / ".zen" / "global"),
+        "ZENML_REPOSITORY_PATH": str(root),
+    }
     result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout
@@ -56,17 +73,30 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_regenerated_data_has_the_tracked_md5(repo: Path) -> None:
-    """`unimatch make-data` is byte-identical, so a fresh clone regenerates exactly what data.dvc pins."""
-    _run(repo, DVC, "add", "-q", "data")
+def test_make_data_leaves_the_data_up_to_date_for_dvc(repo: Path) -> None:
+    """`unimatch make-data` is byte-identical and stores what it wrote in the local DVC cache, so on a fresh
+    clone `dvc status` has nothing to say about the data (it said `data.dvc: changed outs: not in cache`, and
+    every stage reading data/ followed), and `dvc checkout` could restore it."""
+    assert json.loads(_run(repo, DVC, "status", "--json", "data.dvc")) == {}
     assert _md5(repo / "data.dvc") == _md5(PROJECT / "data.dvc")
+    assert (repo / ".dvc" / "cache" / "files" / "md5" / _md5(repo / "data.dvc")[:2]).is_dir()
+    status = json.loads(_run(repo, DVC, "status", "--json"))
+    assert "data.dvc" not in status
+    for stage, changes in status.items():
+        for change in changes:
+            assert "data" not in (change.get("changed deps", {}) if isinstance(change, dict) else {}), stage
 
 
 def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
     methods = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["methods"]
     dag = _run(repo, DVC, "dag", "--dot")
-    edges = [("data.dvc", "splits"), ("splits", "pretrain"), ("pretrain", "train@unimatch_v2"), ("splits", "train@unimatch_v2"),
-             ("foundation", "train@unimatch_v2")]
+    edges = [
+        ("data.dvc", "splits"),
+        ("splits", "pretrain"),
+        ("pretrain", "train@unimatch_v2"),
+        ("splits", "train@unimatch_v2"),
+        ("foundation", "train@unimatch_v2"),
+    ]
     edges += [(f"train@{m}", f"evaluate@{m}") for m in methods] + [(f"evaluate@{m}", "report") for m in methods]
     edges += [("splits", "st_teacher"), ("st_teacher", "st_pseudo_teacher"), ("st_pseudo_teacher", "st_train_st"),
               ("st_teacher", "st_stability"), ("st_stability", "st_select"), ("st_select", "st_train_stpp_round1"),
@@ -75,7 +105,12 @@ def test_dag_mirrors_the_pipeline_and_everything_is_pending(repo: Path) -> None:
     for upstream, downstream in edges:
         assert f'"{upstream}" -> "{downstream}";' in dag
     pending = json.loads(_run(repo, DVC, "status", "--json"))
-    assert set(pending) >= {"splits", "pretrain", "report", *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in methods)}
+    assert set(pending) >= {
+        "splits",
+        "pretrain",
+        "report",
+        *(f"{stage}@{m}" for stage in ("train", "evaluate") for m in methods),
+    }
 
 
 def test_committed_foundation_weights_are_what_dvc_lock_records(repo: Path) -> None:
@@ -89,7 +124,8 @@ def test_committed_foundation_weights_are_what_dvc_lock_records(repo: Path) -> N
         weights = repo / "weights" / "foundation" / "embedded-tiny.pth"
         weights.write_bytes(b"not the weights")
         assert json.loads(_run(repo, DVC, "status", "--json", "foundation"))["foundation"] == [
-            {"changed outs": {"weights/foundation/embedded-tiny.pth": "modified"}}]
+            {"changed outs": {"weights/foundation/embedded-tiny.pth": "modified"}}
+        ]
         shutil.copy2(PROJECT / "weights" / "foundation" / "embedded-tiny.pth", weights)
     finally:
         params_file.write_text(ours, encoding="utf-8")
@@ -128,7 +164,9 @@ def test_fresh_clone_after_make_data_matches_dvc_lock(repo: Path) -> None:
 
 def test_splits_stage_reproduces_and_is_then_up_to_date(repo: Path) -> None:
     _run(repo, DVC, "repro", "--single-item", "splits")
-    split_set = json.loads((repo / "runs" / "embedded-table5-dvc" / "splits" / "splits.json").read_text(encoding="utf-8"))
+    split_set = json.loads(
+        (repo / "runs" / "embedded-table5-dvc" / "splits" / "splits.json").read_text(encoding="utf-8")
+    )
     assert split_set["labeled"]["samples"] == load_config(repo / "configs" / "embedded.yaml").split.labeled
     assert "splits" not in _run(repo, DVC, "status", "splits")
 
@@ -171,5 +209,90 @@ def test_params_are_the_hyper_parameters_of_make_run() -> None:
     resolved = load_config(PROJECT / params["config"]).to_dict()
     for section in ("split", "train", "pretrain", "method"):
         for key, value in params[section].items():
-            assert value == resolved[section][key], f"params.yaml {section}.{key}: {value!r}, config: {resolved[section][key]!r}"
-    assert sum(value is not None for section in ("split", "train", "pretrain", "method") for value in params[section].values()) >= 12
+            assert value == resolved[section][key], (
+                f"params.yaml {section}.{key}: {value!r}, config: {resolved[section][key]!r}"
+            )
+    assert (
+        sum(
+            value is not None
+            for section in ("split", "train", "pretrain", "method")
+            for value in params[section].values()
+        )
+        >= 12
+    )
+
+
+def _stage_entries(section: str) -> list[tuple[str, dict]]:
+    """(path, settings) of every ``section`` (outs, metrics, plots) entry in the project's dvc.yaml."""
+    found = []
+    for stage in yaml.safe_load((PROJECT / "dvc.yaml").read_text(encoding="utf-8"))["stages"].values():
+        for entry in stage.get("do", stage).get(section, []):
+            found += list(entry.items()) if isinstance(entry, dict) else [(entry, {})]
+    return found
+
+
+def test_metrics_and_plots_live_in_git() -> None:
+    """Small enough for git and needed by `dvc exp show` / `metrics diff` / `plots diff` against main without a
+    remote: every metrics and plots file is `cache: false`, and git does not ignore it (checkpoints it does)."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    names = {
+        "experiment": params["experiment"],
+        "change_detection.experiment": params["change_detection"]["experiment"],
+        "item": params["methods"][0],
+    }
+    entries = _stage_entries("metrics") + _stage_entries("plots")
+    assert len(entries) >= 10
+    for path, settings in entries:
+        assert settings.get("cache") is False, path
+        for key, value in names.items():
+            path = path.replace("${" + key + "}", value)
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=PROJECT)
+        assert ignored.returncode == 1, f"{path} is git-ignored"
+    checkpoints = f"runs/{names['experiment']}/{names['item']}/checkpoints/best.pth"
+    assert subprocess.run(["git", "check-ignore", "-q", checkpoints], cwd=PROJECT).returncode == 0
+
+
+def _inherited(config: Path) -> list[Path]:
+    """``config`` and every YAML file it inherits from (what the stage reading it reads)."""
+    parents = yaml.safe_load(config.read_text(encoding="utf-8")).get("inherit", [])
+    parents = [parents] if isinstance(parents, str) else parents
+    return [config, *(file for parent in parents for file in _inherited(config.parent / parent))]
+
+
+def test_stages_track_the_config_keys_they_read_instead_of_the_configs_folder(repo: Path) -> None:
+    """Editing a Pascal config no longer makes the embedded stages stale; editing a key of the embedded
+    config marks the stage, and `dvc params diff` names that key."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text(encoding="utf-8"))
+    expected = {file.relative_to(PROJECT).as_posix() for file in _inherited(PROJECT / params["config"])}
+    for name, stage in yaml.safe_load((PROJECT / "dvc.yaml").read_text(encoding="utf-8"))["stages"].items():
+        body = stage.get("do", stage)
+        assert "configs" not in body.get("deps", []), name
+        if "pipelines.dvc_stages" not in body["cmd"] or name in ("foundation", "report", "change_detection"):
+            continue  # their own config files; the report reads no config
+        files = {next(iter(entry)).replace("${config}", params["config"]) for entry in body["params"]
+                 if isinstance(entry, dict)}  # fmt: skip
+        assert files == expected, name
+    _run(repo, DVC, "repro", "--single-item", "splits")
+    _run(repo, "git", "add", "-A")
+    _run(repo, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "lock")
+    pascal = repo / "configs" / "datasets" / "pascal.yaml"
+    pascal.write_text(pascal.read_text(encoding="utf-8").replace("crop_size: 518", "crop_size: 504"), encoding="utf-8")
+    assert json.loads(_run(repo, DVC, "status", "--json", "splits")) == {}
+    embedded = repo / "configs" / "datasets" / "embedded.yaml"
+    original = embedded.read_text(encoding="utf-8")
+    embedded.write_text(original.replace("crop_size: 112", "crop_size: 98"), encoding="utf-8")
+    try:
+        assert json.loads(_run(repo, DVC, "status", "--json", "splits"))["splits"]
+        changed = json.loads(_run(repo, DVC, "params", "diff", "--json"))
+        assert changed["configs/datasets/embedded.yaml"]["dataset.crop_size"] == {"old": 112, "new": 98, "diff": -14}
+    finally:
+        embedded.write_text(original, encoding="utf-8")
+
+
+def test_plots_draw_offline(repo: Path, tmp_path: Path) -> None:
+    """`dvc plots show` writes a page with the vega bundles inlined (.dvc/config: plots.html_template): no CDN."""
+    (repo / "curve.csv").write_text("epoch,miou\n1,10.5\n2,20.25\n", encoding="utf-8")
+    _run(repo, DVC, "plots", "show", "curve.csv", "-o", str(tmp_path / "plots"))
+    page = (tmp_path / "plots" / "index.html").read_text(encoding="utf-8")
+    assert "vegaEmbed" in page and "20.25" in page
+    assert "<script src=" not in page and "cdn." not in page

@@ -374,6 +374,22 @@ def generate_embedded(
     return root
 
 
+def generate_on_first_use(
+    root: str | Path, default_root: str | Path, generate: Callable[[Path], Path], hint: str
+) -> None:
+    """Generate a project-made dataset when ``root`` is missing, but only at its ``default_root`` (relative to
+    the working directory): a missing root anywhere else is a typo or an unmounted disk, and filling it with
+    synthetic data would train on the wrong data without a word. ``hint``: how to write it there on purpose."""
+    root = Path(root)
+    if root.exists():
+        return
+    if root.absolute() != Path(default_root).absolute():
+        raise DataError(
+            f"dataset.root={root}: not found (generated on first use only at {default_root}; to write it there: {hint})"
+        )
+    generate(root)
+
+
 def render_world(
     seed: int, subset: str, count: int, size: Size = (160, 120), scene: Scene | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -56,9 +56,12 @@ def _parse_line(line: str, where: str, require_masks: bool) -> tuple[str, str | 
     return fields[0], fields[1] if len(fields) == 2 else None
 
 
-def _check_exists(path: Path, where: str) -> None:
-    if not path.is_file():
-        raise DataError(f"{where}: file not found: {path}")
+def raise_missing(missing: list[str]) -> None:
+    """One error listing every missing file (not only the first), so one fix-up covers them all."""
+    if len(missing) == 1:
+        raise DataError(missing[0])
+    if missing:
+        raise DataError(f"{len(missing)} files not found: " + "; ".join(missing))
 
 
 def read_split(
@@ -82,6 +85,7 @@ def read_split(
     mask_root = Path(mask_root).absolute() if mask_root is not None else root
     samples: list[Sample] = []
     first_line: dict[str, int] = {}
+    missing: list[str] = []
     for number, line in enumerate(read_split_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -94,9 +98,10 @@ def read_split(
         mask = _resolve(mask_root, mask_rel, where) if mask_rel else None
         if check_files:
             for file in (image, mask if require_masks else None):
-                if file is not None:
-                    _check_exists(file, where)
+                if file is not None and not file.is_file():
+                    missing.append(f"{where}: file not found: {file}")
         samples.append(Sample(image, mask, image_rel))
+    raise_missing(missing)
     if not samples and not allow_empty:
         raise DataError(f"{path}: empty split (no samples)")
     return samples
