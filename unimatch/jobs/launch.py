@@ -91,8 +91,8 @@ def launch_torchrun(
     without rank 0. ``run_id``: rank 0 logs into this MLflow run (at ``tracking_uri``); ``tags``: rank 0
     opens the run itself with these tags (several nodes: which node gets rank 0 is only known at the
     rendezvous). The ranks' output goes to this process's stdout and stderr."""
-    _check_gpus(cfg)
     _check_nodes(cfg)
+    _check_gpus(cfg)
     with tempfile.TemporaryDirectory(prefix="unimatch-torchrun-") as scratch:
         config_file, result_file = Path(scratch) / "config.yaml", Path(scratch) / "result.json"
         config_file.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
