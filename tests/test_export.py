@@ -174,3 +174,16 @@ def test_bad_export_requests_are_one_line(trained: dict, tmp_path: Path) -> None
         "change_detection",
     )
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_export_that_fails_verification_leaves_the_earlier_file(
+    embedded_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from unimatch.apps import export
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"earlier export")
+    monkeypatch.setattr(export, "TOLERANCE", -1.0)  # no file can pass: the refusal path, on a real export
+    with pytest.raises(export.ExportError, match="was not written"):
+        export_model(embedded_model, "onnx", path, 112, {})
+    assert path.read_bytes() == b"earlier export" and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -279,7 +280,7 @@ def export_model(
 ) -> Exported:
     """Write ``model`` (evaluation mode) to ``output`` in ``format_name`` with ``metadata`` stored in the
     file, verify the file against the eager model at two sizes, and write its SHA-256 beside it. A file
-    that disagrees by more than :data:`TOLERANCE` is not kept."""
+    that disagrees by more than :data:`TOLERANCE` is not kept (an earlier file at ``output`` stays)."""
     path = check_export_output(output, format_name)
     entry = export_format(format_name)
     model = model.eval()
@@ -293,16 +294,21 @@ def export_model(
         "fixed_input_size": getattr(model, "fixed_input_size", None),
         "processing": PROCESSING,
     }
-    with dynamic_sizes():
-        atomic_write(path, lambda file: entry.save(model, examples[0], file, len(sizes) > 1, json.dumps(info)))
-    run = entry.load(path)
-    difference = max(float(np.abs(run(x.numpy()) - model(x).numpy()).max()) for x in examples)
-    if not difference <= TOLERANCE:
-        path.unlink()
-        raise ExportError(
-            f"{format_name} export of encoder '{getattr(model, 'encoder_name', '?')}' differs from the PyTorch "
-            f"model by {difference:.2e} (> {TOLERANCE:g}) at {sizes}; nothing was written"
-        )
+    # Written beside the target and verified there: a file that fails leaves an earlier export as it was.
+    candidate = path.with_name(f".{path.name}.unverified")
+    try:
+        with dynamic_sizes():
+            atomic_write(candidate, lambda file: entry.save(model, examples[0], file, len(sizes) > 1, json.dumps(info)))
+        run = entry.load(candidate)
+        difference = max(float(np.abs(run(x.numpy()) - model(x).numpy()).max()) for x in examples)
+        if not difference <= TOLERANCE:
+            raise ExportError(
+                f"{format_name} export of encoder '{getattr(model, 'encoder_name', '?')}' differs from the PyTorch "
+                f"model by {difference:.2e} (> {TOLERANCE:g}) at {sizes}; {path} was not written"
+            )
+        os.replace(candidate, path)
+    finally:
+        candidate.unlink(missing_ok=True)
     digest = path.with_name(path.name + ".sha256")
     write_text_atomic(digest, f"{sha256_file(path)}  {path.name}\n")
     return Exported(path, digest, difference)
