@@ -106,6 +106,17 @@ def pinned_requirements() -> list[str]:
     return [f"{name}=={version(name)}" for name in REQUIREMENTS]
 
 
+def log_options(settings: ServingSettings, example_size: int) -> dict[str, Any]:
+    """What ``Model.log(flavor=serving, ...)`` takes besides the model: the variable-size signature, an
+    input example of ``example_size`` px, the project's code and the pinned requirements."""
+    return {
+        "signature": settings.signature(),
+        "input_example": settings.input_example(example_size),
+        "code_paths": [str(PACKAGE)],
+        "pip_requirements": pinned_requirements(),
+    }
+
+
 class SegmentationPyfunc:
     """The ``python_function`` implementation: label maps of uint8 RGB image batches."""
 
