@@ -150,3 +150,26 @@ def test_mlflow_models_serve_answers_with_the_mask_of_unimatch_predict(world: di
         assert status == 200 and np.array_equal(np.asarray(answer["predictions"])[0], _predict_png(world, "wide"))
         assert process.poll() is None
     assert process.poll() is not None  # stopped with the context
+
+
+def test_pyfunc_of_a_change_detector_takes_a_and_b_stacked_on_channels() -> None:
+    """(B, H, W, 6): A then B, each normalised as `unimatch predict` normalises a pair (pair_tensor)."""
+    import torch
+
+    from unimatch.apps.serving import SegmentationPyfunc, ServingInputError, ServingSettings
+    from unimatch.data.change import pair_tensor
+    from unimatch.engine.inference import predict_image
+    from unimatch.models import build_segmentor
+
+    torch.manual_seed(0)
+    model = build_segmentor("tiny", 2, input_size=56, input_images=2).eval()
+    settings = ServingSettings(["unchanged", "changed"], [[0, 0, 0], [255, 255, 255]], input_images=2, window=56)
+    served = SegmentationPyfunc(model, settings)
+    rng = np.random.default_rng(1)
+    first, second = (rng.integers(0, 256, (45, 61, 3), dtype=np.uint8) for _ in range(2))
+    labels = served.predict(np.concatenate((first, second), axis=-1)[None])
+    with torch.no_grad():
+        expected = predict_image(model, pair_tensor(first, second)[None], "original", 56).argmax(1)[0].numpy()
+    assert labels.shape == (1, 45, 61) and np.array_equal(labels[0], expected)
+    with pytest.raises(ServingInputError, match="6"):
+        served.predict(first[None])
