@@ -43,6 +43,7 @@ class SegmentationTask:
     name = "segmentation"
     input_images = 1  # images per sample; the model's input has 3 x this many channels
     headline = "miou"
+    eval_batch_size = 1  # images per evaluation batch: whole images of any size, one at a time
 
     splits = SplitFormat(pairs=False)
 
@@ -164,6 +165,7 @@ class ClassificationTask:
     name = "classification"
     input_images = 1
     headline = "top1"
+    eval_batch_size = 64  # images of one size
 
     def build_network(self, model: ModelSettings, nclass: int, input_size: int) -> nn.Module:
         """A wide ResNet (``model.network``) or the encoder with a pooled linear head, channel dropout on the

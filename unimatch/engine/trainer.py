@@ -146,9 +146,7 @@ class Trainer:
         )
         self.sizes, self.iters_per_epoch, self.total_iters = data.sizes, data.iters_per_epoch, data.total_iters
         model_cfg = cfg.model if encoder_weights is None else cfg.model.model_copy(update={"weights": encoder_weights})
-        model = build_model(
-            model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, task=self.task
-        )
+        model = build_model(model_cfg, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, task=self.task)
         if model_cfg.activation_checkpointing:
             try:
                 model.checkpoint_activations()
@@ -364,7 +362,10 @@ class Trainer:
         models = {"student": self.model} if self.ema is None else {"student": self.model, "ema": self.ema}
         shard = Subset(self.val_set, range(rank, len(self.val_set), world)) if world > 1 else self.val_set
         loader = DataLoader(
-            shard, batch_size=1, num_workers=min(cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda"
+            shard,
+            batch_size=self.task.eval_batch_size,
+            num_workers=min(cfg.train.num_workers, 2),
+            pin_memory=self.device.type == "cuda",
         )
         return {
             name: evaluate(
@@ -392,7 +393,10 @@ class Trainer:
         rank, world = self.dist.rank, self.dist.world
         shard = Subset(self.pseudo_set, range(rank, len(self.pseudo_set), world)) if world > 1 else self.pseudo_set
         loader = DataLoader(
-            shard, batch_size=1, num_workers=min(self.cfg.train.num_workers, 2), pin_memory=self.device.type == "cuda"
+            shard,
+            batch_size=self.task.eval_batch_size,
+            num_workers=min(self.cfg.train.num_workers, 2),
+            pin_memory=self.device.type == "cuda",
         )
         # A method without pseudo labels (labeled-only) is scored at the default confidence threshold.
         threshold = getattr(self.cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
