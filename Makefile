@@ -15,8 +15,8 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch, torchvision, torchvision.ops" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
-	$(PY) -m pip install -q -e ".[dev,clip,serve]"  # clip, serve: the tests run the optional CLIP text path and exports too
-	$(PY) -c "from pipelines.zenml_env import install_startup_hook; install_startup_hook()"
+	$(PY) -m pip install -q -e ".[dev,clip,serve,server]"  # clip, serve: the tests run the optional CLIP text path and exports too; server: `zenml login --local`
+	cd $(CURDIR) && $(VENV)/bin/zenml init  # the ZenML repository at the project root: `zenml` finds it from any folder below
 	touch $(STAMP)
 
 run: $(STAMP)

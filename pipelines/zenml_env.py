@@ -1,44 +1,37 @@
-"""A project-local ZenML set-up that needs no manual `zenml init` and no server.
+"""The project's ZenML set-up, found the way ZenML finds any project's: no startup hook, no exported variable.
 
-ZenML reads its environment when it is first imported, so :func:`configure` runs from
-``pipelines/__init__.py``, before any pipeline module imports zenml. Every value is a default: a
-variable already set in the environment (a test's temporary directory, a team's remote store) wins.
-
-* ``ZENML_CONFIG_PATH=<project>/.zen/global``: the global configuration, the SQLite store and the
-  local artifact store live inside the checkout (``.zen/`` is git-ignored) instead of
-  ``~/.config/zenml``; ZenML creates them on first use (it needs the ``zenml[local]`` extra for the
-  SQLite store, never a server daemon).
-* ``ZENML_REPOSITORY_PATH=<project>``: the ZenML repository (it keeps the repository's active
-  stack); :func:`ensure_repository` creates the ``.zen`` folder that marks it, as `zenml init` does.
+* The repository is the project root, marked by the ``.zen`` folder that `zenml init` writes there
+  (:func:`ensure_repository` runs it on a pipeline's first start). ZenML looks for it from the working
+  directory upwards, so the `zenml` command run anywhere in the checkout sees the project's active stack.
+* The global configuration and the local store are ZenML's defaults (``~/.config/zenml``), or wherever the
+  documented variables put them: ``ZENML_CONFIG_PATH`` (configuration and local SQLite store),
+  ``ZENML_REPOSITORY_PATH`` (the repository, when not found from the working directory). A plain
+  ``pip install -e .`` venv therefore lists the pipeline's runs with `zenml pipeline runs list`.
+* The project's stack (:data:`STACK`): the default local orchestrator and artifact store plus an MLflow
+  experiment tracker and model registry on the project's MLflow store, activated in the repository unless
+  the user chose another stack.
 * the source root, against which ZenML resolves step and pipeline code, is pinned to the project
-  whatever the working directory or repository (so a test can keep both in a temporary directory,
-  and `zenml pipeline run` works from anywhere).
-* analytics off, rich tracebacks off, ZenML's own logging at WARN: the training log stays readable.
-
-The same defaults reach the ``zenml`` command (``zenml pipeline runs list``, ``zenml pipeline run ... -c``),
-which does not import this package, through a startup hook that ``make venv`` installs into the virtual
-environment (:func:`install_startup_hook`): nothing needs exporting, and artifacts stay in the project.
+  whatever the working directory (so a test can keep its store and repository in a temporary directory).
+* analytics off, rich tracebacks off, ZenML's own logging at WARN: the training log stays readable. These
+  are defaults for the pipeline processes only; a variable already set in the environment wins.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-import sysconfig
 from pathlib import Path
+from typing import Any
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# Installed into the virtual environment by `make venv`: Python runs a .pth file's import line at every
-# start, so the `zenml` command itself (which never imports this package) gets the same defaults.
-HOOK_FILE = "unimatch_zenml_project.pth"
 SOURCE_ROOT_VARIABLE = "ZENML_CUSTOM_SOURCE_ROOT"  # zenml.constants.ENV_ZENML_CUSTOM_SOURCE_ROOT
+STACK = "unimatch"  # the project's stack: local orchestrator and artifact store, MLflow tracker and registry
+TRACKER, REGISTRY = "unimatch-mlflow", "unimatch-mlflow-registry"
 
 
-def environment_defaults(root: Path = PROJECT_ROOT) -> dict[str, str]:
-    """The ZenML environment of the project at ``root`` (see the module docstring)."""
+def environment_defaults() -> dict[str, str]:
+    """Quiet, non-interactive ZenML for the pipeline processes (see the module docstring)."""
     return {
-        "ZENML_CONFIG_PATH": str(root / ".zen" / "global"),
-        "ZENML_REPOSITORY_PATH": str(root),
         "ZENML_ANALYTICS_OPT_IN": "false",
         "ZENML_LOGGING_VERBOSITY": "WARN",
         "ZENML_ENABLE_RICH_TRACEBACK": "false",
@@ -47,25 +40,9 @@ def environment_defaults(root: Path = PROJECT_ROOT) -> dict[str, str]:
     }
 
 
-def startup_hook(root: Path = PROJECT_ROOT) -> str:
-    """The one-line .pth body that sets :func:`environment_defaults` (never overriding a set variable)."""
-    settings = "; ".join(
-        f"os.environ.setdefault({key!r}, {value!r})" for key, value in environment_defaults(root).items()
-    )
-    return f"import os; {settings}\n"
-
-
-def install_startup_hook(site_dir: Path | None = None, root: Path = PROJECT_ROOT) -> Path:
-    """Write the hook into ``site_dir`` (default: this interpreter's site-packages); returns its path."""
-    target = Path(site_dir or sysconfig.get_paths()["purelib"]) / HOOK_FILE
-    target.write_text(startup_hook(root), encoding="utf-8")
-    print(f"ZenML defaults of {root} for every Python of {sys.prefix}: {target}")
-    return target
-
-
 def configure() -> None:
-    """Set the ZenML environment defaults (no-op for variables the caller already set) and pin the source
-    root, without importing zenml: the DVC stage commands in this package run without it."""
+    """Set the environment defaults (no-op for variables the caller already set) and pin the source root,
+    without importing zenml: the DVC stage commands in this package run without it."""
     for key, value in environment_defaults().items():
         os.environ.setdefault(key, value)
     os.environ[SOURCE_ROOT_VARIABLE] = str(PROJECT_ROOT)  # read by zenml.utils.source_utils on import
@@ -74,10 +51,43 @@ def configure() -> None:
         source_utils.set_custom_source_root(str(PROJECT_ROOT))
 
 
+def repository_root() -> Path:
+    """``ZENML_REPOSITORY_PATH`` when set, else the project root."""
+    return Path(os.environ.get("ZENML_REPOSITORY_PATH") or PROJECT_ROOT)
+
+
 def ensure_repository() -> None:
-    """Mark the repository (``ZENML_REPOSITORY_PATH``) if it is not one yet."""
+    """`zenml init` at the repository root if it is not one yet, and the project's stack active there."""
     from zenml.client import Client
 
-    root = Path(os.environ.get("ZENML_REPOSITORY_PATH", PROJECT_ROOT))
+    root = repository_root()
     if not Client.is_repository_directory(root):
         Client.initialize(root)
+    client = Client()  # the process's one client, which the pipeline run uses too
+    client.activate_root(root)
+    ensure_stack(client)
+
+
+def ensure_stack(client: Any) -> None:
+    """Register :data:`STACK` (once) on the MLflow store the library logs to, keep its tracker's URI current,
+    and activate it where the repository still uses the default stack."""
+    from zenml.enums import StackComponentType as Kind
+
+    from unimatch.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(None)
+    try:
+        tracker = client.get_stack_component(Kind.EXPERIMENT_TRACKER, TRACKER)
+    except KeyError:
+        client.create_stack_component(TRACKER, "mlflow", Kind.EXPERIMENT_TRACKER, {"tracking_uri": uri})
+    else:
+        if tracker.configuration.get("tracking_uri") != uri:  # MLFLOW_TRACKING_URI changed, or the project moved
+            client.update_stack_component(TRACKER, Kind.EXPERIMENT_TRACKER, configuration={"tracking_uri": uri})
+    if not client.list_stack_components(type=Kind.MODEL_REGISTRY, name=REGISTRY).items:
+        client.create_stack_component(REGISTRY, "mlflow", Kind.MODEL_REGISTRY, {})
+    if not client.list_stacks(name=STACK).items:
+        default = client.get_stack("default").components
+        components = {kind: default[kind][0].name for kind in (Kind.ORCHESTRATOR, Kind.ARTIFACT_STORE)}
+        client.create_stack(STACK, {**components, Kind.EXPERIMENT_TRACKER: TRACKER, Kind.MODEL_REGISTRY: REGISTRY})
+    if client.active_stack_model.name == "default":
+        client.activate_stack(STACK)

@@ -11,6 +11,7 @@ from unimatch.config import ExperimentConfig
 
 from .artifacts import Evaluation, SplitSet, TrainedModel
 from .cache import LIBRARY_CACHE_POLICY
+from .tracking import with_run_tags
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY)
@@ -23,4 +24,4 @@ def evaluate_model(
     It re-reads the checkpoint from the artifact store, so it also proves the stored copy is usable.
     Classes absent from both prediction and ground truth have no IoU and are left out.
     """
-    return jobs.evaluate_trained(model, splits, config, tags)
+    return jobs.evaluate_trained(model, splits, config, with_run_tags(tags))

@@ -11,6 +11,7 @@ from unimatch.config import ExperimentConfig
 
 from .artifacts import PretrainedEncoder, SplitSet
 from .cache import LIBRARY_CACHE_POLICY
+from .tracking import with_run_tags
 
 
 @step(cache_policy=LIBRARY_CACHE_POLICY)
@@ -23,4 +24,4 @@ def pretrain_encoder(
     The training steps take this step's output as an input; should the file be deleted or changed while
     this step stays cached, they pre-train it again.
     """
-    return jobs.pretrain(splits, config, tags)
+    return jobs.pretrain(splits, config, with_run_tags(tags))

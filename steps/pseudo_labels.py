@@ -12,7 +12,7 @@ from unimatch.config import ExperimentConfig
 
 from .artifacts import PseudoLabelSet, SplitFile, SplitSet, StabilityRanking, TrainedModel
 from .cache import LIBRARY_CACHE_POLICY
-from .tracking import store_uri
+from .tracking import store_uri, with_run_tags
 from .train import MATERIALIZER
 
 
@@ -56,4 +56,4 @@ def train_student(
 ) -> Annotated[TrainedModel, "model"]:
     """An ST / ST++ student, re-initialised (from ``model.weights``, never the teacher), on the labeled split
     and ``pseudo_labels``."""
-    return jobs.train_student(splits, pseudo_labels, config, name, tags, tracking_uri=store_uri())
+    return jobs.train_student(splits, pseudo_labels, config, name, with_run_tags(tags), tracking_uri=store_uri())

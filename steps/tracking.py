@@ -36,3 +36,11 @@ def store_uri() -> str | None:
     """The tracking URI runs were logged to (None: the library's default resolution)."""
     tracker = mlflow_tracker()
     return tracker.get_tracking_uri() if tracker is not None else None
+
+
+def with_run_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` plus the id of the ZenML pipeline run this step belongs to (``zenml_run_id``), so an MLflow run
+    leads back to its pipeline run in the ZenML dashboard."""
+    from zenml import get_step_context
+
+    return {**tags, "zenml_run_id": str(get_step_context().pipeline_run.id)}

@@ -11,7 +11,7 @@ from unimatch.config import ExperimentConfig
 
 from .artifacts import PretrainedEncoder, SplitSet, TrainedModel, TrainedModelMaterializer
 from .cache import LIBRARY_CACHE_POLICY
-from .tracking import store_uri
+from .tracking import store_uri, with_run_tags
 
 # By import path: resolving the class would open the ZenML store whenever this module is imported.
 MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer.__qualname__}"
@@ -36,7 +36,7 @@ def train_model(
     When the pipeline configures a ZenML Model, this step's run is one of its versions: the stored
     checkpoint is linked to it as its model artifact, with the MLflow run and registered model as metadata.
     """
-    trained = jobs.train_variant(splits, config, name, tags, tracking_uri=store_uri(), encoder=encoder)
+    trained = jobs.train_variant(splits, config, name, with_run_tags(tags), tracking_uri=store_uri(), encoder=encoder)
     if get_step_context().model_version is not None:
         log_metadata(metadata=model_version_metadata(trained), infer_model=True)
     return trained

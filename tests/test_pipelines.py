@@ -35,11 +35,17 @@ print(json.dumps([{name: step.status.value for name, step in run.steps.items()} 
 """
 
 
+def _home_env(root: Path) -> dict[str, str]:
+    """This environment with ``root/home`` as the home directory and no ZenML variable: ZenML's own defaults
+    (its configuration and local store under ``~/.config/zenml``), as for a user who exported nothing."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ZENML_") and key != "XDG_CONFIG_HOME"}
+    return {**env, "HOME": str(root / "home")}
+
+
 def _env(root: Path) -> dict[str, str]:
     return {
-        **os.environ,
-        "ZENML_CONFIG_PATH": str(root / ".zen" / "global"),
-        "ZENML_REPOSITORY_PATH": str(root),
+        **_home_env(root),
+        "ZENML_REPOSITORY_PATH": str(root),  # the temporary project, not this checkout
         "ZENML_ANALYTICS_OPT_IN": "false",
         "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
         "PYTHONPATH": str(PROJECT),
@@ -85,6 +91,7 @@ def test_benchmark_logs_one_training_run_per_method(project: Path, benchmark_run
         assert (tags["table"], tags["dataset"], tags["split"], tags["encoder"]) == ("table5", "embedded", "4", "tiny")
         assert tags.get("streams") == ("complementary" if tags["method"] == "unimatch_v2" else None)  # its own settings only
         assert run.data.params["train.max_iters"] == "2"
+        assert re.fullmatch(r"[0-9a-f-]{36}", tags["zenml_run_id"])  # the ZenML pipeline run it belongs to
         assert run.data.params["pretrain.encoder"].startswith("runs/pretrain/embedded-tiny-mae-")
     (pretrain_run,) = [run for run in _runs(project, "embedded-table5-quick") if run.data.tags.get("kind") == "pretrain"]
     assert pretrain_run.info.status == "FINISHED" and "pretrain/loss" in pretrain_run.data.metrics
@@ -102,23 +109,27 @@ def test_benchmark_writes_the_table5_report_and_predictions(project: Path, bench
     assert len(list((outputs / "predictions" / "unimatch_v2" / "labels").glob("*.png"))) == 3
 
 
-def test_zenml_cli_sees_the_project_store_without_any_exported_variable(project: Path, benchmark_runs: list, tmp_path: Path) -> None:
-    """`zenml pipeline runs list` (which never imports the project) lists the runs that
-    `python -m pipelines...` made, through the startup hook `make venv` installs; here the hook of the
-    temporary project is installed into a scratch site directory instead of the virtual environment."""
-    from pipelines.zenml_env import HOOK_FILE, install_startup_hook
+def test_zenml_cli_of_a_plain_venv_lists_the_runs(project: Path, benchmark_runs: list, tmp_path: Path) -> None:
+    """`zenml pipeline runs list`, run in the project from a virtual environment built like `pip install -e .`
+    (no startup hook, nothing exported), lists the runs that `python -m pipelines...` made: ZenML finds the
+    repository that `zenml init` marked at the project root and its store at its default place.
 
-    install_startup_hook(tmp_path, project)
-    env = {key: value for key, value in _env(project).items() if not key.startswith("ZENML_")}
-    # The checkout's own hook already ran at start-up: forget its values, as if the temporary project owned
-    # this environment, then run the temporary project's hook the way Python runs .pth files.
-    cli = ("import os, site, sys; [os.environ.pop(key) for key in list(os.environ) if key.startswith('ZENML_')]; "
-           f"site.addsitedir({str(tmp_path)!r}); from zenml.cli.cli import cli; sys.argv = ['zenml', 'pipeline', 'runs', 'list']; cli()")
-    listed = subprocess.run([sys.executable, "-c", cli], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    Building that environment by installing the packages would take minutes, so it is a bare `venv` of this
+    interpreter whose only addition is a .pth line naming this environment's site-packages (and the project,
+    as an editable install does): the same packages, but none of this environment's own .pth start-up code,
+    which is where the old mechanism hid the project's ZenML variables."""
+    assert (project / ".zen" / "config.yaml").is_file()  # what `zenml init` writes
+    subprocess.run([sys._base_executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    site = next((tmp_path / "venv" / "lib").glob("python3*/site-packages"))
+    (site / "packages.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{PROJECT}\n", encoding="utf-8")
+    cli = "from zenml.cli.cli import cli; cli()"
+    listed = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", cli, "pipeline", "runs", "list"],
+                            cwd=project, env=_home_env(project), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert listed.returncode == 0, listed.stderr[-3000:]
     assert listed.stdout.count("semi_supervised_benchmark") == 2 and "2 items found" in listed.stderr, listed.stdout
-    installed = Path(sysconfig.get_paths()["purelib"]) / HOOK_FILE  # what `make venv` wrote for this checkout
-    assert str(PROJECT / ".zen" / "global") in installed.read_text(encoding="utf-8")
+    stacks = subprocess.run([str(tmp_path / "venv" / "bin" / "python"), "-c", cli, "stack", "describe"],
+                            cwd=project, env=_home_env(project), capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert "unimatch-mlflow" in stacks.stdout and "unimatch-mlflow-registry" in stacks.stdout, stacks.stdout
 
 
 MODEL_VERSIONS = """

@@ -19,7 +19,9 @@ Tags set by :func:`tracker_from_config`: ``kind`` (``train``; evaluation passes 
 ``dataset``, ``split`` (labeled count or fraction as written, e.g. ``24`` or ``0.0625``), ``method``,
 ``encoder``, ``frozen`` (``true``/``false``), ``streams``, ``threshold``, ``unlabeled_weight`` (where the
 method has them: a labeled-only run has none of the three), ``seed``,
-``config_digest`` (:func:`unimatch.config.config_digest`: equal for runs of the same experiment),
+``config_digest`` (:func:`unimatch.config.config_digest`: equal for runs of the same experiment), ``data_version``
+(what DVC pins of the dataset: :func:`data_version`; absent where DVC tracks none), ``zenml_run_id`` (runs of a
+ZenML pipeline step),
 then ``tracking.tags`` from the config and the caller's tags, which win. The report tables also read
 ``setting`` (Table 13: ``labeled only`` / ``+ extra unlabeled``) and ``sweep_param`` / ``sweep_value``
 (Figs. 5-6), which the experiment configs set through ``tracking.tags``.
@@ -36,8 +38,10 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH
 
 from unimatch.config import ExperimentConfig, config_digest
@@ -125,7 +129,21 @@ def config_tags(cfg: ExperimentConfig) -> dict[str, str]:
         **{key: format_number(getattr(cfg.method, key)) for key in METHOD_TAGS if hasattr(cfg.method, key)},
         "seed": format_number(cfg.train.seed),
         "config_digest": config_digest(cfg),
+        **({"data_version": version} if (version := data_version(cfg.dataset.root)) else {}),
     }
+
+
+def data_version(root: str | Path) -> str | None:
+    """What DVC pins of the dataset at ``root``: ``<file>.dvc:<md5>`` of the .dvc file beside ``root`` or beside
+    a folder above it (``data.dvc`` for ``data/embedded``); None where DVC tracks no folder holding it."""
+    folder = Path(root).absolute()
+    for tracked in (folder, *folder.parents[:-1]):  # not the file-system root, which has no name
+        dvc_file = tracked.with_name(tracked.name + ".dvc")
+        if dvc_file.is_file():
+            outs = (yaml.safe_load(dvc_file.read_text(encoding="utf-8")) or {}).get("outs", [])
+            pinned = [out.get("md5") for out in outs if out.get("path") == tracked.name and out.get("md5")]
+            return f"{dvc_file.name}:{pinned[0].removesuffix('.dir')}" if pinned else None
+    return None
 
 
 def run_params(cfg: ExperimentConfig) -> dict[str, Any]:
