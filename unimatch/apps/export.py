@@ -152,7 +152,9 @@ def _save_onnx(model: nn.Module, example: torch.Tensor, file: BinaryIO, dynamic:
 def _load_onnx(path: Path) -> Runner:
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # PyTorch's (OMP_NUM_THREADS): comparable timings
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda batch: session.run(None, {"image": batch})[0]
 
 

@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -72,7 +72,7 @@ class ServingSettings:
     stride_ratio: float = 2 / 3
     window_batch: int = 1
     max_tokens: int | None = None
-    input: str = field(default="uint8 (B, H, W, 3 x input_images) RGB, any H and W; output: uint8 (B, H, W) labels")
+    input: str = "uint8 (B, H, W, 3 x input_images) RGB, any H and W; output: uint8 (B, H, W) labels"
 
     @classmethod
     def from_config(cls, cfg: ExperimentConfig, class_names: list[str], input_images: int) -> ServingSettings:
@@ -140,7 +140,7 @@ class SegmentationPyfunc:
         return torch.cat([normalize(image[..., start : start + 3]) for start in range(0, image.shape[-1], 3)])
 
     @torch.no_grad()
-    def predict(self, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    def predict(self, model_input: Any) -> np.ndarray:
         images = self._check(model_input)
         s = self.settings
         labels = []
@@ -172,7 +172,7 @@ def _load_pyfunc(data_path: str, model_config: dict[str, Any] | None = None) -> 
 
 
 class ServerError(RuntimeError):
-    """``mlflow models serve`` exited or did not answer in time; the message holds the end of its log."""
+    """``mlflow models serve`` exited or did not answer in time; the message names its log file."""
 
 
 def free_port() -> int:
