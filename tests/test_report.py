@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -49,12 +50,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_methods_table_values_blanks_and_order(store: str) -> None:
     runs = collect_runs(store, ["paper"], filter_tags={"dataset": "pascal"})
     table = build_table(runs, "methods", expected_cols=[366])
-    assert list(table.index) == METHOD_ROWS
+    assert list(table.index) == ["labeled-only", "FixMatch", "UniMatch V2"]  # methods never run: left out, named
+    left_out = re.search(r"Rows without a finished run, left out: ([^.]*)\.", table.attrs["footnote"]).group(1)
+    assert {"UniMatch V1", "AllSpark", "ST", "ST++", "SemiVL"} <= set(left_out.split(", ")) and "FixMatch" not in left_out.split(", ")
     assert list(table.columns) == ["92", "366", "1464"]  # numeric, not lexical, order
     assert table.loc["UniMatch V2"].tolist() == ["80.3 (n=2)", "", "85.1"]
     assert table.loc["FixMatch"].tolist() == ["70.0", "", ""]  # the FAILED 99.0 is ignored
     assert table.loc["labeled-only"].tolist() == ["60.0", "", ""]  # the KILLED run is ignored
-    assert table.loc["UniMatch V1"].tolist() == ["", "", ""]
     assert table.attrs["context"] == {"dataset": "pascal", "encoder": "small"}
     assert "Finished runs used: 5 in 4 cell(s), 1-2 per cell." in table.attrs["footnote"]
     assert "(config_digest) dropped, the latest kept: 1." in table.attrs["footnote"]
@@ -92,14 +94,40 @@ def test_report_writes_markdown_csv_and_html(store: str, tmp_path: Path) -> None
     rows = _markdown_rows(markdown)
     assert rows[0] == ["method / split", "92", "1464"]
     assert rows[1] == [":---", "---:", "---:"]
-    assert ["UniMatch V2", "80.3 (n=2)", "85.1"] in rows and ["UniMatch V1", "", ""] in rows
+    assert ["UniMatch V2", "80.3 (n=2)", "85.1"] in rows and "UniMatch V1" not in {row[0] for row in rows}
 
     csv = pd.read_csv(paths["csv"], index_col=0, dtype=str, keep_default_na=False)
     assert csv.loc["FixMatch", "92"] == "70.0" and csv.loc["FixMatch", "1464"] == ""
+    assert csv.loc["UniMatch V2", "1464"] == "85.14"  # full precision: the table shows 85.1
+    assert float(csv.loc["UniMatch V2", "92"]) == pytest.approx((80.0 + 80.6) / 2, abs=1e-12)
 
     page = paths["html"].read_text()
     assert page.startswith("<!DOCTYPE html>") and "<h1>Table 5" in page
     assert "<td>80.3 (n=2)</td>" in page and "best_miou_ema" in page
+    assert "<img" not in page  # no run logged pseudo-label metrics: no figure, and no broken image
+
+
+def test_html_report_embeds_its_figures(tmp_path: Path) -> None:
+    """The page is one file with its figures inline (was: a table only, the PNG beside it not shown)."""
+    import base64
+
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("figures", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(experiment_id, tags={**BASE_TAGS, "method": "unimatch_v2", "split": "92"})
+    for step, value in ((10, 40.0), (20, 55.0)):
+        client.log_metric(run.info.run_id, "pseudo/mask_ratio", value, step=step)
+        client.log_metric(run.info.run_id, "pseudo/precision", value + 10, step=step)
+    client.log_metric(run.info.run_id, "best_miou_ema", 61.0)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    with warnings.catch_warnings():  # two of the three panels have no data: no legend, no matplotlib warning
+        warnings.simplefilter("error")
+        paths = report(uri, "figures", "methods", tmp_path / "out")
+    page = paths["html"].read_text()
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 1 and base64.b64decode(images[0]) == paths["png"].read_bytes()
 
 
 def _markdown_rows(markdown: str) -> list[list[str]]:
@@ -147,12 +175,14 @@ def test_sweep_and_streams_layouts() -> None:
     table = build_table(sweep, "sweep")
     assert list(table.columns) == ["0.7", "0.95"]
     assert table.loc["τ (confidence threshold)"].tolist() == ["78.2", "80.0"]
-    assert table.loc["λ (unlabeled loss weight)"].tolist() == ["", ""]
+    assert "λ (unlabeled loss weight)" not in table.index  # not swept: left out
 
-    streams = _runs({"tags.method": "unimatch_v2", "tags.split": "92", "tags.streams": "image_only",
-                     "metrics.best_miou_ema": 79.0})
+    streams = _runs({"tags.method": "unimatch_v2", "tags.split": "92", "tags.streams": "complementary",
+                     "metrics.best_miou_ema": 81.0},
+                    {"tags.method": "unimatch_v2", "tags.split": "92", "tags.streams": "image_only",
+                     "metrics.best_miou_ema": 79.0})  # fmt: skip
     table = build_table(streams, "streams")
-    assert table.index[-1] == "complementary dropout (ours)"
+    assert list(table.index) == ["(b) two image streams", "complementary dropout (ours)"]  # the paper's order
     assert table.loc["(b) two image streams", "92"] == "79.0"
 
 

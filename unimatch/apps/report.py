@@ -11,9 +11,10 @@ stores) all count. A misspelt experiment or a table no finished run belongs to i
 
 from __future__ import annotations
 
+import base64
 import difflib
 import html
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -305,19 +306,27 @@ def build_table(
     context = _single_context(finished, spec, layout)
     kept = _latest_per_digest(finished)
     stats = kept.groupby(["row", "col"])["value"].agg(["mean", "count"])
-    rows = _axis(spec.row_order, expected_rows, kept["row"])
+    # Rows (methods, settings) without a single finished run are left out and named in the footnote: a row of
+    # blanks reads as "ran and scored nothing".
+    candidates = _axis(spec.row_order, expected_rows, kept["row"])
+    rows = [row for row in candidates if row in set(kept["row"])]
     cols = _axis(spec.col_order, expected_cols, kept["col"])
     table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
+    values = pd.DataFrame(float("nan"), index=rows, columns=cols)
     extras = _cell_extras(kept, spec)
     for (row, col), (mean, count) in stats.iterrows():
         table.at[row, col] = _cell(mean, int(count), extras.get((row, col), ""))
+        values.at[row, col] = mean
     table = _with_row_columns(table, kept, spec.row_columns)
-    table.index = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
-    table.columns.name = spec.col_tag
+    labels = pd.Index([spec.row_labels.get(row, row) for row in rows], name=spec.row_tag)
+    table.index, values.index = labels, labels
+    table.columns.name = values.columns.name = spec.col_tag
     duplicates = len(finished) - len(kept)
+    not_run = [spec.row_labels.get(row, row) for row in candidates if row not in rows]
     table.attrs = {
-        "footnote": _footnote(spec.metric, spec.unit, stats["count"], unfinished, duplicates),
+        "footnote": _footnote(spec.metric, spec.unit, stats["count"], unfinished, duplicates, not_run),
         "context": context,
+        "values": values,  # the cells' means at full precision, for the CSV
     }
     return table
 
@@ -338,11 +347,13 @@ def _with_row_columns(
     return pd.concat([pd.DataFrame(front, index=table.index, dtype=object), table], axis=1)
 
 
-def _footnote(metric: str, unit: str, counts: pd.Series, unfinished: int, duplicates: int) -> str:
+def _footnote(metric: str, unit: str, counts: pd.Series, unfinished: int, duplicates: int, not_run: list[str]) -> str:
     note = (
         f"Each cell: mean of {metric} ({unit}) over FINISHED runs; "
         "'(n=k)' marks a cell averaging k > 1 runs; blank: no finished run. "
     )
+    if not_run:
+        note += f"Rows without a finished run, left out: {', '.join(not_run)}. "
     low, high = int(counts.min()), int(counts.max())
     per_cell = str(low) if low == high else f"{low}-{high}"
     note += f"Finished runs used: {int(counts.sum())} in {len(counts)} cell(s), {per_cell} per cell. "
@@ -389,29 +400,47 @@ p.note {{ color: #555; font-size: 0.9rem; max-width: 50rem; }}
 <h1>{title}</h1>
 {table}
 <p class="note">{footnote}</p>
+{figures}
 </body>
 </html>
 """
 
 
-def to_html(table: pd.DataFrame, title: str, footnote: str) -> str:
+def _embedded_figure(path: Path) -> str:
+    """``path`` (a PNG) as an inline image: the page stays one file that opens anywhere, offline."""
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}" style="max-width: 100%">'
+        f"<figcaption>{html.escape(path.name)}</figcaption></figure>"
+    )
+
+
+def to_html(table: pd.DataFrame, title: str, footnote: str, figures: Sequence[Path] = ()) -> str:
     esc = html.escape
     grid = _with_corner(table).to_html(border=0, classes="report", escape=True)
-    return _HTML_PAGE.format(title=esc(title), table=grid, footnote=esc(footnote))
+    shown = "\n".join(_embedded_figure(path) for path in figures)
+    return _HTML_PAGE.format(title=esc(title), table=grid, footnote=esc(footnote), figures=shown)
 
 
 def write_report(
-    table: pd.DataFrame, out_dir: str | Path, name: str, title: str, footnote: str | None = None
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    name: str,
+    title: str,
+    footnote: str | None = None,
+    figures: Sequence[Path] = (),
 ) -> dict[str, Path]:
-    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.html`` under ``out_dir``; returns them by
-    extension. ``footnote`` defaults to the one :func:`build_table` attached."""
+    """Write ``<name>.md``, ``<name>.csv`` and ``<name>.html`` (with ``figures`` embedded) under ``out_dir``;
+    returns them by extension. ``footnote`` defaults to the one :func:`build_table` attached; the CSV holds
+    the cells' means at full precision where :func:`build_table` left them (blank: no finished run)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     note = table.attrs.get("footnote", "") if footnote is None else footnote
+    values = table.attrs.get("values")
     texts = {
         "md": to_markdown(table, title, note),
-        "csv": table.to_csv(lineterminator="\n"),
-        "html": to_html(table, title, note),
+        "csv": (table if values is None else _with_corner(values)).to_csv(lineterminator="\n"),
+        "html": to_html(table, title, note, figures),
     }
     # Atomic: readers (a browser, DVC) never see a half-written file.
     return {ext: write_text_atomic(out / f"{name}.{ext}", text) for ext, text in texts.items()}
@@ -442,7 +471,8 @@ def plot_pseudo_label_quality(uri: str, runs: pd.DataFrame, path: str | Path) ->
                 ax.plot(*zip(*history), marker="o", markersize=3, label=str(label))
         ax.set(title=title, xlabel="iteration", ylim=(0, 100))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        if ax.lines:  # a metric no run logged (an older run's): no legend, rather than matplotlib's warning
+            ax.legend(fontsize="x-small")
     return save_figure(fig, path)
 
 
@@ -485,9 +515,9 @@ def report(
     if title is None:
         context = ", ".join(f"{tag} {value}" for tag, value in table.attrs["context"].items())
         title = f"{_layout(layout).title} ({context})" if context else _layout(layout).title
-    paths = write_report(table, out_dir, name or layout, title)
     training = runs[_column(runs, "tags.kind") == "train"]
     figure = plot_pseudo_label_quality(uri, training, Path(out_dir) / f"{name or layout}_pseudo_labels.png")
+    paths = write_report(table, out_dir, name or layout, title, figures=[figure] if figure else [])
     if figure is not None:
         paths["png"] = figure
     return paths
