@@ -114,3 +114,30 @@ def test_runs_carry_the_data_version_dvc_pins(tmp_path: Path) -> None:
     )
     assert data_version(tmp_path / "data" / "embedded") == "data.dvc:74cc50b98f218006b048cf85c872d01b"
     assert data_version(PROJECT / "data" / "embedded").startswith("data.dvc:")  # the checkout's own
+
+
+def test_a_bar_in_a_log_ends_on_its_final_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a non-TTY log the evaluation bar (leave=False) stayed at its first line, `0/100`."""
+    import io
+
+    from unimatch.utils.progress import progress_bar
+
+    log = io.StringIO()  # not a TTY, like a log file or a scheduler's output
+    monkeypatch.setattr(sys, "stderr", log)
+    assert sum(progress_bar(range(100), desc="evaluate", unit="img", leave=False)) == 4950
+    lines = log.getvalue().splitlines()
+    assert "0/100" in lines[0] and "100/100" in lines[-1], lines
+
+
+def test_undefined_pseudo_label_shares_are_not_logged() -> None:
+    """Precision with no confident pixel is undefined: left out of the metrics (was: a NaN the tracker warned
+    about, three times per quick run), while the defined shares stay."""
+    import math
+
+    from unimatch.engine.inference import PseudoLabelQuality
+
+    quality = PseudoLabelQuality(float("nan"), float("nan"), 0.0, 0.0, 12.5, 0.0, {"disk": float("nan"), "ring": 3.0})
+    metrics = quality.metrics()
+    assert metrics == {"pseudo/foreground_coverage": 0.0, "pseudo/foreground_recall": 0.0,
+                       "pseudo/foreground_accuracy": 12.5, "pseudo/mask_ratio": 0.0, "pseudo/class_recall/ring": 3.0}  # fmt: skip
+    assert all(math.isfinite(value) for value in metrics.values())

@@ -4,6 +4,7 @@ dataset-wide mIoU."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -191,9 +192,12 @@ class PseudoLabelQuality:
     class_recall: dict[str, float] = field(default_factory=dict)
 
     def metrics(self, prefix: str = "pseudo/") -> dict[str, float]:
+        """The defined shares as metrics: one with nothing to measure (precision while no pixel is confident,
+        early in training) is NaN here and left out, as the per-class IoU of an absent class is, instead of
+        a tracker warning at every evaluation."""
         values = {f"{prefix}{name}": value for name, value in self.__dict__.items() if name != "class_recall"}
         values.update({f"{prefix}class_recall/{name}": value for name, value in self.class_recall.items()})
-        return values
+        return {key: value for key, value in values.items() if not math.isnan(value)}
 
 
 class PseudoLabelCounts:

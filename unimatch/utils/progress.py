@@ -52,6 +52,8 @@ def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
     """``tqdm(iterable, **options)`` for the terminal or for logs (see the module docstring)."""
     if interactive():
         return _Bar(iterable, dynamic_ncols=True, **options)
+    # In a log a bar is never erased (leave): erasing a finished bar there prints nothing, which left a work
+    # shorter than the interval at its first line ("evaluate: 0/100") as if it had hung.
     return _Bar(
         iterable,
         file=_LogLines(),
@@ -59,5 +61,5 @@ def progress_bar(iterable: Iterable[Any] | None = None, **options: Any) -> tqdm:
         maxinterval=LOG_INTERVAL_S,
         ncols=100,
         ascii=True,
-        **options,
+        **{**options, "leave": True},
     )
