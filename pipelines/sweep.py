@@ -1,11 +1,12 @@
 """Figs. 5-6: one-factor-at-a-time sweeps of UniMatch V2 hyper-parameters (τ, λ) around a config.
 
-Every run changes ONE config key of the grid and is tagged ``sweep_param`` (the key's last part, e.g.
-``threshold``) and ``sweep_value``, which is what the ``sweep`` report layout reads.
+The grid holds any number of config keys, each with its values; every run changes ONE key and is tagged
+``sweep_param`` (the key's last part, e.g. ``threshold``) and ``sweep_value``, which is what the ``sweep``
+report layout reads. The report draws each key's curve (``sweep_curves.png``, in the HTML page too).
 
-    python -m pipelines.sweep                                    # τ grid of configs/zenml/sweep_threshold.yaml
-    python -m pipelines.sweep --run-config configs/zenml/sweep_weight.yaml
-    zenml pipeline run pipelines.sweep.sweep -c configs/zenml/sweep_threshold.yaml
+    python -m pipelines.sweep                                    # τ and λ: configs/zenml/sweep.yaml
+    python -m pipelines.sweep --run-config configs/zenml/sweep_weight.yaml      # λ only, scheduled
+    zenml pipeline run pipelines.sweep.sweep -c configs/zenml/sweep.yaml
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from unimatch.tracking import format_number
 from .cli import run_main
 from .common import DEFAULT_CONFIG, table_dag
 
-DEFAULT_RUN_CONFIG = "configs/zenml/sweep_threshold.yaml"
-DEFAULT_GRID = {"method.threshold": [0.0, 0.7, 0.9, 0.95, 0.98]}
+DEFAULT_RUN_CONFIG = "configs/zenml/sweep.yaml"
+DEFAULT_GRID = {"method.threshold": [0.0, 0.7, 0.9, 0.95, 0.98], "method.unlabeled_weight": [0.25, 0.5, 1.0, 2.0]}
 
 
 def grid_variants(grid: dict[str, list[float]]) -> list[Variant]:

@@ -246,3 +246,43 @@ def test_pipes_in_labels_do_not_break_the_markdown_table() -> None:
     runs = _runs({"tags.dataset": "a|b", "tags.setting": "labeled only", "metrics.best_miou_ema": 70.0})
     rows = _markdown_rows(to_markdown(build_table(runs, "real_world"), "T", "note"))
     assert rows[2] == ["a\\|b", "70.0", ""]  # "+ extra unlabeled" is always a column
+
+
+def test_a_sweep_over_two_keys_is_drawn_as_the_papers_curves(tmp_path: Path) -> None:
+    """Figs. 5-6: τ and λ swept in one experiment give one table row and one curve panel each, embedded in
+    the page (was: a table only, one key at a time)."""
+    import base64
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("sweep", artifact_location=(tmp_path / "artifacts").as_uri())
+    points = {("threshold", "0.7"): 60.0, ("threshold", "0.95"): 62.5, ("unlabeled_weight", "0.5"): 58.0,
+              ("unlabeled_weight", "2"): 61.25}  # fmt: skip
+    for (param, value), miou in points.items():
+        tags = {**BASE_TAGS, "method": "unimatch_v2", "split": "92", "sweep_param": param, "sweep_value": value}
+        run = client.create_run(experiment_id, tags=tags)
+        client.log_metric(run.info.run_id, "best_miou_ema", miou)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    paths = report(uri, "sweep", "sweep", tmp_path / "out")
+    csv = pd.read_csv(paths["csv"], index_col=0)
+    assert csv.loc["τ (confidence threshold)", "0.95"] == 62.5 and csv.loc["λ (unlabeled loss weight)", "2"] == 61.25
+    assert paths["curves"].name == "sweep_curves.png"
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', paths["html"].read_text())
+    assert base64.b64decode(images[0]) == paths["curves"].read_bytes()
+
+
+def test_sweep_curves_put_each_key_in_its_own_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from unimatch import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path: drawn.append(fig) or Path(path))
+    values = pd.DataFrame({"0.5": [float("nan"), 58.0], "0.7": [60.0, float("nan")], "2": [float("nan"), 61.25]},
+                          index=["τ", "λ"])  # fmt: skip
+    figures.plot_sweep_curves(values, tmp_path / "c.png", "best_miou_ema (%)")
+    (fig,) = drawn
+    assert isinstance(fig, Figure)
+    panels = {ax.get_xlabel(): [tuple(xy) for xy in ax.lines[0].get_xydata()] for ax in fig.axes}
+    assert panels == {"τ": [(0.7, 60.0)], "λ": [(0.5, 58.0), (2.0, 61.25)]}
+    assert figures.plot_sweep_curves(values.iloc[:0], tmp_path / "none.png", "x") is None

@@ -109,3 +109,21 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     """Atomically, like checkpoints and reports: a crash mid-save never leaves a truncated image."""
     path = Path(path)
     return atomic_write(path, lambda file: fig.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120))
+
+
+def plot_sweep_curves(values: pd.DataFrame, path: str | Path, ylabel: str) -> Path | None:
+    """Figs. 5-6 as the paper draws them: one panel per swept key (a row of ``values``, the table of means
+    whose columns are the swept values), the value on the x axis and the score on the y axis, each point
+    labelled. None when no row has a value."""
+    curves = [(str(label), row.dropna()) for label, row in values.iterrows() if row.notna().any()]
+    if not curves:
+        return None
+    fig = Figure(figsize=(4.5 * len(curves), 3.8), layout="constrained")
+    for ax, (label, row) in zip(np.atleast_1d(fig.subplots(1, len(curves))), curves):
+        points = sorted((float(value), score) for value, score in row.items())
+        ax.plot(*zip(*points), marker="o")
+        for x, y in points:
+            ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize="small")
+        ax.set(xlabel=label, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+    return save_figure(fig, path)

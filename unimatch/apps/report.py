@@ -24,7 +24,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from unimatch.errors import UnimatchError
-from unimatch.figures import save_figure
+from unimatch.figures import plot_sweep_curves, save_figure
 from unimatch.methods import METHODS, method_labels
 from unimatch.tracking import check_tracking_uri, format_number, redact, resolve_tracking_uri, using_store
 from unimatch.utils.atomic import write_text_atomic
@@ -53,6 +53,7 @@ class TableLayout(NamedTuple):
     # (metric, format): more metrics of the same runs after the main one in each cell, e.g. Table 14's OA
     cell_extras: tuple[tuple[str, str], ...] = ()
     unit: str = "mIoU %, one decimal"  # what a cell shows, for the footnote
+    curves: bool = False  # rows are curves over numeric columns (Figs. 5-6): the report draws them too
 
 
 STREAM_LABELS = {
@@ -137,6 +138,7 @@ TABLE_LAYOUTS: dict[str, TableLayout] = {
         "Figs. 5-6: hyper-parameter sweeps, mIoU (%)",
         {"threshold": "τ (confidence threshold)", "unlabeled_weight": "λ (unlabeled loss weight)"},
         context=("dataset", "encoder", "method", "split"),
+        curves=True,
     ),
 }
 
@@ -516,8 +518,15 @@ def report(
         context = ", ".join(f"{tag} {value}" for tag, value in table.attrs["context"].items())
         title = f"{_layout(layout).title} ({context})" if context else _layout(layout).title
     training = runs[_column(runs, "tags.kind") == "train"]
-    figure = plot_pseudo_label_quality(uri, training, Path(out_dir) / f"{name or layout}_pseudo_labels.png")
-    paths = write_report(table, out_dir, name or layout, title, figures=[figure] if figure else [])
+    stem = Path(out_dir) / (name or layout)
+    figure = plot_pseudo_label_quality(uri, training, f"{stem}_pseudo_labels.png")
+    curves = None
+    if _layout(layout).curves:
+        curves = plot_sweep_curves(table.attrs["values"], f"{stem}_curves.png", f"{_layout(layout).metric} (%)")
+    figures = [path for path in (curves, figure) if path is not None]
+    paths = write_report(table, out_dir, name or layout, title, figures=figures)
     if figure is not None:
         paths["png"] = figure
+    if curves is not None:
+        paths["curves"] = curves
     return paths
