@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from zenml import Model
+from zenml.client import Client
 from zenml.config import ResourceSettings
 from zenml.steps.entrypoint_function_utils import StepArtifact
 
@@ -23,9 +24,11 @@ DEFAULT_CONFIG = "configs/embedded.yaml"
 
 
 def train_options(experiment: str, tags: dict[str, str], gpu_count: int) -> dict[str, Any]:
+    """The training step's tracker and GPUs: ``gpu_count`` when given (the local orchestrator warns that it
+    ignores them), else one GPU where the orchestrator places steps on a cluster's nodes."""
     options = tracker_step_options(experiment, tags)
-    if gpu_count:  # honoured by orchestrators that place steps (Kubernetes, Vertex...); the local one warns
-        options.setdefault("settings", {})["resources"] = ResourceSettings(gpu_count=gpu_count)
+    if gpu_count or Client().active_stack.orchestrator.config.is_remote:
+        options.setdefault("settings", {})["resources"] = ResourceSettings(gpu_count=gpu_count or 1)
     return options
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 from zenml import get_step_context, log_metadata, step
-from zenml.config import DockerSettings, ResourceSettings
+from zenml.config import DockerSettings
 
 from unimatch import jobs
 from unimatch.config import ExperimentConfig
@@ -31,15 +31,14 @@ def project_requirements(extras: tuple[str, ...] = ("cluster",)) -> list[str]:
 
 # Where a containerised orchestrator (the cluster stack, configs/zenml/stacks/) runs the training: an image with
 # the project's requirements (and its cluster extra: the stack's S3 and Kubernetes clients), the project
-# installed from the copied sources, on a node with one GPU. A table whose config asks for train.gpus > 1
-# (or --gpus) requests that many instead (pipelines.common.train_options).
+# installed from the copied sources. Its GPUs (one per step on a cluster, train.gpus or --gpus when more)
+# are the pipelines' ResourceSettings (pipelines.common.train_options).
 TRAINING_IMAGE = DockerSettings(
     requirements=project_requirements(), local_project_install_command="pip install --no-deps -e ."
 )
-TRAINING_SETTINGS = {"docker": TRAINING_IMAGE, "resources": ResourceSettings(gpu_count=1)}
 
 
-@step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER, settings=TRAINING_SETTINGS)
+@step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER, settings={"docker": TRAINING_IMAGE})
 def train_model(
     splits: SplitSet,
     config: ExperimentConfig,

@@ -1,5 +1,5 @@
 """The cluster stack (configs/zenml/stacks/kubernetes.yaml) registered in a temporary ZenML store, no cluster
-needed; the training step's GPU and Docker settings; a scheduled run configuration kept for ZenML on that
+needed; the training step's GPU and Docker settings on it; a scheduled run configuration kept for ZenML on that
 stack (the Kubernetes orchestrator schedules), dropped for the crontab line on the local one."""
 
 from __future__ import annotations
@@ -23,15 +23,23 @@ from zenml.client import Client
 from pipelines.cli import _without_schedule
 from pipelines.stacks import read_stack, register_stack
 
+from pipelines.common import train_options
+from steps.train import train_model
+
 client = Client()
 run_config, scratch = sys.argv[1], sys.argv[2]
 local = _without_schedule(run_config, ["sweep"], Path(scratch))
+local_resources = "resources" in train_options("e", {}, 0).get("settings", {})
 client.create_secret("mlflow_server", values={"username": "user", "password": "secret"})
 stack = read_stack(sys.argv[3], ["orchestrator.kubernetes_context=test-cluster", "artifact_store.path=s3://test/zenml"])
 register_stack(client, stack, activate=True)
 register_stack(client, stack, activate=True)  # again: updated in place
 active = client.active_stack
+step = train_model.with_options(**train_options("e", {}, 0)).configuration.settings
 print(json.dumps({
+    "local_resources": local_resources,
+    "gpus": step["resources"].gpu_count,
+    "docker_requirements": step["docker"].requirements,
     "stack": active.name,
     "flavors": {str(kind.value): component.flavor for kind, component in active.components.items()},
     "context": active.orchestrator.config.kubernetes_context,
@@ -67,17 +75,10 @@ def test_cluster_stack_registers_in_a_temporary_store(tmp_path):
     # The scheduled sweep: dropped (crontab line) on the local orchestrator, kept as a ZenML schedule here.
     assert found["schedulable"] and found["cluster_kept_schedule"] and not found["local_kept_schedule"]
     assert "crontab line" in done.stdout
-
-
-def test_training_step_carries_its_gpu_and_docker_settings():
-    from steps.train import train_model
-
-    settings = train_model.configuration.settings
-    assert settings["resources"].gpu_count == 1
-    docker = settings["docker"]
+    # The training step on the cluster: one GPU, the project's requirements in its image; none on the local one.
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    assert docker.requirements == [*project["dependencies"], *project["optional-dependencies"]["cluster"]]
-    assert docker.local_project_install_command == "pip install --no-deps -e ."
+    assert found["gpus"] == 1 and not found["local_resources"]
+    assert found["docker_requirements"] == [*project["dependencies"], *project["optional-dependencies"]["cluster"]]
 
 
 def test_a_stack_override_of_an_unknown_component_names_it():
