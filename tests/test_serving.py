@@ -18,11 +18,9 @@ import pytest
 from mlflow.models import Model
 from PIL import Image
 
-from unimatch.apps.predict import predict_folder
 from unimatch.apps.serving import local_server
 from unimatch.config import load_config
 from unimatch.data import generate_embedded
-from unimatch.engine.evaluate import checkpoint_model
 from unimatch.jobs import train
 from unimatch.tracking import tracker_from_config, using_store
 
@@ -33,7 +31,8 @@ NCLASS = 7
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """One tracked training (2 iterations, crop 56) registered as NAME, and two images: 160x120 and 518x518."""
+    """One tracked training (2 iterations, crop 56) registered as NAME, two images (160x120 and 518x518) and
+    the label PNGs `unimatch predict --model models:/NAME@best` wrote for them."""
     root = tmp_path_factory.mktemp("serving")
     data = generate_embedded(root / "data", seed=3, n_train=16, n_val=2, size=(84, 70))
     store = f"sqlite:///{root / 'mlflow.db'}"
@@ -55,14 +54,33 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     ]
     cfg = load_config("configs/embedded.yaml", overrides)
     with tracker_from_config(cfg) as tracker:
-        result = train(cfg, tracker, progress=False)
+        train(cfg, tracker, progress=False)
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
     for name, (height, width) in {"wide": (120, 160), "square": (518, 518)}.items():
         Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(images / f"{name}.png")
     labels = root / "predicted"
-    predict_folder(checkpoint_model(cfg, result.best_checkpoint, "ema"), images, labels, cfg, progress=False)
+    command = [
+        sys.executable,
+        "-m",
+        "unimatch.cli",
+        "predict",
+        "--no-progress",
+        "-c",
+        "configs/embedded.yaml",
+        "--model",
+        f"models:/{NAME}@best",
+        "--input",
+        str(images),
+        "--output",
+        str(labels),
+        *overrides,
+    ]
+    done = subprocess.run(
+        command, cwd=PROJECT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     return {"root": root, "store": store, "cfg": cfg, "images": images, "labels": labels / "labels"}
 
 
