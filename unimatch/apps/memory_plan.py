@@ -10,6 +10,11 @@ micro-batch size, accumulation K and checkpointing that keep the per-process bat
 the target less a 10 % margin (allocator fragmentation): no checkpointing where a micro-batch fits without
 it, and then the fewest accumulation steps.
 Methods that mix CutMix partners inside a batch need micro-batches of at least 2 images.
+
+The linear model holds where activations set the peak, as at the recipes' crops on a GPU (a ViT-S image at
+crop 518 keeps more than the optimizer's temporaries); at toy sizes the optimizer step sets it and the fit's
+slope is near zero, so the estimate for large micro-batches is low: ``benchmarks/memory_plan.py`` measures
+the recommendation itself.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import gc
 import tempfile
 import warnings
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -126,18 +132,21 @@ def _fit(checkpointing: bool, points: list[Measured]) -> Fit:
     )
 
 
-def _probe_config(cfg: ExperimentConfig, data: Path, batch: int, checkpointing: bool, out: Path) -> ExperimentConfig:
-    """``cfg``'s model, method and precision on a few generated images, at micro-batch ``batch``."""
+def _probe_config(
+    cfg: ExperimentConfig, data: Path, batch: int, accumulate: int, checkpointing: bool, out: Path
+) -> ExperimentConfig:
+    """``cfg``'s model, method and precision on a few generated images, ``accumulate`` micro-batches of ``batch``."""
     settings = cfg.to_dict()
     embedded = load_config(EMBEDDED).to_dict()
-    settings["dataset"] = {**embedded["dataset"], "root": str(data), "crop_size": cfg.dataset.crop_size}
+    sizes = {"crop_size": cfg.dataset.crop_size, "nclass": cfg.dataset.nclass}  # the classifier's and logits' size
+    settings["dataset"] = {**embedded["dataset"], "root": str(data), **sizes}
     settings["split"] = {**embedded["split"], "labeled": 2}
     settings["model"] = {**settings["model"], "weights": None, "init_checkpoint": None, "hub_download": False}
     settings["model"]["activation_checkpointing"] = checkpointing
     settings["train"] = {
         **settings["train"],
         "batch_size": batch,
-        "accumulate": 1,
+        "accumulate": accumulate,
         "gpus": 1,
         "nnodes": 1,
         "epochs": 1000,
@@ -151,7 +160,8 @@ def _probe_config(cfg: ExperimentConfig, data: Path, batch: int, checkpointing: 
     return validate(settings, "plan-memory probe")
 
 
-def _random_batches(trainer: Trainer, nclass: int, crop: int) -> tuple[LabeledBatch, UnlabeledBatch | None]:
+def random_batches(trainer: Trainer, nclass: int, crop: int) -> tuple[LabeledBatch, UnlabeledBatch | None]:
+    """One optimizer step's batch of random images at the trainer's sizes (values do not change the memory)."""
     generator = torch.Generator().manual_seed(0)
     device, channels = trainer.device, 3 * trainer.task.input_images
 
@@ -168,36 +178,47 @@ def _random_batches(trainer: Trainer, nclass: int, crop: int) -> tuple[LabeledBa
     return labeled, UnlabeledBatch(images(count), images(count), images(count), ignore, *boxes)
 
 
-def _measure(cfg: ExperimentConfig, scratch: Path, checkpointing: bool, batch: int) -> Measured:
-    data = generate_embedded(scratch / "data", n_train=2 * max(MEASURED_BATCHES) + 4, n_val=1, size=(64, 48))
-    probe = _probe_config(cfg, data, batch, checkpointing, scratch / f"run-{checkpointing}-{batch}")
+def measure_training(
+    cfg: ExperimentConfig,
+    scratch: Path,
+    batch: int,
+    accumulate: int,
+    checkpointing: bool,
+    warmup: int = 1,
+    steps: int = 2,
+) -> tuple[StepMeasurement, str]:
+    """Peak memory and time of optimizer steps of ``cfg``'s training (``accumulate`` micro-batches of
+    ``batch``, random weights and images) on this device; and the device's name."""
+    # 2 labeled images, and unlabeled ones for one optimizer step (the schedule needs them; never read)
+    data = generate_embedded(
+        scratch / f"data-{batch * accumulate}", n_train=2 + batch * accumulate, n_val=1, size=(64, 48)
+    )
+    (data / "classes.txt").unlink(missing_ok=True)  # the recipe's nclass, not the embedded world's 7 names
+    probe = _probe_config(cfg, data, batch, accumulate, checkpointing, scratch / f"run-{checkpointing}-{batch}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "randomly initialised": intended here
         trainer = Trainer(probe, progress=False)
-    batches = _random_batches(trainer, cfg.dataset.nclass, cfg.dataset.crop_size)
+    batches = random_batches(trainer, cfg.dataset.nclass, cfg.dataset.crop_size)
 
     def step() -> None:
         trainer.train_step(*batches)
         trainer.iteration += 1
 
-    resident = [*trainer.model.parameters(), *trainer.model.buffers()]
-    resident += [*trainer.ema.parameters(), *trainer.ema.buffers()] if trainer.ema is not None else []
-    step_measurement = measure_steps(step, trainer.device, resident + _optimizer_state(trainer))
-    measured = Measured(checkpointing, batch, step_measurement, str(trainer.device))
-    return measured
+    def resident() -> list[torch.Tensor]:
+        """Weights, buffers, EMA teacher, gradients and optimizer state, once the warm-up made them."""
+        models = [trainer.model] + ([trainer.ema] if trainer.ema is not None else [])
+        tensors = [t for model in models for t in chain(model.parameters(), model.buffers())]
+        tensors += [p.grad for p in trainer.model.parameters() if p.grad is not None]
+        return tensors + [v for state in trainer.optimizer.state.values() for v in state.values() if torch.is_tensor(v)]
+
+    return measure_steps(step, trainer.device, resident, warmup, steps), str(trainer.device)
 
 
-def _release() -> None:
-    """Free the measured trainer's memory before the next one is built."""
+def release_memory() -> None:
+    """Free the memory of a measured trainer (out of scope now) before the next one is built."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _optimizer_state(trainer: Trainer) -> list[torch.Tensor]:
-    """Tensors the optimizer keeps (created by the warm-up step) and the gradients."""
-    state = [value for entry in trainer.optimizer.state.values() for value in entry.values() if torch.is_tensor(value)]
-    return state + [p.grad for p in trainer.model.parameters() if p.grad is not None]
 
 
 def plan_memory(cfg: ExperimentConfig, checkpointing: tuple[bool, ...] = (False, True)) -> MemoryPlan:
@@ -209,7 +230,8 @@ def plan_memory(cfg: ExperimentConfig, checkpointing: tuple[bool, ...] = (False,
     with tempfile.TemporaryDirectory(prefix="unimatch-plan-memory-") as scratch:
         for setting in checkpointing:
             for batch in MEASURED_BATCHES:
-                measured.append(_measure(cfg, Path(scratch), setting, batch))
-                _release()
+                step, device = measure_training(cfg, Path(scratch), batch, 1, setting)
+                measured.append(Measured(setting, batch, step, device))
+                release_memory()
     fits = [_fit(setting, [m for m in measured if m.checkpointing == setting]) for setting in checkpointing]
     return MemoryPlan(measured[0].device, cfg.train.batch_size * cfg.train.accumulate, min_micro, measured, fits)

@@ -69,10 +69,14 @@ class StepMeasurement:
 
 
 def measure_steps(
-    step: Callable[[], None], device: torch.device, resident: Iterable[torch.Tensor], warmup: int = 1, steps: int = 2
+    step: Callable[[], None],
+    device: torch.device,
+    resident: Callable[[], Iterable[torch.Tensor]],
+    warmup: int = 1,
+    steps: int = 2,
 ) -> StepMeasurement:
     """Peak memory and mean time of ``steps`` calls of ``step`` after ``warmup`` calls (which create the
-    optimizer state). ``resident``: the tensors alive before the steps (counted on a CPU; a GPU's
+    optimizer state). ``resident``: the tensors alive after the warm-up (counted on a CPU; a GPU's
     allocator knows them)."""
     for _ in range(warmup):
         step()
@@ -85,7 +89,7 @@ def measure_steps(
         torch.cuda.synchronize(device)
         return StepMeasurement(torch.cuda.max_memory_allocated(device), (time.perf_counter() - started) / steps)
     with LiveTensorBytes() as tracker:
-        tracker.adopt(resident)
+        tracker.adopt(resident())
         started = time.perf_counter()
         for _ in range(steps):
             step()
