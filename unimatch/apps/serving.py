@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import Schema, TensorSpec
 
 from ..config import ExperimentConfig
@@ -56,8 +58,12 @@ REQUIREMENTS = (
 )
 
 
-class ServingInputError(ValueError):
-    """A request that is not a batch of images of the model's channels (MLflow answers it with HTTP 400)."""
+class ServingInputError(MlflowException):
+    """A request that is not a batch of images of the model's channels: MLflow's scoring server answers an
+    MlflowException of this code with HTTP 400 and the message (any other error: 500, a stack trace)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 @dataclass(frozen=True)
