@@ -5,8 +5,9 @@ and what the full embedded default (configs/classification/embedded.yaml: 4 meth
     python benchmarks/classification_step.py                 # the embedded default's sizes
     python benchmarks/classification_step.py --iters 5 train.batch_size=8
 
-Prints figures only: the load of the machine (other processes) shows in them, so the load average is printed
-beside them.
+Prints figures only: the load of the machine (other processes) shows in the wall times, so the load average
+is printed beside them, with the CPU seconds of this process (all its threads, data-loading workers excluded),
+which load changes much less: on idle cores a step takes about its CPU seconds / the threads.
 """
 
 from __future__ import annotations
@@ -34,22 +35,23 @@ def measure(method: str, overrides: list[str], iters: int, scratch: str) -> tupl
         warnings.simplefilter("ignore")
         trainer = Trainer(cfg, progress=False)
     iterators = trainer._iterators()
-    compute, waiting = [], []
+    compute, waiting, cpu = [], [], []
     for _ in range(iters + 1):  # the first step warms up (allocator, workers starting)
         started = time.perf_counter()
         labeled, unlabeled = trainer._next_batches(iterators)
-        loaded = time.perf_counter()
+        loaded, cpu_started = time.perf_counter(), time.process_time()
         trainer.train_step(labeled, unlabeled)
         trainer.iteration += 1
         waiting.append(loaded - started)
         compute.append(time.perf_counter() - loaded)
-    started = time.perf_counter()
+        cpu.append(time.process_time() - cpu_started)
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.evaluate_models()
     trainer.score_pseudo_labels()
-    evaluation = time.perf_counter() - started
+    evaluation, evaluation_cpu = time.perf_counter() - started, time.process_time() - cpu_started
     print(
-        f"{method:14s} compute {sum(compute[1:]) / iters:6.3f} s/it  loading {sum(waiting[1:]) / iters:6.3f} s/it  "
-        f"one evaluation {evaluation:5.1f} s"
+        f"{method:14s} compute {sum(compute[1:]) / iters:6.3f} s/it ({sum(cpu[1:]) / iters:6.3f} CPU s)  "
+        f"loading {sum(waiting[1:]) / iters:6.3f} s/it  evaluation {evaluation:5.1f} s ({evaluation_cpu:5.1f} CPU s)"
     )
     evaluations = -(-trainer.total_iters // trainer.iters_per_epoch) // cfg.train.eval_every
     return sum(compute[1:]) / iters + sum(waiting[1:]) / iters, evaluation, trainer.total_iters, evaluations

@@ -49,7 +49,7 @@ def classification(
             cfg = jobs.run_config(base, method, seed)
             trained = trainer(splits, cfg, tags, id=f"train_{method}_seed{seed}")
             evaluations.append(evaluate_classifier(trained, cfg, id=f"evaluate_{method}_seed{seed}"))
-    classification_report(evaluations, f"outputs/{name}", f"{base['dataset']['name']}: semi-supervised classification")
+    classification_report(evaluations, f"outputs/{name}", jobs.report_title(base), jobs.reports_top5(base))
 
 
 def _options(parser: argparse.ArgumentParser) -> Sequence[str]:

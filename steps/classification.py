@@ -36,10 +36,10 @@ def evaluate_classifier(trained: dict[str, Any], config: ExperimentConfig) -> An
 
 @step(enable_cache=False)
 def classification_report(
-    evaluations: list[dict[str, Any]], out_dir: str, title: str
+    evaluations: list[dict[str, Any]], out_dir: str, title: str, top5: bool = False
 ) -> Annotated[dict[str, str], "report_files"]:
     """The report in the layout of Tables 15-17 (markdown, CSV, figure) under ``out_dir``."""
     results = [classification.ClassificationResult(**evaluation) for evaluation in evaluations]
-    files = classification.write_report(results, out_dir, title)
+    files = classification.write_report(results, out_dir, title, top5)
     print(open(files["markdown"], encoding="utf-8").read())
     return files

@@ -240,3 +240,43 @@ def test_semi_supervised_methods_train_on_the_engine(tmp_path, method):
     result = trainer.fit()
     assert result.iterations == 3 and "pseudo/precision" in result.history
     assert (tmp_path / method / "splits" / "labeled.txt").read_text().count("\n") == 4
+
+
+def test_report_has_seed_columns_the_mean_last_and_the_pseudo_label_quality(tmp_path):
+    from unimatch.jobs.classification import ClassificationResult, write_report
+
+    def result(method: str, seed: int, top1: float, precision: float) -> ClassificationResult:
+        return ClassificationResult(method, seed, top1, 99.0, 40.0, precision, top1, "best.pth", None)
+
+    runs = [result("unimatch_v2", 1, 60.0, 90.0), result("labeled_only", 0, 40.0, 70.0)]
+    runs += [result("unimatch_v2", 0, 50.0, math.nan), result("labeled_only", 1, 45.0, 80.0)]
+    files = write_report(runs, tmp_path, "embedded-cls")
+    table = (tmp_path / "classification.csv").read_text().splitlines()
+    assert table == [",seed 0,seed 1,mean", "labeled-only,40.0,45.0,42.5", "UniMatch V2,50.0,60.0,55.0"]
+    markdown = (tmp_path / "classification.md").read_text()
+    assert "| UniMatch V2  |                  40 |            90 |" in markdown  # a NaN seed left out of the mean
+    assert "Top-5" not in markdown and (tmp_path / "classification.png").stat().st_size > 0
+    assert set(files) == {"markdown", "csv", "figure"}
+
+
+def test_a_truncated_dataset_file_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    write_cifar(tmp_path / "cifar")
+    (tmp_path / "cifar" / "test_batch").write_bytes(b"\x80\x02}q")
+    command = [sys.executable, "-m", "unimatch.cli", "classification", "--quick"]
+    overrides = [
+        "dataset.name=cifar10",
+        f"dataset.root={tmp_path / 'cifar'}",
+        "dataset.nclass=10",
+        "split.labeled=1",
+        f"output_dir={tmp_path / 'runs'}",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+    ]
+    done = subprocess.run(
+        [*command, *overrides, "--methods", "labeled_only"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert f"{tmp_path / 'cifar' / 'test_batch'}: corrupt or truncated CIFAR-10 batch" in last

@@ -9,7 +9,9 @@ these; neither holds logic of its own.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,16 @@ DEFAULT_SEEDS = (0, 1)
 # --quick: one seed, a few iterations per method (the pipeline end to end in about a minute on 2 cores)
 QUICK_OVERRIDES = ("train.max_iters=8", "train.epochs=1", "eval.pseudo_label_images=100")
 QUICK_SEEDS = (0,)
+TOP5_CLASSES = 100
+
+
+def report_title(base: dict[str, Any]) -> str:
+    return f"{base['dataset']['name']}: semi-supervised classification"
+
+
+def reports_top5(base: dict[str, Any]) -> bool:
+    """Top-5 is reported beside top-1 for many classes (Table 18: ImageNet-1K), not for 10 or fewer."""
+    return base["dataset"]["nclass"] >= TOP5_CLASSES
 
 
 def classification_methods() -> list[str]:
@@ -82,8 +94,11 @@ def run_config(base: dict[str, Any], method: str, seed: int) -> ExperimentConfig
 
 
 def make_splits(cfg: ExperimentConfig) -> dict[str, str]:
-    """The labeled and unlabeled split files of ``cfg``'s seed (written once; identical files untouched)."""
+    """The labeled and unlabeled split files of ``cfg``'s seed (written once; identical files untouched), after
+    the test and extra unlabeled subsets are read too: a missing or corrupt file fails before any run opens."""
     splits = classification_splits(cfg)
+    for subset in ("test", "unlabeled"):
+        read_subset(cfg.dataset.name, cfg.dataset.root, subset)
     return {"labeled": str(splits.labeled_file), "unlabeled": str(splits.unlabeled_file)}
 
 
@@ -148,6 +163,11 @@ def evaluate_trained(cfg: ExperimentConfig, trained: dict[str, Any]) -> Classifi
     )
 
 
+def _mean_or_nan(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def report_tables(results: list[ClassificationResult], top5: bool = False) -> dict[str, pd.DataFrame]:
     """Tables 15-17's layout: a row per method (registry order), a column per seed, the mean last; top-1
     (and top-5, Table 18's second number); the pseudo-label quality per method, averaged over seeds."""
@@ -165,7 +185,8 @@ def report_tables(results: list[ClassificationResult], top5: bool = False) -> di
     quality = {
         labels[m]: {
             "confident share %": float(np.mean([r.confident_share for r in results if r.method == m])),
-            "precision %": float(np.nanmean([r.precision for r in results if r.method == m])),
+            # NaN when no pseudo label of any seed clears the threshold
+            "precision %": _mean_or_nan([r.precision for r in results if r.method == m]),
         }
         for m in order
     }
@@ -173,8 +194,11 @@ def report_tables(results: list[ClassificationResult], top5: bool = False) -> di
     return tables
 
 
-def write_report(results: list[ClassificationResult], out_dir: str | Path, title: str) -> dict[str, str]:
-    """``<out_dir>/classification.{md,csv,png}`` and ``results.csv`` (one row per run)."""
+def write_report(
+    results: list[ClassificationResult], out_dir: str | Path, title: str, top5: bool = False
+) -> dict[str, str]:
+    """``<out_dir>/classification.{md,csv,png}``, ``results.csv`` (one row per run) and ``metrics.json``;
+    ``top5``: a top-5 table too (Table 18: ImageNet's 1000 classes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,7 +206,6 @@ def write_report(results: list[ClassificationResult], out_dir: str | Path, title
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    top5 = any(r.top5 < 100.0 for r in results) and "imagenet" in title.lower()
     tables = report_tables(results, top5)
     parts = [f"# {title}\n"]
     for name, table in tables.items():
@@ -193,6 +216,11 @@ def write_report(results: list[ClassificationResult], out_dir: str | Path, title
     write_text_atomic(out / "classification.md", markdown)
     write_text_atomic(out / "classification.csv", tables["top1"].to_csv())
     write_text_atomic(out / "results.csv", pd.DataFrame([asdict(r) for r in results]).to_csv(index=False))
+    metrics = {  # what `dvc metrics show` compares: per method, the mean top-1 and its pseudo labels
+        name: {"top1_mean": float(tables["top1"].loc[name, "mean"]), **tables["pseudo_labels"].loc[name].to_dict()}
+        for name in tables["top1"].index
+    }
+    write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     figure, axis = plt.subplots(figsize=(6, 3.5))
     means = tables["top1"]["mean"]
     seed_columns = [c for c in tables["top1"].columns if c.startswith("seed")]
@@ -232,7 +260,5 @@ def run_benchmark(
             cfg = run_config(base, method, seed)
             results.append(evaluate_trained(cfg, train_classifier(cfg, {"table": "classification"}, progress)))
     experiment = base["tracking"]["experiment"]
-    files = write_report(
-        results, out_dir or f"outputs/{experiment}", f"{base['dataset']['name']}: semi-supervised classification"
-    )
+    files = write_report(results, out_dir or f"outputs/{experiment}", report_title(base), reports_top5(base))
     return files, Path(files["markdown"]).read_text()
