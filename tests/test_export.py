@@ -79,8 +79,12 @@ def test_export_of_a_dinov2_small_segmentor_equals_pytorch(format_name: str, tmp
 def test_exported_graph_has_no_dropout_branch(embedded_model: torch.nn.Module, tmp_path: Path) -> None:
     """Evaluation mode: the same input gives the same logits, and the pair halves of a batch are not
     complementary views (each image's logits do not depend on its batch neighbour)."""
+    import onnx
+
     path = tmp_path / "model.onnx"
     export_model(embedded_model, "onnx", path, 112, {})
+    operators = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "Resize" in operators and not {op for op in operators if op.startswith(("Random", "Bernoulli", "Dropout"))}
     run = load_exported(path, "onnx")
     images = np.random.default_rng(0).standard_normal((2, 3, 112, 112)).astype(np.float32)
     together = run(images)
