@@ -191,3 +191,13 @@ def test_pyfunc_of_a_change_detector_takes_a_and_b_stacked_on_channels() -> None
     assert labels.shape == (1, 45, 61) and np.array_equal(labels[0], expected)
     with pytest.raises(ServingInputError, match="6"):
         served.predict(first[None])
+
+
+def test_a_server_that_cannot_start_is_an_error_not_a_hang(world: dict) -> None:
+    from unimatch.apps.serving import ServerError
+
+    log = world["root"] / "missing.log"
+    with pytest.raises(ServerError, match="exited"):
+        with local_server(f"models:/{NAME}@missing", world["store"], timeout_s=120, log=log):
+            pass
+    assert "missing" in log.read_text()
