@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(PY) -c "import torch, torchvision, torchvision.ops" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PAIR)
-	$(PY) -m pip install -q -e ".[dev,clip,serve,server]"  # clip, serve: the tests run the optional CLIP text path and exports too; server: `zenml login --local`
+	$(PY) -m pip install -q -e ".[dev,clip,serve,server,cluster]"  # clip, serve: the tests run the optional CLIP text path and exports too; server: `zenml login --local`; cluster: the cluster stack test registers its flavors
 	cd $(CURDIR) && $(VENV)/bin/zenml init  # the ZenML repository at the project root: `zenml` finds it from any folder below
 	touch $(STAMP)
 
