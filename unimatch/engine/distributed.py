@@ -162,7 +162,9 @@ def wrap_for_training(model: nn.Module, method: Method, ctx: Distributed) -> nn.
     trained parameter gets a zero gradient of its own layout first, which DDP replaces by its bucket's view,
     so that backward accumulates into the buckets in place from the first step on (a gradient made by
     backward instead would be copied into its bucket, with a warning where its strides differ, as a
-    channels-last 1x1 kernel's do). The engine then zeroes gradients in place, never sets them to None.
+    channels-last 1x1 kernel's do). The engine then zeroes gradients in place, never sets them to None. A
+    parameter no step uses (DPT's coarsest fusion block's first residual unit) so has a zero gradient, not
+    none, and weight decay shrinks it: no output changes.
     """
     step = TrainStep(model, method)
     if not ctx.enabled:
