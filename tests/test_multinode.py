@@ -67,7 +67,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def cluster(tmp_path):
-    """``start(name, port, **env)``: one node, a torchrun agent running its one rank as `unimatch train
+    """``start(name, port, *overrides, **env)``: one node, a torchrun agent running its one rank as `unimatch train
     --nnodes 2 --rdzv-endpoint 127.0.0.1:PORT` starts it on each node (the same command line), global rank
     0 opening the MLflow run; every node still running at the end of the test is killed, whatever happened."""
     guard = tmp_path / "guard"
@@ -76,13 +76,14 @@ def cluster(tmp_path):
     data = generate_embedded(tmp_path / "data", seed=3, n_train=24, n_val=4, size=(112, 84))
     started: list[subprocess.Popen] = []
 
-    def start(name: str, port: int, **env: str) -> subprocess.Popen:
+    def start(name: str, port: int, *overrides: str, **env: str) -> subprocess.Popen:
         cfg = load_config(PROJECT / "configs" / "embedded.yaml", [
             f"dataset.root={data}", "dataset.crop_size=56", f"output_dir={tmp_path / 'run'}", "split.labeled=8",
             "train.batch_size=1", "train.epochs=1", "train.num_workers=0", "train.log_every=1",
             "train.checkpoint_every=2", "train.device=cpu", "train.nnodes=2", f"train.rdzv_endpoint=127.0.0.1:{port}",
             "train.rdzv_id=multinode-test", "eval.pseudo_label_images=0", "tracking.experiment=multinode",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.log_model=false", "pretrain.method=none",
+            *overrides,
         ])  # fmt: skip
         config_file = tmp_path / f"{name}.yaml"
         config_file.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
@@ -153,6 +154,20 @@ def test_two_nodes_train_identically_rank_0_writes_and_a_killed_node_resumes(clu
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # one run, resumed, from rank 0 only
     steps = [metric.step for metric in client.get_metric_history(runs[0].info.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, ITERATIONS + 1))  # each step once: 1-2 before the kill, 3-8 after
+
+
+def test_node_ranks_fix_which_node_holds_rank_0(cluster):
+    """train.node_rank (torchrun's static rendezvous): node 0 holds global rank 0, hence the result and the
+    MLflow run, although node 1 starts first (a ZenML step's pod as node 0)."""
+    start, tmp_path = cluster
+    port = _free_port()
+    late_first = start("node1", port, "train.node_rank=1", "train.max_iters=2")
+    time.sleep(1.0)
+    first = start("node0", port, "train.node_rank=0", "train.max_iters=2")
+    assert [node.wait(timeout=TIMEOUT) for node in (first, late_first)] == [0, 0], first.log.read_text()[-3000:]
+    assert first.result.exists() and not late_first.result.exists()
+    assert read_result(first.result).iterations == 2
+    assert "weights checksum" in first.log.read_text() and "INFO" not in late_first.log.read_text()
 
 
 def test_several_nodes_without_a_rendezvous_endpoint_is_a_config_error(tmp_path, capsys):

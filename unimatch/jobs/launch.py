@@ -4,8 +4,10 @@ Used by the training job when ``train.gpus > 1`` or ``train.nnodes > 1``. The pr
 config as a file, so they train exactly the caller's config; global rank 0 hands its result back as JSON.
 One node: ``--standalone``. Several nodes: every node runs the same command, and torchrun's elastic
 rendezvous (c10d backend at ``train.rdzv_endpoint``) assigns the ranks; the node that got global rank 0
-is the one whose launch returns a result. After a node fails, ``train.max_restarts`` lets torchrun restart
-the ranks; beyond that, rerunning the command on every node resumes from the last checkpoint.
+is the one whose launch returns a result. With ``train.node_rank``, torchrun's static rendezvous gives each
+node its fixed place instead (node 0: global rank 0), e.g. for a ZenML step's pod. After a node fails,
+``train.max_restarts`` lets torchrun restart the ranks; beyond that, rerunning the command on every node
+resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -39,7 +41,11 @@ def torchrun_command(
     train = cfg.train
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={train.gpus}"]
     command += [f"--max-restarts={train.max_restarts}"]
-    if train.nnodes > 1:
+    if train.nnodes > 1 and train.node_rank is not None:  # static: this node's ranks are fixed
+        host, port = train.rdzv_endpoint.rsplit(":", 1)
+        command += [f"--nnodes={train.nnodes}", f"--node-rank={train.node_rank}", f"--master-addr={host}"]
+        command += [f"--master-port={port}"]
+    elif train.nnodes > 1:
         command += [
             f"--nnodes={train.nnodes}",
             "--rdzv-backend=c10d",
@@ -71,10 +77,17 @@ def _check_gpus(cfg: ExperimentConfig) -> None:
 
 
 def _check_nodes(cfg: ExperimentConfig) -> None:
-    if cfg.train.nnodes > 1 and not cfg.train.rdzv_endpoint:
+    train = cfg.train
+    if train.nnodes > 1 and not train.rdzv_endpoint:
         raise ConfigError(
-            f"train.rdzv_endpoint: train.nnodes={cfg.train.nnodes} needs the HOST:PORT where the nodes meet "
+            f"train.rdzv_endpoint: train.nnodes={train.nnodes} needs the HOST:PORT where the nodes meet "
             "(one node's address, reachable from every node; --rdzv-endpoint)"
+        )
+    if train.nnodes > 1 and train.node_rank is not None and ":" not in train.rdzv_endpoint:
+        raise ConfigError(f"train.rdzv_endpoint: {train.rdzv_endpoint!r} is not HOST:PORT")
+    if train.node_rank is not None and train.node_rank >= train.nnodes:
+        raise ConfigError(
+            f"train.node_rank: {train.node_rank}, but train.nnodes={train.nnodes} (ranks 0 to nnodes - 1)"
         )
 
 
