@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from itertools import chain
 from pathlib import Path
@@ -57,6 +58,16 @@ if os.environ.get("HANG_AFTER_CHECKPOINT") and "RANK" in os.environ:
 """
 ITERATIONS = 8  # 16 unlabeled images, 1 per rank and step, 1 epoch
 TIMEOUT = 90  # seconds any one phase may take before the test fails
+
+
+def _node_overrides(tmp_path: Path) -> list[str]:
+    """The CLI test's run: 2 steps on the cluster fixture's data."""
+    return [
+        f"dataset.root={tmp_path / 'data'}", "dataset.crop_size=56", f"output_dir={tmp_path / 'run'}",
+        "split.labeled=8", "train.batch_size=1", "train.epochs=1", "train.max_iters=2", "train.num_workers=0",
+        "train.device=cpu", "eval.pseudo_label_images=0", "tracking.experiment=multinode",
+        f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", "tracking.log_model=false", "pretrain.method=none",
+    ]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -156,18 +167,31 @@ def test_two_nodes_train_identically_rank_0_writes_and_a_killed_node_resumes(clu
     assert sorted(steps) == list(range(1, ITERATIONS + 1))  # each step once: 1-2 before the kill, 3-8 after
 
 
-def test_node_ranks_fix_which_node_holds_rank_0(cluster):
-    """train.node_rank (torchrun's static rendezvous): node 0 holds global rank 0, hence the result and the
-    MLflow run, although node 1 starts first (a ZenML step's pod as node 0)."""
-    start, tmp_path = cluster
+def test_node_ranks_fix_which_node_holds_rank_0(cluster, tmp_path):
+    """`unimatch train --node-rank R` (torchrun's static rendezvous): node 0 holds global rank 0, hence the
+    result, the MLflow run and the figures, although node 1 starts first (a ZenML step's pod as node 0)."""
+    start, _ = cluster
     port = _free_port()
-    late_first = start("node1", port, "train.node_rank=1", "train.max_iters=2")
-    time.sleep(1.0)
-    first = start("node0", port, "train.node_rank=0", "train.max_iters=2")
-    assert [node.wait(timeout=TIMEOUT) for node in (first, late_first)] == [0, 0], first.log.read_text()[-3000:]
-    assert first.result.exists() and not late_first.result.exists()
-    assert read_result(first.result).iterations == 2
-    assert "weights checksum" in first.log.read_text() and "INFO" not in late_first.log.read_text()
+    common = [sys.executable, "-m", "unimatch.cli", "train", "--no-progress", "--nnodes", "2"]
+    common += ["--rdzv-endpoint", f"127.0.0.1:{port}", *_node_overrides(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "guard"), str(PROJECT)])}
+    nodes = []
+    for rank in (1, 0):
+        log = open(tmp_path / f"cli-node{rank}.log", "wb")
+        command = [*common, "--node-rank", str(rank)]
+        nodes.append(subprocess.Popen(command, cwd=PROJECT, env=env, stdout=log, stderr=subprocess.STDOUT))
+    try:
+        assert [node.wait(timeout=2 * TIMEOUT) for node in nodes] == [0, 0]
+    finally:
+        for node in nodes:
+            _kill_node(node)
+    second, first = ((tmp_path / f"cli-node{rank}.log").read_text() for rank in (1, 0))
+    assert "best EMA mIoU" in first and "best EMA mIoU" not in second, first[-3000:]
+    assert "weights checksum" in first and "INFO" not in second
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("multinode").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].data.tags["kind"] == "train"
+    assert (tmp_path / "run" / "figures" / "training_curves.png").exists()  # node 0's launcher published
 
 
 def test_several_nodes_without_a_rendezvous_endpoint_is_a_config_error(tmp_path, capsys):
