@@ -47,7 +47,7 @@ def classification(
         splits = classification_splits(jobs.run_config(base, methods[0], seed), id=f"splits_seed{seed}")
         for method in methods:
             cfg = jobs.run_config(base, method, seed)
-            trained = trainer(splits, cfg, tags, id=f"train_{method}_seed{seed}")
+            trained = trainer(splits, cfg, method, tags, id=f"train_{method}_seed{seed}")
             evaluations.append(evaluate_classifier(trained, cfg, id=f"evaluate_{method}_seed{seed}"))
     classification_report(evaluations, f"outputs/{name}", jobs.report_title(base), jobs.reports_top5(base))
 

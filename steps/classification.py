@@ -22,10 +22,11 @@ def classification_splits(config: ExperimentConfig) -> Annotated[dict[str, str],
 
 @step
 def train_classifier(
-    splits: dict[str, str], config: ExperimentConfig, tags: dict[str, str]
+    splits: dict[str, str], config: ExperimentConfig, row: str, tags: dict[str, str]
 ) -> Annotated[dict[str, Any], "trained"]:
-    """Train ``config`` (method and seed resolved) on ``splits`` as one MLflow run of the pipeline's store."""
-    return classification.train_classifier(config, {**tags, "splits": splits["labeled"]}, tracking_uri=store_uri())
+    """Train ``config`` (table row ``row``, seed resolved) on ``splits`` as one MLflow run of the pipeline's store."""
+    tags = {**tags, "splits": splits["labeled"]}
+    return classification.train_classifier(config, row, tags, tracking_uri=store_uri())
 
 
 @step

@@ -29,6 +29,7 @@ from ..engine.inference import PseudoLabelCounts
 from ..engine.setup import resolve_device
 from ..errors import ConfigError
 from ..methods import METHODS
+from ..settings import PseudoLabelSettings
 from ..tasks import task_for
 from ..utils.atomic import write_text_atomic
 from .training import run_training
@@ -36,7 +37,15 @@ from .training import run_training
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG = "configs/classification/embedded.yaml"
-DEFAULT_METHODS = ("labeled_only", "fixmatch", "fixmatch_da", "unimatch_v2")
+# The table's rows: a registered method, or a registered method with options (FixMatch + DA is FixMatch with
+# method.distribution_alignment), with its label.
+VARIANTS = {
+    "labeled_only": ("labeled_only", (), "supervised-only"),
+    "fixmatch": ("fixmatch", (), "FixMatch"),
+    "fixmatch_da": ("fixmatch", ("distribution_alignment",), "FixMatch + DA"),
+    "unimatch_v2": ("unimatch_v2", (), "UniMatch V2"),
+}
+DEFAULT_METHODS = tuple(VARIANTS)
 DEFAULT_SEEDS = (0, 1)
 # --quick: one seed, a few iterations per method (the pipeline end to end in about a minute on 2 cores)
 QUICK_OVERRIDES = ("train.max_iters=8", "train.epochs=1", "eval.pseudo_label_images=100")
@@ -54,8 +63,15 @@ def reports_top5(base: dict[str, Any]) -> bool:
 
 
 def classification_methods() -> list[str]:
-    """The methods defined for classification (their registry declaration), in registration order."""
-    return [name for name, cls in METHODS.items() if "classification" in cls.tasks and not cls.staged]
+    """The rows a classification table may have: the variants, then the other registered methods defined for
+    classification (their registry declaration)."""
+    defined = [name for name, cls in METHODS.items() if "classification" in cls.tasks and not cls.staged]
+    return [*VARIANTS, *(name for name in defined if name not in VARIANTS)]
+
+
+def variant(name: str) -> tuple[str, tuple[str, ...], str]:
+    """(registered method, its boolean options switched on, report label) of a table row."""
+    return VARIANTS.get(name) or (name, (), METHODS.entry(name).label)
 
 
 @dataclass
@@ -81,15 +97,17 @@ def benchmark_base(config: str, overrides: list[str], quick: bool) -> dict[str, 
     return cfg.to_dict()
 
 
-def run_config(base: dict[str, Any], method: str, seed: int) -> ExperimentConfig:
-    """``base`` for one method and seed: the seed draws the labeled split and the training's randomness;
-    each run writes under ``<base output_dir>/<method>-seed<seed>``, the seed's splits under ``splits/``."""
+def run_config(base: dict[str, Any], row: str, seed: int) -> ExperimentConfig:
+    """``base`` for one row (:func:`variant`) and seed: the seed draws the labeled split and the training's
+    randomness; each run writes under ``<base output_dir>/<row>-seed<seed>``, the seed's splits under
+    ``splits/``."""
+    method, options, _ = variant(row)
     tree = {**base}
     root = Path(base["output_dir"])
     tree["split"] = {**base["split"], "seed": seed, "dir": str(root / "splits" / f"seed{seed}")}
     tree["train"] = {**base["train"], "seed": seed}
-    tree["output_dir"] = str(root / f"{method}-seed{seed}")
-    tree["method"] = follow_method_name(base["method"], method)
+    tree["output_dir"] = str(root / f"{row}-seed{seed}")
+    tree["method"] = {**follow_method_name(base["method"], method), **dict.fromkeys(options, True)}
     return validate(tree)
 
 
@@ -119,7 +137,8 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
             hits[k] += int((ranked[:, :k] == labels[:, None]).any(dim=1).sum())
     train = read_subset(data.name, data.root, "train")
     unlabeled = read_split(Path(cfg.split.dir or Path(cfg.output_dir) / "splits") / "unlabeled.txt", train)
-    threshold = getattr(cfg.method, "threshold", 0.95)
+    # a method without pseudo labels (labeled-only) is scored at the default threshold, as the trainer does
+    threshold = getattr(cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
     counts = PseudoLabelCounts(data.nclass)
     for images, masks, _ in DataLoader(ClassificationEval(train, unlabeled, size), batch_size=64):
         probabilities = model(images.to(device)).float().softmax(dim=1).cpu()
@@ -134,13 +153,14 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
 
 
 def train_classifier(
-    cfg: ExperimentConfig, tags: dict[str, str], progress: bool = True, tracking_uri: str | None = None
+    cfg: ExperimentConfig, row: str, tags: dict[str, str], progress: bool = True, tracking_uri: str | None = None
 ) -> dict[str, Any]:
-    """One tracked training of ``cfg`` on the shared engine (resumed if interrupted): its best checkpoint, run
-    and best EMA top-1 during training."""
-    tags = {**tags, "method": cfg.method.name, "seed": str(cfg.split.seed)}
+    """One tracked training of ``cfg`` (table row ``row``) on the shared engine (resumed if interrupted): its
+    best checkpoint, run and best EMA top-1 during training."""
+    tags = {**tags, "method": cfg.method.name, "row": row, "seed": str(cfg.split.seed)}
     result = run_training(cfg, tags, tracking_uri=tracking_uri, progress=progress)
     return {
+        "row": row,
         "checkpoint": str(result.best_checkpoint),
         "run_id": result.run_id,
         "best_top1_ema": float(result.metrics["best_top1_ema"]),
@@ -151,7 +171,7 @@ def evaluate_trained(cfg: ExperimentConfig, trained: dict[str, Any]) -> Classifi
     """The evaluation of a :func:`train_classifier` output."""
     scores = evaluate_classifier(cfg, trained["checkpoint"])
     return ClassificationResult(
-        cfg.method.name,
+        trained["row"],
         cfg.split.seed,
         scores["top1"],
         scores["top5"],
@@ -169,10 +189,11 @@ def _mean_or_nan(values: list[float]) -> float:
 
 
 def report_tables(results: list[ClassificationResult], top5: bool = False) -> dict[str, pd.DataFrame]:
-    """Tables 15-17's layout: a row per method (registry order), a column per seed, the mean last; top-1
+    """Tables 15-17's layout: a row per method (:data:`VARIANTS` order), a column per seed, the mean last; top-1
     (and top-5, Table 18's second number); the pseudo-label quality per method, averaged over seeds."""
-    labels = {name: cls.label for name, cls in METHODS.items()}
-    order = [m for m in METHODS if any(r.method == m for r in results)]
+    present = {r.method for r in results}
+    labels = {row: variant(row)[2] for row in present}
+    order = [row for row in classification_methods() if row in present]
     seeds = sorted({r.seed for r in results})
     tables = {}
     for metric in ("top1", "top5") if top5 else ("top1",):
@@ -258,7 +279,8 @@ def run_benchmark(
         make_splits(run_config(base, methods[0], seed))
         for method in methods:
             cfg = run_config(base, method, seed)
-            results.append(evaluate_trained(cfg, train_classifier(cfg, {"table": "classification"}, progress)))
+            trained = train_classifier(cfg, method, {"table": "classification"}, progress)
+            results.append(evaluate_trained(cfg, trained))
     experiment = base["tracking"]["experiment"]
     files = write_report(results, out_dir or f"outputs/{experiment}", report_title(base), reports_top5(base))
     return files, Path(files["markdown"]).read_text()

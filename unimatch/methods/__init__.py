@@ -25,7 +25,6 @@ from .base import (
 # Registration order is the report's row order.
 from .labeled_only import LabeledOnly  # isort: skip
 from .fixmatch import FixMatch  # isort: skip
-from .fixmatch_da import FixMatchDA  # isort: skip
 from .unimatch_v1 import UniMatchV1  # isort: skip
 from .unimatch_v2 import UniMatchV2  # isort: skip
 from .allspark import AllSpark  # isort: skip
@@ -51,7 +50,6 @@ __all__ = [
     "METHODS",
     "AllSpark",
     "FixMatch",
-    "FixMatchDA",
     "LabeledBatch",
     "LabeledOnly",
     "Method",
