@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import ExperimentConfig, load_config, validate
+from ..config import ExperimentConfig, validate
 from ..data import cutmix_box, generate_embedded
 from ..engine import Trainer
 from ..engine.memory import GIB, StepMeasurement, measure_steps
@@ -37,7 +37,6 @@ from ..methods import LabeledBatch, UnlabeledBatch, method_class
 
 MEASURED_BATCHES = (1, 2)  # micro-batch sizes of the linear fit
 MARGIN = 0.9  # the share of the target memory a recommendation may use
-EMBEDDED = Path(__file__).resolve().parents[2] / "configs" / "embedded.yaml"
 
 
 @dataclass(frozen=True)
@@ -137,10 +136,9 @@ def _probe_config(
 ) -> ExperimentConfig:
     """``cfg``'s model, method and precision on a few generated images, ``accumulate`` micro-batches of ``batch``."""
     settings = cfg.to_dict()
-    embedded = load_config(EMBEDDED).to_dict()
     sizes = {"crop_size": cfg.dataset.crop_size, "nclass": cfg.dataset.nclass}  # the classifier's and logits' size
-    settings["dataset"] = {**embedded["dataset"], "root": str(data), **sizes}
-    settings["split"] = {**embedded["split"], "labeled": 2}
+    settings["dataset"] = {"name": "embedded", "root": str(data), **sizes}
+    settings["split"] = {"labeled": 2}
     settings["model"] = {**settings["model"], "weights": None, "init_checkpoint": None, "hub_download": False}
     settings["model"]["activation_checkpointing"] = checkpointing
     settings["train"] = {
