@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from unimatch.engine import Trainer
+from unimatch.engine.checkpoint import load_checkpoint
 from unimatch.methods import LabeledBatch, UnlabeledBatch
+from unimatch.tracking import Tracker
 
 CROP = 42
 TOLERANCE = 1e-6
@@ -103,3 +105,31 @@ def test_unimatch_v2_differs_only_by_the_micro_batch_cutmix_partners(unimatch_v2
     distinct = _unlabeled(generator, 4, repeat=1)
     expected = _update(large, start, labeled, distinct)
     assert _max_difference(_update(accumulated, start, labeled, distinct), expected) > 1e-4
+
+
+class _Steps(Tracker):
+    """The steps at which the trainer logged its training loss."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def log_metrics(self, metrics, step=None):
+        if "train/loss" in metrics:
+            self.steps.append(step)
+
+
+def test_schedule_logging_and_checkpoints_count_optimizer_steps(tiny_config, tmp_path):
+    """K=2 micro-batches of 1 make the same optimizer steps as batches of 2: as many iterations per epoch
+    (12 unlabeled images / 2), a loss logged at each, the learning rate decayed over them, latest.pth at the last."""
+    cfg = tiny_config(
+        tmp_path, "train.batch_size=1", "train.accumulate=2", "train.max_iters=null", "train.log_every=1",
+        "train.device=cpu", "eval.pseudo_label_images=0",
+    )  # fmt: skip
+    tracker = _Steps()
+    trainer = Trainer(cfg, tracker, progress=False)
+    assert (trainer.iters_per_epoch, trainer.total_iters) == (6, 6)
+    result = trainer.fit()
+    assert tracker.steps == [1, 2, 3, 4, 5, 6] and result.iterations == 6
+    assert load_checkpoint(result.last_checkpoint)["iteration"] == 6
+    learning_rates = [value for _, value in result.history["train/lr"]]
+    assert learning_rates == sorted(learning_rates, reverse=True) and len(set(learning_rates)) == 6
