@@ -141,3 +141,29 @@ def test_undefined_pseudo_label_shares_are_not_logged() -> None:
     assert metrics == {"pseudo/foreground_coverage": 0.0, "pseudo/foreground_recall": 0.0,
                        "pseudo/foreground_accuracy": 12.5, "pseudo/mask_ratio": 0.0, "pseudo/class_recall/ring": 3.0}  # fmt: skip
     assert all(math.isfinite(value) for value in metrics.values())
+
+
+def test_make_venv_installs_what_zenml_login_local_needs() -> None:
+    """`zenml login --local` ended in a traceback: the server extra that `zenml stack describe` recommends was
+    not installed. `make venv` installs the project's `server` extra, and this environment satisfies every
+    requirement of ZenML's own `server` extra."""
+    import re
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    install = re.search(r'pip install -q -e "\.\[([a-z,]+)\]"', (PROJECT / "Makefile").read_text(encoding="utf-8"))
+    assert install and "server" in install.group(1).split(",")
+    missing = []
+    for text in requires("zenml") or []:
+        requirement = Requirement(text)
+        if requirement.marker is None or not requirement.marker.evaluate({"extra": "server"}):
+            continue
+        if requirement.marker.evaluate({"extra": ""}):  # a core requirement, not the extra's
+            continue
+        try:
+            if not requirement.specifier.contains(version(requirement.name), prereleases=True):
+                missing.append(f"{requirement} (have {version(requirement.name)})")
+        except PackageNotFoundError:
+            missing.append(str(requirement))
+    assert not missing, missing
