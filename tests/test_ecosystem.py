@@ -138,8 +138,13 @@ def test_undefined_pseudo_label_shares_are_not_logged() -> None:
 
     quality = PseudoLabelQuality(float("nan"), float("nan"), 0.0, 0.0, 12.5, 0.0, {"disk": float("nan"), "ring": 3.0})
     metrics = quality.metrics()
-    assert metrics == {"pseudo/foreground_coverage": 0.0, "pseudo/foreground_recall": 0.0,
-                       "pseudo/foreground_accuracy": 12.5, "pseudo/mask_ratio": 0.0, "pseudo/class_recall/ring": 3.0}  # fmt: skip
+    assert metrics == {
+        "pseudo/foreground_coverage": 0.0,
+        "pseudo/foreground_recall": 0.0,
+        "pseudo/foreground_accuracy": 12.5,
+        "pseudo/mask_ratio": 0.0,
+        "pseudo/class_recall/ring": 3.0,
+    }
     assert all(math.isfinite(value) for value in metrics.values())
 
 
