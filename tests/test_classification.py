@@ -283,3 +283,24 @@ def test_a_truncated_dataset_file_is_one_line_and_exit_2(tmp_path):
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert f"{tmp_path / 'cifar' / 'test_batch'}: corrupt or truncated CIFAR-10 batch" in last
+
+
+def test_embedded_classification_data_is_deterministic_cifar_format(tmp_path, monkeypatch):
+    from unimatch.data import classification_embedded as embedded
+
+    monkeypatch.setattr(embedded, "TRAIN_PER_CLASS", 2)
+    monkeypatch.setattr(embedded, "TEST_PER_CLASS", 1)
+    first, second = (
+        embedded.generate_embedded_classification(tmp_path / "a"),
+        embedded.generate_embedded_classification(tmp_path / "b"),
+    )
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+    train = read_subset("embedded-cls", first, "train")
+    assert len(train) == 12 and sorted(train.labels.tolist()) == sorted(list(range(6)) * 2)
+    assert train.class_names == ["disk", "square", "triangle", "cross", "star", "ring"]
+    assert embedded.generate_embedded_classification(first) == first  # a complete copy is kept
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("mine")
+    with pytest.raises(DataError, match="other: exists and is not the embedded classification data"):
+        embedded.generate_embedded_classification(tmp_path / "other")

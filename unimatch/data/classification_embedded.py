@@ -12,6 +12,7 @@ from __future__ import annotations
 import colorsys
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,13 +63,20 @@ def _write_batch(path: Path, images: np.ndarray, labels: list[int], name: str) -
         pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": rows}, handle, protocol=2)
 
 
-def generate_embedded_classification(root: str | Path, seed: int = 0) -> Path:
-    """Write the dataset to ``root`` (a new or empty folder); returns it."""
+def generate_embedded_classification(root: str | Path, seed: int = 0, force: bool = False) -> Path:
+    """Write the dataset to ``root``; returns it. A complete copy of the same seed and version is kept as it is;
+    another folder there is an error unless ``force`` (then it is replaced)."""
     root = Path(root)
+    meta = {"generator": __name__, "version": VERSION, "seed": seed, "size": SIZE, "classes": list(CLASSES)}
+    if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()) == meta and not force:
+        return root
     if root.exists() and any(root.iterdir()):
-        raise DataError(f"{root}: exists and is not empty; remove it to generate the embedded classification data")
+        if not force:
+            raise DataError(f"{root}: exists and is not the embedded classification data; remove it or use --force")
+        shutil.rmtree(root)
     staging = root.with_name(root.name + ".partial")
-    staging.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
+    staging.mkdir(parents=True)
     sources = load_sources()
     train, train_labels = _subset(sources, seed, 0, TRAIN_PER_CLASS)
     for number, part in enumerate(np.array_split(np.arange(len(train)), BATCHES), 1):
@@ -77,7 +85,6 @@ def generate_embedded_classification(root: str | Path, seed: int = 0) -> Path:
     _write_batch(staging / "test_batch", test, test_labels, "test batch")
     with (staging / "batches.meta").open("wb") as handle:
         pickle.dump({b"label_names": [name.encode() for name in CLASSES]}, handle, protocol=2)
-    meta = {"generator": __name__, "version": VERSION, "seed": seed, "size": SIZE, "classes": list(CLASSES)}
     (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     if root.exists():
         root.rmdir()
