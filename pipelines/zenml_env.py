@@ -8,8 +8,8 @@
   ``ZENML_REPOSITORY_PATH`` (the repository, when not found from the working directory). A plain
   ``pip install -e .`` venv therefore lists the pipeline's runs with `zenml pipeline runs list`.
 * The project's stack (:data:`STACK`): the default local orchestrator and artifact store plus an MLflow
-  experiment tracker and model registry on the project's MLflow store, activated in the repository unless
-  the user chose another stack.
+  experiment tracker and model registry on the project's MLflow store, activated when it is registered
+  (and in a new repository); a stack the user activates later stays active.
 * the source root, against which ZenML resolves step and pipeline code, is pinned to the project
   whatever the working directory (so a test can keep its store and repository in a temporary directory).
 * analytics off, rich tracebacks off, ZenML's own logging at WARN: the training log stays readable. These
@@ -61,16 +61,17 @@ def ensure_repository() -> None:
     from zenml.client import Client
 
     root = repository_root()
-    if not Client.is_repository_directory(root):
+    new_repository = not Client.is_repository_directory(root)
+    if new_repository:
         Client.initialize(root)
     client = Client()  # the process's one client, which the pipeline run uses too
     client.activate_root(root)
-    ensure_stack(client)
+    ensure_stack(client, activate=new_repository)
 
 
-def ensure_stack(client: Any) -> None:
-    """Register :data:`STACK` (once) on the MLflow store the library logs to, keep its tracker's URI current,
-    and activate it where the repository still uses the default stack."""
+def ensure_stack(client: Any, activate: bool = False) -> None:
+    """Register :data:`STACK` (once) on the MLflow store the library logs to and keep its tracker's URI current;
+    activate it when it is new or ``activate`` (a new repository), never over a stack the user chose since."""
     from zenml.enums import StackComponentType as Kind
 
     from unimatch.tracking import resolve_tracking_uri
@@ -89,5 +90,6 @@ def ensure_stack(client: Any) -> None:
         default = client.get_stack("default").components
         components = {kind: default[kind][0].name for kind in (Kind.ORCHESTRATOR, Kind.ARTIFACT_STORE)}
         client.create_stack(STACK, {**components, Kind.EXPERIMENT_TRACKER: TRACKER, Kind.MODEL_REGISTRY: REGISTRY})
-    if client.active_stack_model.name == "default":
+        activate = True
+    if activate:
         client.activate_stack(STACK)

@@ -172,3 +172,43 @@ def test_make_venv_installs_what_zenml_login_local_needs() -> None:
         except PackageNotFoundError:
             missing.append(str(requirement))
     assert not missing, missing
+
+
+STACK_SCRIPT = """
+import json, os
+import pipelines
+from pipelines.zenml_env import ensure_repository
+from zenml.client import Client
+from zenml.enums import StackComponentType as Kind
+
+def state():
+    client = Client()
+    tracker = client.get_stack_component(Kind.EXPERIMENT_TRACKER, "unimatch-mlflow")
+    return [client.active_stack_model.name, tracker.configuration["tracking_uri"], sorted(
+        kind.value for kind in client.active_stack_model.components)]
+
+ensure_repository()
+first = state()
+os.environ["MLFLOW_TRACKING_URI"] = "sqlite:///elsewhere.db"
+Client().activate_stack("default")  # the user's choice
+ensure_repository()
+print(json.dumps([first, state()]))
+"""
+
+
+def test_the_project_stack_has_the_mlflow_tracker_and_registry(tmp_path: Path) -> None:
+    """Registered and activated on first use (was: the default stack, no MLflow component); the tracker follows
+    MLFLOW_TRACKING_URI; a stack the user activates afterwards stays active."""
+    import json
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ZENML_")}
+    env.update(HOME=str(tmp_path / "home"), ZENML_REPOSITORY_PATH=str(tmp_path), PYTHONPATH=str(PROJECT),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", STACK_SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    first, second = json.loads(done.stdout.strip().splitlines()[-1])
+    assert first[0] == "unimatch" and first[1] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert {"experiment_tracker", "model_registry", "orchestrator", "artifact_store"} <= set(first[2])
+    assert (tmp_path / ".zen" / "config.yaml").is_file()  # `zenml init` at the repository root
+    assert second[0] == "default" and second[1] == "sqlite:///elsewhere.db"
