@@ -80,11 +80,11 @@ def test_make_data_leaves_the_data_up_to_date_for_dvc(repo: Path) -> None:
     assert json.loads(_run(repo, DVC, "status", "--json", "data.dvc")) == {}
     assert _md5(repo / "data.dvc") == _md5(PROJECT / "data.dvc")
     assert (repo / ".dvc" / "cache" / "files" / "md5" / _md5(repo / "data.dvc")[:2]).is_dir()
-    unpinned = repo / "data" / "embedded-cls" / "meta.json"  # generated on first use by the classification jobs
-    unpinned.parent.mkdir()
-    unpinned.write_text("{}\n", encoding="utf-8")
+    unpinned = repo / "data" / "embedded-cls" / "extra.txt"  # the classification world: not pinned by data.dvc
+    unpinned.parent.mkdir(exist_ok=True)
+    unpinned.write_text("not in data.dvc\n", encoding="utf-8")
     status = json.loads(_run(repo, DVC, "status", "--json"))
-    shutil.rmtree(unpinned.parent)
+    unpinned.unlink()
     assert "data.dvc" not in status
     for stage, changes in status.items():
         for change in changes:
