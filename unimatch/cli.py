@@ -1,5 +1,6 @@
-"""The ``unimatch`` command line: make-data, split, check-data, pretrain, foundation, train, evaluate, predict, report,
-encoders, text-embeddings. Each command parses its arguments, calls :mod:`unimatch.jobs` and prints."""
+"""The ``unimatch`` command line: make-data, split, check-data, pretrain, foundation, train, plan-memory, evaluate,
+export, predict, report, encoders, text-embeddings, classification. Each command parses its arguments, calls
+:mod:`unimatch.jobs` and prints."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `unimatch --help` must not wai
     from .config import ExperimentConfig
 
 DEFAULT_CONFIG = "configs/embedded.yaml"
+DATA_DIR = "data"  # what data.dvc tracks: make-data's default roots live in it
 MODEL_HELP = (
     "checkpoint file (.pth: ours or the authors' released UniMatch V2), or an MLflow model of the config's "
     "tracking store: models:/NAME@best, models:/NAME/VERSION, runs:/RUN_ID/model"
@@ -43,6 +45,10 @@ def cmd_make_data(args: argparse.Namespace) -> None:
     print(f"embedded dataset ready at {path}")
     path = generate_embedded_change(args.change_root, seed=args.seed, force=args.force)
     print(f"embedded change-detection dataset ready at {path}")
+    if Path(args.root).parent == Path(args.change_root).parent == Path(DATA_DIR):  # the data.dvc checkout layout
+        from .jobs.commands import cache_tracked_data
+
+        print(cache_tracked_data(Path(DATA_DIR)))
 
 
 def cmd_split(args: argparse.Namespace) -> None:
@@ -69,9 +75,30 @@ def cmd_check_data(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from .jobs import run_training
 
+    nodes = [f"train.nnodes={args.nnodes}"] if args.nnodes else []
+    nodes += [f"train.rdzv_endpoint={args.rdzv_endpoint}"] if args.rdzv_endpoint else []
+    nodes += [f"train.node_rank={args.node_rank}"] if args.node_rank is not None else []
+    args.overrides = [*args.overrides, *nodes]
     result = run_training(_load(args), {"kind": "train"}, run_id=args.mlflow_run_id, progress=not args.no_progress)
     if result is not None:  # rank 0
         print(result.summary())
+
+
+def cmd_plan_memory(args: argparse.Namespace) -> None:
+    from .apps.memory_plan import plan_memory
+
+    cfg = _load(args)
+    plan = plan_memory(cfg)
+    print(plan.table())
+    recommended = plan.recommend(args.gpu_memory)
+    batch = f"{plan.per_process_batch} images per process and optimizer step"
+    if recommended is None:
+        print(f"nothing fits {args.gpu_memory:g} GiB at {batch}: use more GPUs (train.gpus, train.nnodes)")
+        return
+    print(
+        f"for {args.gpu_memory:g} GiB at {batch}: {recommended.overrides()} "
+        f"(estimated peak {recommended.peak_gib:.2f} GiB)"
+    )
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -133,6 +160,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"wrote {len(written)} predictions to {args.output} (labels/ and overlays/)")
 
 
+def cmd_export(args: argparse.Namespace) -> None:  # issue 30
+    from .jobs.commands import export
+
+    exported, run_id = export(_load(args), args.checkpoint, args.weights, args.format, args.output)
+    print(f"wrote {exported.path} ({args.format}; largest logit difference to PyTorch {exported.max_difference:.1e})")
+    print(f"SHA-256 in {exported.sha256}" + (f", logged to MLflow run {run_id} (exports/)" if run_id else ""))
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from .apps.report import report
     from .tracking import resolve_tracking_uri
@@ -140,6 +175,14 @@ def cmd_report(args: argparse.Namespace) -> None:
     paths = report(resolve_tracking_uri(args.uri), args.experiment, args.table, args.out)
     for kind, path in paths.items():
         print(f"{kind:5s} {path}")
+
+
+def cmd_classification(args: argparse.Namespace) -> None:  # issue 28
+    from .jobs.classification import run_benchmark
+
+    files, markdown = run_benchmark(args.config, args.overrides, args.quick, args.methods, args.seeds, args.out)
+    print(markdown)
+    print("report: " + ", ".join(files.values()))
 
 
 def cmd_encoders(args: argparse.Namespace) -> None:
@@ -239,7 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--mlflow-run-id", metavar="ID", help="log into this existing MLflow run instead of creating one"
     )
+    # issue 29: multi-node training (torchrun's elastic rendezvous); the same command on every node
+    train.add_argument(
+        "--nnodes", type=int, metavar="N", help="nodes of the run (train.nnodes); each starts train.gpus ranks"
+    )
+    train.add_argument(
+        "--rdzv-endpoint", metavar="HOST:PORT", help="where the nodes meet (train.rdzv_endpoint): one node's address"
+    )
+    train.add_argument(
+        "--node-rank", type=int, metavar="R", help="this node's fixed place (train.node_rank; 0 holds global rank 0)"
+    )
     train.set_defaults(func=cmd_train)
+
+    plan = sub.add_parser(
+        "plan-memory",
+        help="measure a few training steps of the config at small micro-batches on this device and recommend "
+        "train.batch_size, train.accumulate and model.activation_checkpointing for a GPU of --gpu-memory GiB",
+    )
+    _config_args(plan)
+    plan.add_argument("--gpu-memory", type=float, required=True, metavar="GIB", help="the target GPU's memory in GiB")
+    plan.set_defaults(func=cmd_plan_memory)
 
     pretrain = sub.add_parser(
         "pretrain",
@@ -317,6 +379,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-progress", action="store_true")
     predict.set_defaults(func=cmd_predict)
 
+    export = sub.add_parser(  # issue 30
+        "export",
+        help="export a model to ONNX or TorchScript (evaluation mode, dynamic height and width: multiples of the "
+        "encoder's size divisor; normalised float32 in, logits out), verified against PyTorch, SHA-256 beside it",
+    )
+    _config_args(export)
+    export.add_argument("--checkpoint", "--model", dest="checkpoint", required=True, help=MODEL_HELP)
+    export.add_argument("--weights", default="ema", choices=("ema", "model"))
+    export.add_argument(
+        "--format", required=True, metavar="onnx|torchscript", help="onnx (ONNX Runtime) or torchscript"
+    )
+    export.add_argument(
+        "--output", required=True, help="file to write, e.g. model.onnx; its SHA-256 goes to FILE.sha256"
+    )
+    export.set_defaults(func=cmd_export)
+
     encoders = sub.add_parser("encoders", help="list the registered encoders (model.encoder=NAME) and their defaults")
     encoders.add_argument("--params", action="store_true", help="also count encoder / decoder parameters (21 classes)")
     encoders.set_defaults(func=cmd_encoders)
@@ -364,14 +442,35 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
     report.add_argument("--uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     report.set_defaults(func=cmd_report)
+
+    # issue 28: semi-supervised classification (SPEC §9)
+    classify = sub.add_parser(
+        "classification",
+        help="semi-supervised classification benchmark (Tables 15-17): splits, each method per seed, report",
+    )
+    classify.add_argument(
+        "--config", "-c", default="configs/classification/embedded.yaml", help="classification experiment YAML"
+    )
+    classify.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. split.labeled=25")
+    classify.add_argument("--quick", action="store_true", help="smoke-test budget: one seed, 8 iterations per method")
+    classify.add_argument(
+        "--methods",
+        nargs="+",
+        help="table rows, default: labeled_only fixmatch fixmatch_da unimatch_v2 (fixmatch_da: fixmatch with "
+        "method.distribution_alignment=true; any registered method defined for classification)",
+    )
+    classify.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 (--quick: 0)")
+    classify.add_argument("--out", help="report folder (default: outputs/<tracking.experiment>)")
+    classify.set_defaults(func=cmd_classification)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    from .engine.distributed import rank_log_level  # under torchrun: INFO from global rank 0 only
+
+    level = rank_log_level(logging.DEBUG if args.verbose else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from .errors import run_guarded
 
     return run_guarded(lambda: args.func(args))

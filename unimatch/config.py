@@ -10,6 +10,7 @@ Unknown keys are rejected and every error names the offending key.
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic import (
 from .data.layouts import layout_task
 from .errors import ConfigError
 from .methods import method_class
+from .models.classifier import NETWORKS
 from .models.decoders import decoder_entry
 from .models.encoders import encoder_entry
 from .settings import (
@@ -48,6 +50,12 @@ from .settings import (
 
 class DatasetConfig(DatasetSettings):
     """The ``dataset`` section, checked against the layouts' tasks."""
+
+    @model_validator(mode="after")
+    def _classification_splits_name_no_val(self) -> "DatasetConfig":
+        if layout_task(self.name) == "classification" and self.val_split is not None:
+            raise ValueError(f"dataset.val_split: classification evaluates the test subset of '{self.name}'")
+        return self
 
     @model_validator(mode="after")
     def _change_detection_is_binary(self) -> "DatasetConfig":
@@ -73,6 +81,13 @@ class ModelConfig(ModelSettings):
     """The ``model`` section, its encoder, decoder and decoder settings checked against the registries."""
 
     encoder: RegisteredEncoder = ModelSettings.model_fields["encoder"].default
+
+    @field_validator("network")
+    @classmethod
+    def _registered_network(cls, value: str | None) -> str | None:
+        if value is not None:
+            NETWORKS.entry(value)  # ValueError naming the registered wide ResNets
+        return value
 
     @field_validator("decoder")
     @classmethod
@@ -138,7 +153,7 @@ class ExperimentConfig(Section):
                     entry, field
                 )  # no re-validation: the registry's own value
         for key, value in (("dataset.crop_size", self.dataset.crop_size), ("eval.window", self.eval.window)):
-            if value is not None and value % entry.size_divisor:
+            if value is not None and value % entry.size_divisor and not self.model.network:  # a WRN: any size
                 raise ValueError(
                     f"{key}: {value} is not a multiple of {entry.size_divisor}, the size divisor of "
                     f"encoder '{entry.name}'"
@@ -162,6 +177,12 @@ NON_RESULT_KEYS = (
     "train.device",
     "train.snapshots",
     "dataset.preflight",
+    # issue 29: where the nodes meet and how a failure restarts; checkpointing recomputes the same gradients
+    "train.rdzv_endpoint",
+    "train.rdzv_id",
+    "train.max_restarts",
+    "train.node_rank",
+    "model.activation_checkpointing",
 )
 
 
@@ -282,6 +303,19 @@ def _origin(key: str, source: str, overrides: list[str]) -> str:
     return source
 
 
+def _did_you_mean(schema: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """`` (did you mean train.epochs?)`` for a misspelt key: the closest field of the section it sits in
+    (empty when the section is not a plain model or nothing is close)."""
+    section: Any = schema
+    for part in loc[:-1]:
+        field = section.model_fields.get(str(part)) if isinstance(section, type) else None
+        section = field.annotation if field is not None else None
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return ""
+    close = difflib.get_close_matches(str(loc[-1]), list(section.model_fields), n=1)
+    return f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])}?)" if close else ""
+
+
 def validate_as(
     schema: type[SchemaT], data: dict[str, Any], source: str = "config", overrides: list[str] | None = None
 ) -> SchemaT:
@@ -294,6 +328,8 @@ def validate_as(
         for item in error.errors():
             if item["loc"]:
                 key, message = ".".join(str(part) for part in item["loc"]), f"{item['msg']}"
+                if item["type"] == "extra_forbidden":
+                    message += _did_you_mean(schema, item["loc"])
             else:  # a check across sections: its message starts with the key it is about
                 message = item["msg"].removeprefix("Value error, ")
                 key, message = message.split(": ", 1)

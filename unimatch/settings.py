@@ -18,7 +18,22 @@ class DatasetSettings(Section):
 
     # change detection (bi-temporal A/B/label pairs): levir-cd, whu-cd, change (your own), embedded-cd
     name: Literal[
-        "pascal", "cityscapes", "ade20k", "coco", "folder", "embedded", "levir-cd", "whu-cd", "change", "embedded-cd"
+        "pascal",
+        "cityscapes",
+        "ade20k",
+        "coco",
+        "folder",
+        "embedded",
+        "levir-cd",
+        "whu-cd",
+        "change",
+        "embedded-cd",
+        # image classification (SPEC §9; unimatch/data/classification.py)
+        "cifar10",
+        "svhn",
+        "stl10",
+        "imagenet-folder",
+        "embedded-cls",
     ] = "embedded"
     root: str = "data/embedded"
     nclass: int = Field(7, ge=2)
@@ -37,7 +52,9 @@ class DatasetSettings(Section):
 
 
 class SplitConfig(Section):
-    labeled: float = Field(24, gt=0, description="labeled images: a count (>= 1) or a fraction (< 1)")
+    labeled: float = Field(
+        24, gt=0, description="labeled images: a count (>= 1) or a fraction (< 1); classification: per class"
+    )
     seed: int = 0
     dir: str | None = None  # where created split files go; default <output_dir>/splits
 
@@ -60,6 +77,11 @@ class ModelSettings(Section):
     use_bn: bool = False
     drop_position: Literal["encoder-decoder", "decoder-classifier"] = "encoder-decoder"
     undropped_fraction: float = Field(0.5, ge=0.0, le=1.0)
+    # classification only: a wide ResNet (wrn-28-2, wrn-37-2) instead of `encoder` with a pooled linear head
+    network: str | None = None
+    # Recompute the encoder blocks' activations in the backward pass instead of keeping them (non-reentrant
+    # torch.utils.checkpoint): less memory for about one more encoder forward per step (README "Fit your hardware").
+    activation_checkpointing: bool = False
 
 
 class MethodSettings(Section):
@@ -89,6 +111,10 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)  # adamw
     momentum: float = Field(0.9, ge=0, lt=1)  # sgd
     poly_power: float = Field(0.9, ge=0)
+    # cosine: FixMatch's lr x cos(7 pi k / 16 K) (the classification recipe, SPEC §9)
+    lr_schedule: Literal["poly", "cosine"] = "poly"
+    # classification: unlabeled images per step = batch_size x this (FixMatch's uratio, 7)
+    unlabeled_ratio: int = Field(1, ge=1)
     labeled_loss: Literal["ce", "ohem"] = "ce"
     ohem_threshold: float = Field(0.7, gt=0, le=1)
     ohem_min_kept: int = Field(200000, ge=1)
@@ -109,6 +135,18 @@ class TrainConfig(Section):
     # batch_size is per process. Under an existing torchrun launch, torchrun's WORLD_SIZE decides.
     gpus: int = Field(1, ge=1)
     compile: bool = False  # torch.compile the ViT blocks (for CUDA; the first steps take minutes)
+    # Gradient accumulation: K micro-batches of batch_size per optimizer step, so that batch_size x K x processes
+    # is the effective batch. EMA, learning-rate schedule, logging and checkpoints count optimizer steps.
+    accumulate: int = Field(1, ge=1)
+    # Multi-node training (torchrun's elastic rendezvous): every node runs the same `unimatch train` command with
+    # train.gpus processes; nnodes > 1 needs rdzv_endpoint (host:port of one node, reachable from all).
+    nnodes: int = Field(1, ge=1)
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "unimatch"  # one id per training: the nodes of one run meet under it
+    # set: a fixed place instead of the elastic rendezvous (torchrun's static one at rdzv_endpoint); node 0 holds
+    # global rank 0, hence the result and the MLflow run (a ZenML step's pod as node 0)
+    node_rank: int | None = Field(None, ge=0)
+    max_restarts: int = Field(0, ge=0)  # torchrun restarts the ranks this often after a failure (then: rerun)
 
 
 class PretrainConfig(Section):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .change import image_b, list_pairs, read_names_split, write_names_split
 from .errors import DataError
-from .splits import Sample, read_split, write_split
+from .splits import Sample, raise_missing, read_split, write_split
 
 SUBSETS = ("train", "val")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -40,13 +40,15 @@ def _images(folder: Path, pattern: str = "*") -> list[Path]:
 
 def _samples(root: Path, pairs: Iterable[tuple[Path, Path]], subset: str) -> list[Sample]:
     """Samples from (image, expected mask) pairs; a missing mask is an error in val and None in train."""
-    samples = []
+    samples, missing = [], []
     for image, mask in pairs:
         if not image.is_file():
-            raise DataError(f"{image}: image not found")
-        if subset == "val" and not mask.is_file():
-            raise DataError(f"{mask}: mask of validation image {image} not found")
-        samples.append(Sample(image, mask if mask.is_file() else None, image.relative_to(root).as_posix()))
+            missing.append(f"{image}: image not found")
+        elif subset == "val" and not mask.is_file():
+            missing.append(f"{mask}: mask of validation image {image} not found")
+        else:
+            samples.append(Sample(image, mask if mask.is_file() else None, image.relative_to(root).as_posix()))
+    raise_missing(missing)
     if not samples:
         raise DataError(f"{root}: no {subset} images found")
     return samples
@@ -118,13 +120,19 @@ _TASKS = {
     "whu-cd": "change_detection",
     "change": "change_detection",
     "embedded-cd": "change_detection",
+    # image classification: arrays in their benchmark formats, read by unimatch/data/classification.py
+    "cifar10": "classification",
+    "svhn": "classification",
+    "stl10": "classification",
+    "imagenet-folder": "classification",
+    "embedded-cls": "classification",
 }
 
 
 def layout_task(name: str) -> str:
     """The task (``unimatch.tasks``) of dataset layout ``name``: segmentation unless it declares another."""
-    if name not in _LAYOUTS:
-        raise DataError(f"dataset.name: unknown dataset '{name}' (known: {', '.join(_LAYOUTS)})")
+    if name not in _LAYOUTS and name not in _TASKS:
+        raise DataError(f"dataset.name: unknown dataset '{name}' (known: {', '.join({**_LAYOUTS, **_TASKS})})")
     return _TASKS.get(name, "segmentation")
 
 

@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data import DataError, Sample, check_disjoint, create_split, generate_embedded, list_dataset, list_image_folder
+from ..data.embedded import generate_on_first_use
 from ..data.embedded_change import generate_embedded_change
 from ..data.layouts import SplitFormat
 from ..errors import ConfigError
@@ -25,8 +26,12 @@ from .stream import SampleStream
 log = logging.getLogger(__name__)
 LABELED_STREAM, UNLABELED_STREAM = 0, 1  # part of each stream's seed
 
-# Datasets the project generates itself, written on first use when their root does not exist.
-GENERATED = {"embedded": generate_embedded, "embedded-cd": generate_embedded_change}
+# Datasets the project generates itself: their default root (configs/datasets/), the generator, and how
+# `unimatch make-data` writes them elsewhere. Generated on first use only at that default root.
+GENERATED = {
+    "embedded": ("data/embedded", generate_embedded, "unimatch make-data --root {root}"),
+    "embedded-cd": ("data/embedded-cd", generate_embedded_change, "unimatch make-data --change-root {root}"),
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,14 @@ def _val(cfg: ExperimentConfig, out: Path) -> tuple[Path, list[Sample]]:
     return out / "val.txt", val
 
 
+def ensure_dataset_root(cfg: ExperimentConfig) -> None:
+    """Generate a project-made dataset missing at its default root; a missing root elsewhere is an error
+    (raised before a command opens a tracked run or writes anything)."""
+    if cfg.dataset.name in GENERATED:
+        default_root, generate, command = GENERATED[cfg.dataset.name]
+        generate_on_first_use(cfg.dataset.root, default_root, generate, command.format(root=cfg.dataset.root))
+
+
 def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
     """Labeled, unlabeled and val split files for ``cfg``.
 
@@ -71,11 +84,9 @@ def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
     given. Missing ones are created from the dataset layout with ``split.labeled`` / ``split.seed`` and
     written to ``split.dir`` (default ``<output_dir>/splits``); identical inputs give byte-identical files,
     which are not rewritten. Training and val images must not overlap. The embedded datasets are generated
-    first if their root does not exist.
+    first if their root is missing and the default one (any other missing root is an error).
     """
-    data = cfg.dataset
-    if data.name in GENERATED and not Path(data.root).exists():
-        GENERATED[data.name](data.root)
+    ensure_dataset_root(cfg)
     out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
     labeled, unlabeled, train = _labeled_unlabeled(cfg, out)
     val, val_samples = _val(cfg, out)
@@ -134,8 +145,9 @@ def training_data(
             f"{cfg.method.name} needs unlabeled images: {splits.unlabeled} is empty and "
             "dataset.extra_unlabeled names no pool"
         )
-    # batch_size is per rank; a step consumes world x batch samples of each stream (the global batch).
-    batch, world = cfg.train.batch_size, dist.world
+    # batch_size is per rank and micro-batch; an optimizer step consumes world x accumulate x batch samples of
+    # each stream (the global batch), loaded together and split into micro-batches by the trainer.
+    batch, world = cfg.train.batch_size * cfg.train.accumulate, dist.world
     labeled_set = method.labeled_dataset(labeled, cfg.dataset.root, nclass, crop, task)
     pools = Pools(
         len(labeled),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..apps.export import Exported, check_checkpoint_task, check_export_output, export_model
 from ..apps.foundation import FoundationConfig, train_foundation
 from ..apps.mae import pretrained_encoder
 from ..apps.predict import predict_folder
 from ..config import ExperimentConfig
-from ..data import DataCheck
+from ..data import DataCheck, palette
+from ..data import class_names as dataset_class_names
 from ..engine import resolve_device
 from ..engine.data import extra_unlabeled_samples, prepare_splits
 from ..engine.evaluate import load_model_source, prepare_evaluation, run_evaluation
@@ -17,8 +19,27 @@ from ..engine.inference import EvalResult
 from ..engine.probe import ProbeSettings
 from ..errors import ConfigError
 from ..tasks import task_for
-from ..tracking import tracker_from_config
+from ..tracking import log_to_run, resolve_tracking_uri, tracker_from_config
 from .units import ProbeReport, add_to_summary, foundation_tracker, probe_features
+
+
+def cache_tracked_data(data_dir: Path) -> str:
+    """Store the data that ``make-data`` wrote in the local DVC cache when ``<data_dir>.dvc`` tracks it and it is
+    exactly what that file pins (so a fresh clone's ``dvc status`` is clean, and ``dvc checkout`` can restore it);
+    different data (another seed) is left alone. Returns what it did, in a line for the user."""
+    dvc_file = data_dir.with_name(data_dir.name + ".dvc")
+    if not dvc_file.is_file():
+        return f"{dvc_file}: not found; the data stays out of the DVC cache"
+    from dvc.repo import Repo  # imported on use: DVC is slow to import and only make-data needs it here
+
+    with Repo(str(dvc_file.parent)) as repo:
+        changes = repo.status(targets=[str(dvc_file)]).get(str(dvc_file), [])
+        outputs = {state for change in changes for state in change.get("changed outs", {}).values()}
+        if outputs - {"not in cache"}:
+            return f"{data_dir} differs from what {dvc_file} pins ({', '.join(sorted(outputs))}): not cached"
+        if outputs:
+            repo.commit(str(dvc_file), force=True)  # same hash (checked above): only fills the cache
+    return f"{data_dir} is what {dvc_file} pins, and is in the DVC cache"
 
 
 def check_data(cfg: ExperimentConfig, decode: bool, progress: bool = True) -> DataCheck:
@@ -104,3 +125,28 @@ def predict(
     return predict_folder(
         model, input_dir, output_dir, cfg, device, limit, progress, masks_dir=masks_dir, second_dir=second_dir
     )
+
+
+# issue 30: export
+def export(
+    cfg: ExperimentConfig, source: str, weights: str, format_name: str, output: str
+) -> tuple[Exported, str | None]:
+    """A checkpoint or MLflow model exported to ``output`` (ONNX or TorchScript, dynamic height and width),
+    verified against PyTorch, its SHA-256 beside it and logged to the training's MLflow run (``exports/``)
+    when the config's store holds that run; the exported file and that run's id (None: not logged)."""
+    check_export_output(output, format_name)  # before minutes of loading and tracing
+    check_checkpoint_task(source, cfg.dataset.name)
+    model, run_id = load_model_source(cfg, source, weights)
+    task = task_for(cfg.dataset.name)
+    metadata = {
+        "source": str(source),
+        "dataset": cfg.dataset.name,
+        "encoder": cfg.model.encoder,
+        "input_images": task.input_images,
+        "class_names": dataset_class_names(cfg.dataset),
+        "palette": palette(cfg.dataset.nclass).tolist(),
+    }
+    exported = export_model(model, format_name, output, cfg.dataset.crop_size, metadata, task.input_images)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    logged = cfg.tracking.enabled and log_to_run(uri, run_id, exported.sha256, "exports")
+    return exported, run_id if logged else None

@@ -9,11 +9,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import numpy as np
-
+from ..apps import serving
 from ..apps.mae import pretrained_encoder
+from ..apps.serving import ServingSettings
 from ..config import ExperimentConfig, config_digest
 from ..engine import Trainer, TrainResult, resumable_run_id
+from ..engine.data import ensure_dataset_root
 from ..engine.distributed import init_distributed, launched_by_torchrun, shutdown_distributed
 from ..engine.evaluate import checkpoint_model
 from ..figures import plot_confusion_matrix, plot_training_curves, write_curves
@@ -69,8 +70,19 @@ def run_training(
     new one); with ``train.gpus`` > 1 in that many processes under torchrun (``tracking_uri``: where rank 0
     logs). None on the ranks other than 0 of a torchrun launch that started this process."""
     check_output_dir(cfg.output_dir, "output_dir")  # before a run is opened: a FAILED run would be noise
+    ensure_dataset_root(cfg)  # likewise: a typo'd dataset.root fails before anything is written
     run_id = run_id or resumable_run_id(cfg)
-    if cfg.train.gpus > 1 and not launched_by_torchrun():
+    # issue 29: several nodes. Elastic (no node_rank): rank 0 may start on any node and opens the run there;
+    # static: node 0 holds rank 0 and opens the run here, as on one node; the other nodes only train.
+    node_rank = cfg.train.node_rank
+    if cfg.train.nnodes > 1 and not node_rank == 0 and not launched_by_torchrun():
+        weights = encoder_weights(cfg, Tracker(), encoder)
+        result = launch_torchrun(cfg, run_id, tracking_uri, progress, weights, tags if node_rank is None else None)
+        if result is None:  # this node's ranks were not rank 0
+            return None
+        with tracker_from_config(cfg, tags=tags, resume_run_id=result.run_id) as tracker:
+            return publish(cfg, result, tracker)
+    if (cfg.train.gpus > 1 or cfg.train.nnodes > 1) and not launched_by_torchrun():
         with tracker_from_config(cfg, tags=tags, resume_run_id=run_id) as tracker:
             weights = encoder_weights(cfg, tracker, encoder, progress)
             result = launch_torchrun(cfg, tracker.run_id, tracking_uri, progress, weights)
@@ -103,12 +115,14 @@ def write_figures(result: TrainResult, tracker: Tracker) -> None:
 
 
 def publish_model(cfg: ExperimentConfig, result: TrainResult, tracker: Tracker) -> str | None:
-    """The best EMA weights as the run's MLflow model, registered (``tracking.log_model``); the
+    """The best EMA weights as the run's MLflow model (PyTorch flavour, and a ``python_function`` flavour
+    that takes images of any size: :mod:`unimatch.apps.serving`), registered (``tracking.log_model``); the
     registered version's URI, None when nothing was registered (now)."""
     if not cfg.tracking.log_model or tracker.run_id is None:
         return None
     crop, inputs = cfg.dataset.crop_size, task_for(cfg.dataset.name).input_images
     best = result.metrics["best_miou_ema"]
+    settings = ServingSettings.from_config(cfg, result.class_names, inputs)
     metadata = {
         "class_names": result.class_names,
         "nclass": cfg.dataset.nclass,
@@ -119,12 +133,12 @@ def publish_model(cfg: ExperimentConfig, result: TrainResult, tracker: Tracker) 
         "iteration": result.iterations,
         "best_miou_ema": best,
         "config_digest": config_digest(cfg),
-        "input": f"float32 (B, {3 * inputs}, H, W): {inputs} RGB image(s) normalised with the ImageNet mean and "
-        "std, stacked on channels; output: (B, nclass, H, W) logits",
+        "input": f"pyfunc: {settings.input}; PyTorch flavour: float32 (B, {3 * inputs}, H, W), {inputs} RGB "
+        "image(s) normalised with the ImageNet mean and std, stacked on channels -> (B, nclass, H, W) logits",
+        **settings.metadata(),
     }
     model = checkpoint_model(cfg, result.best_checkpoint, "ema").eval()
-    example = np.zeros((1, 3 * inputs, crop, crop), dtype=np.float32)
-    if not tracker.log_model(model, example, metadata):
+    if not tracker.log_model(model, metadata, serving, **serving.log_options(settings, crop)):
         return tracker.registered_model_uri()  # logged by an earlier, finished attempt
     name = cfg.tracking.registered_model or cfg.tracking.experiment
     version = tracker.register_model(name, best, cfg.method.name)
