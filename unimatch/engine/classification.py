@@ -29,9 +29,8 @@ from ..errors import ConfigError
 from ..methods import Method
 from ..methods.base import Pools
 from ..tasks import ClassificationTask
-from .data import LABELED_STREAM, UNLABELED_STREAM, TrainingData
+from .data import TrainingData, step_streams, total_iterations
 from .distributed import Distributed
-from .stream import SampleStream
 
 EMBEDDED_ROOT = "data/embedded-cls"  # where the generated default lives (generated there on first use)
 
@@ -99,7 +98,9 @@ def classification_training_data(
     splits = classification_splits(cfg) if dist.is_main else None
     dist.barrier()
     splits = splits or classification_splits(cfg)
-    data, size, batch, world = cfg.dataset, cfg.dataset.crop_size, cfg.train.batch_size, dist.world
+    data, size, world = cfg.dataset, cfg.dataset.crop_size, dist.world
+    # per rank and optimizer step: train.accumulate micro-batches, split by the trainer (as segmentation)
+    batch = cfg.train.batch_size * cfg.train.accumulate
     _nclass_matches(cfg, splits.train)
     test, extra = read_subset(data.name, data.root, "test"), read_subset(data.name, data.root, "unlabeled")
     if method.uses_unlabeled and not len(splits.unlabeled) + len(extra):
@@ -127,22 +128,8 @@ def classification_training_data(
             f"train.batch_size: {batch} x train.unlabeled_ratio {cfg.train.unlabeled_ratio} is larger than the "
             f"{unlabeled_count} unlabeled images"
         )
-    total_iters = iters_per_epoch * cfg.train.epochs
-    if cfg.train.max_iters:
-        total_iters = min(total_iters, cfg.train.max_iters)
-    epochs, seed = cfg.train.epochs, cfg.train.seed
-    streams = {
-        "labeled": (
-            SampleStream(labeled_set, iters_per_epoch * labeled_batch * world, epochs, seed, LABELED_STREAM),
-            labeled_batch,
-        )
-    }
-    if method.uses_unlabeled:
-        pool = unlabeled_sets[0] if len(unlabeled_sets) == 1 else ConcatDataset(unlabeled_sets)
-        streams["unlabeled"] = (
-            SampleStream(pool, iters_per_epoch * unlabeled_batch * world, epochs, seed, UNLABELED_STREAM),
-            unlabeled_batch,
-        )
+    pool = ConcatDataset(unlabeled_sets) if method.uses_unlabeled else None
+    streams = step_streams(cfg, world, iters_per_epoch, (labeled_set, labeled_batch), (pool, unlabeled_batch))
     scored = splits.unlabeled[splits.train.labels[splits.unlabeled] != UNKNOWN]
     if len(scored) > cfg.eval.pseudo_label_images:
         scored = np.sort(np.random.default_rng(cfg.split.seed).choice(scored, cfg.eval.pseudo_label_images, False))
@@ -153,5 +140,5 @@ def classification_training_data(
         streams=streams,
         sizes={"labeled": len(splits.labeled), "unlabeled": unlabeled_count, "val": len(test)},
         iters_per_epoch=iters_per_epoch,
-        total_iters=total_iters,
+        total_iters=total_iterations(cfg, iters_per_epoch),
     )

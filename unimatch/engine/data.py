@@ -162,22 +162,8 @@ def training_data(
     if iters_per_epoch == 0:
         ranks = f" x {world} processes" if world > 1 else ""
         raise ConfigError(f"train.batch_size: {batch}{ranks} is larger than the {schedule.pool} {schedule.pool_name}")
-    total_iters = iters_per_epoch * cfg.train.epochs
-    if cfg.train.max_iters:
-        total_iters = min(total_iters, cfg.train.max_iters)
-    epochs, seed = cfg.train.epochs, cfg.train.seed
-    streams = {
-        "labeled": (
-            SampleStream(labeled_set, iters_per_epoch * labeled_batch * world, epochs, seed, LABELED_STREAM),
-            labeled_batch,
-        )
-    }
-    if method.uses_unlabeled:
-        unlabeled_set = task.unlabeled_dataset(unlabeled, crop)
-        streams["unlabeled"] = (
-            SampleStream(unlabeled_set, iters_per_epoch * batch * world, epochs, seed, UNLABELED_STREAM),
-            batch,
-        )
+    unlabeled_set = task.unlabeled_dataset(unlabeled, crop) if method.uses_unlabeled else None
+    streams = step_streams(cfg, world, iters_per_epoch, (labeled_set, labeled_batch), (unlabeled_set, batch))
     val_set = task.eval_dataset(val, nclass)
     return TrainingData(
         class_names=task.class_names(cfg.dataset.name, root, nclass),
@@ -186,8 +172,34 @@ def training_data(
         streams=streams,
         sizes={"labeled": len(labeled), "unlabeled": len(unlabeled), "val": len(val_set)},
         iters_per_epoch=iters_per_epoch,
-        total_iters=total_iters,
+        total_iters=total_iterations(cfg, iters_per_epoch),
     )
+
+
+def total_iterations(cfg: ExperimentConfig, iters_per_epoch: int) -> int:
+    """Optimizer steps of the run: its epochs, capped by ``train.max_iters``."""
+    total = iters_per_epoch * cfg.train.epochs
+    return min(total, cfg.train.max_iters) if cfg.train.max_iters else total
+
+
+def step_streams(
+    cfg: ExperimentConfig,
+    world: int,
+    iters_per_epoch: int,
+    labeled: tuple[Dataset, int],
+    unlabeled: tuple[Dataset | None, int],
+) -> dict[str, tuple[SampleStream, int]]:
+    """The labeled stream and, when there is an unlabeled dataset, the unlabeled one, each with the number of
+    samples one rank's optimizer step takes from it; every stream lasts the run's epochs."""
+    epochs, seed = cfg.train.epochs, cfg.train.seed
+    streams = {}
+    for name, (dataset, batch), stream_seed in (
+        ("labeled", labeled, LABELED_STREAM),
+        ("unlabeled", unlabeled, UNLABELED_STREAM),
+    ):
+        if dataset is not None:
+            streams[name] = (SampleStream(dataset, iters_per_epoch * batch * world, epochs, seed, stream_seed), batch)
+    return streams
 
 
 def preflight(

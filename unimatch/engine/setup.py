@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import ExperimentConfig, ModelConfig
 from ..errors import ConfigError
 from ..methods import method_class
-from ..models import Segmentor, build_segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
+from ..models import Segmentor, encoder_entry, load_encoder_weights, load_segmentor_weights
 from ..settings import MethodSettings
-from ..tasks import ClassificationTask, SegmentationTask
+from ..tasks import TASKS, ClassificationTask, SegmentationTask
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +51,15 @@ def build_model(
     input_size: int,
     method: MethodSettings | None = None,
     quiet: bool = False,
-    input_images: int = 1,
     task: ClassificationTask | SegmentationTask | None = None,
 ) -> Segmentor:
     """The segmentor for training crops of ``input_size`` with its initial weights: a whole checkpoint,
     released encoder weights, or (loudly) random. ``method``: the config's method section, whose method
     may change the architecture (``Method.build_model``) before any weights load, so that training,
     evaluation and prediction build the same model from a config. ``quiet`` skips the
-    random-initialisation warning when the caller loads a checkpoint next. ``input_images``: 2 for the
-    siamese change detector (the task's declaration). ``task``: the task whose network it is (its
-    ``build_network``; None: a segmentor)."""
-    if task is not None:
-        model = task.build_network(model_cfg, nclass, input_size)
-    else:
-        model = build_segmentor(
-            model_cfg.encoder,
-            nclass,
-            use_bn=model_cfg.use_bn,
-            undropped_fraction=model_cfg.undropped_fraction,
-            drop_position=model_cfg.drop_position,
-            input_size=input_size,
-            decoder=model_cfg.decoder,
-            decoder_settings=model_cfg.decoder_settings,
-            input_images=input_images,
-        )
+    random-initialisation warning when the caller loads a checkpoint next. ``task``: the task whose network
+    it is (its ``build_network``: the siamese change detector, a classifier; None: a segmentor)."""
+    model = (task or TASKS["segmentation"]).build_network(model_cfg, nclass, input_size)
     if method is not None:
         model = method_class(method.name).build_model(model, method, input_size)
     entry = encoder_entry(model_cfg.encoder)

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..utils.registry import Registry
 from .encoders import encoder_entry
-from .segmentor import FeatureDrop, complementary_masks, random_channel_masks
+from .segmentor import EncoderDecoder, FeatureDrop, complementary_masks, random_channel_masks
 
 BN_MOMENTUM = 0.001  # USB's bn_momentum (PyTorch's convention: weight of the new batch)
 LEAKY_SLOPE = 0.1
@@ -79,7 +79,7 @@ NETWORKS: Registry[Callable[[], WideResNet]] = Registry("classification network"
 NETWORKS.update({"wrn-28-2": lambda: WideResNet(28, 2, 3), "wrn-37-2": lambda: WideResNet(28, 2, 4)})
 
 
-class Classifier(nn.Module):
+class Classifier(EncoderDecoder):
     """Backbone -> global average pool -> (channel dropout) -> linear head; logits (B, nclass, 1, 1)."""
 
     def __init__(
@@ -97,26 +97,8 @@ class Classifier(nn.Module):
         self.size_divisor = size_divisor
         self.frozen_encoder = False
 
-    # the parameter groups and freezing the engine's optimiser and setup read (as the segmentor's)
-    def freeze_encoder(self) -> None:
-        self.frozen_encoder = True
-        self.encoder.requires_grad_(False)
-        self.encoder.eval()
-
-    def train(self, mode: bool = True) -> "Classifier":
-        super().train(mode)
-        if self.frozen_encoder:
-            self.encoder.eval()
-        return self
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoder.parameters() if p.requires_grad]
-
     def decoder_modules(self) -> list[nn.Module]:
         return [self.head]
-
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.head.parameters() if p.requires_grad]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.frozen_encoder:

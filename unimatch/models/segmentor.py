@@ -44,7 +44,37 @@ def complementary_masks(
     return torch.cat((first, second))
 
 
-class Segmentor(nn.Module):
+class EncoderDecoder(nn.Module):
+    """An ``encoder`` and the modules after it, as the engine's optimiser and freezing read them: the encoder
+    trains at its own learning rate, or not at all (frozen, in eval mode so its statistics stay); the
+    subclass names its ``decoder_modules``."""
+
+    frozen_encoder = False
+    encoder: nn.Module
+
+    def freeze_encoder(self) -> None:
+        """Train the decoder only: encoder weights get no gradient and stay in eval mode."""
+        self.frozen_encoder = True
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    def train(self, mode: bool = True) -> "EncoderDecoder":
+        super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()
+        return self
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    def decoder_modules(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [p for module in self.decoder_modules() for p in module.parameters() if p.requires_grad]
+
+
+class Segmentor(EncoderDecoder):
     def __init__(
         self,
         encoder: str,
@@ -86,31 +116,13 @@ class Segmentor(nn.Module):
         if frozen_encoder:
             self.freeze_encoder()
 
-    def freeze_encoder(self) -> None:
-        """Train the decoder only: encoder weights get no gradient and stay in eval mode."""
-        self.frozen_encoder = True
-        self.encoder.requires_grad_(False)
-        self.encoder.eval()
-
     def checkpoint_activations(self) -> None:
         """``model.activation_checkpointing``: the encoder blocks' activations recomputed in backward."""
         self.encoder.checkpoint_activations()
 
-    def train(self, mode: bool = True) -> "Segmentor":
-        super().train(mode)
-        if self.frozen_encoder:
-            self.encoder.eval()
-        return self
-
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.encoder.parameters() if p.requires_grad]
-
     def decoder_modules(self) -> list[nn.Module]:
         """The decoder and a method's neck: what trains at the decoder learning rate."""
         return [self.head] if self.neck is None else [self.neck, self.head]
-
-    def decoder_parameters(self) -> list[nn.Parameter]:
-        return [p for module in self.decoder_modules() for p in module.parameters() if p.requires_grad]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The encoder's (B, C_i, h_i, w_i) feature maps; for pairs (B, 6, H, W) the absolute differences
