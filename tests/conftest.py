@@ -131,3 +131,58 @@ def saved_figures(monkeypatch: pytest.MonkeyPatch) -> list:
 
     monkeypatch.setattr(Figure, "savefig", keep)
     return saved
+
+
+# Loaded by every process torchrun starts (through PYTHONPATH): a rank other than 0 that writes a checkpoint
+# or a figure fails the run.
+RANK_ZERO_WRITES_ONLY = """
+import os
+if os.environ.get("RANK", "0") != "0":
+    import matplotlib.figure, torch
+
+    def _refuse(*args, **kwargs):
+        raise PermissionError("rank " + os.environ["RANK"] + " wrote a file only rank 0 may write")
+
+    torch.save = _refuse
+    matplotlib.figure.Figure.savefig = _refuse
+"""
+
+
+@pytest.fixture
+def rank_zero_guard(tmp_path: Path):
+    """``write(extra) -> folder``: a folder whose sitecustomize.py is the rank-0 write guard followed by a
+    test's own ``extra`` code, for the PYTHONPATH of the processes torchrun starts."""
+
+    def write(extra: str = "") -> Path:
+        guard = tmp_path / "guard"
+        guard.mkdir(exist_ok=True)
+        (guard / "sitecustomize.py").write_text(RANK_ZERO_WRITES_ONLY + extra, encoding="utf-8")
+        return guard
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def tracked_training():
+    """``run(root, data_seed, *overrides) -> (settings, cfg, result)``: a tracked 2-iteration training of
+    configs/embedded.yaml (crop 56, 8 of 16 generated images labeled, random initialisation) whose MLflow
+    store is ``root``/mlflow.db; ``settings``: the overrides that address it again on a command line."""
+    from unimatch.config import load_config
+    from unimatch.data import generate_embedded
+    from unimatch.jobs import train
+    from unimatch.tracking import tracker_from_config
+
+    def run(root: Path, data_seed: int, *overrides: str):
+        data = generate_embedded(root / "data", seed=data_seed, n_train=16, n_val=2, size=(84, 70))
+        settings = [
+            f"dataset.root={data}", f"split.dir={root / 'splits'}", f"tracking.uri=sqlite:///{root / 'mlflow.db'}",
+            "dataset.crop_size=56", "split.labeled=8", "train.batch_size=2", "train.num_workers=0",
+            "train.max_iters=2", "pretrain.method=none", "model.weights=null", "eval.pseudo_label_images=0",
+            *overrides,
+        ]  # fmt: skip
+        cfg = load_config("configs/embedded.yaml", [f"output_dir={root / 'run'}", *settings])
+        with tracker_from_config(cfg) as tracker:
+            result = train(cfg, tracker, progress=False)
+        return settings, cfg, result
+
+    return run

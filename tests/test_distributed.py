@@ -24,18 +24,8 @@ from unimatch.jobs import launch_torchrun
 from unimatch.tracking import tracker_from_config
 
 PROJECT = Path(__file__).resolve().parents[1]
-# Loaded by every process through PYTHONPATH. On ranks other than 0, writing a checkpoint or a figure
-# raises, which fails the run. UNSYNCED_GRADIENTS=1 swaps DDP for the bare step module.
+# Added to the rank-0 guard (conftest): UNSYNCED_GRADIENTS=1 swaps DDP for the bare step module.
 SITECUSTOMIZE = """
-import os
-if os.environ.get("RANK", "0") != "0":
-    import matplotlib.figure, torch
-
-    def _refuse(*args, **kwargs):
-        raise PermissionError("rank " + os.environ["RANK"] + " wrote a file only rank 0 may write")
-
-    torch.save = _refuse
-    matplotlib.figure.Figure.savefig = _refuse
 if os.environ.get("UNSYNCED_GRADIENTS") == "1":
     import unimatch.engine.distributed as distributed
     import unimatch.engine.trainer as trainer
@@ -50,11 +40,9 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture
-def two_ranks(tmp_path, monkeypatch):
+def two_ranks(tmp_path, monkeypatch, rank_zero_guard):
     """Environment for a 2-process run; returns the config factory."""
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    guard = rank_zero_guard(SITECUSTOMIZE)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(guard), str(PROJECT)]))
     monkeypatch.chdir(PROJECT)
 

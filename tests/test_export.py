@@ -17,12 +17,9 @@ from mlflow import MlflowClient
 
 from unimatch.apps.export import export_model, load_exported, read_metadata, traceable_pos_embed
 from unimatch.config import load_config
-from unimatch.data import generate_embedded
 from unimatch.engine.setup import build_model
-from unimatch.jobs import train
 from unimatch.models import build_segmentor
 from unimatch.models.encoders.dinov2 import interpolate_pos_embed
-from unimatch.tracking import tracker_from_config
 
 PROJECT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -93,29 +90,11 @@ def test_exported_graph_has_no_dropout_branch(embedded_model: torch.nn.Module, t
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def trained(tmp_path_factory: pytest.TempPathFactory, tracked_training) -> dict:
     """A tracked 2-iteration training of the embedded config (crop 56)."""
     root = tmp_path_factory.mktemp("export")
-    data = generate_embedded(root / "data", seed=4, n_train=16, n_val=2, size=(84, 70))
-    store = f"sqlite:///{root / 'mlflow.db'}"
-    settings = [
-        f"dataset.root={data}",
-        f"split.dir={root / 'splits'}",
-        f"tracking.uri={store}",
-        "tracking.experiment=export",
-        "dataset.crop_size=56",
-        "split.labeled=8",
-        "train.batch_size=2",
-        "train.num_workers=0",
-        "train.max_iters=2",
-        "pretrain.method=none",
-        "model.weights=null",
-        "eval.pseudo_label_images=0",
-    ]
-    cfg = load_config("configs/embedded.yaml", [*settings, f"output_dir={root / 'run'}"])
-    with tracker_from_config(cfg) as tracker:
-        result = train(cfg, tracker, progress=False)
-    return {"root": root, "store": store, "settings": settings, "result": result}
+    settings, _, result = tracked_training(root, 4, "tracking.experiment=export")
+    return {"root": root, "store": f"sqlite:///{root / 'mlflow.db'}", "settings": settings, "result": result}
 
 
 def _export(trained: dict, *args: str) -> subprocess.CompletedProcess:

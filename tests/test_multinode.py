@@ -29,19 +29,11 @@ from unimatch.engine.worker import read_result
 from unimatch.jobs.launch import torchrun_command
 
 PROJECT = Path(__file__).resolve().parents[1]
-# Loaded by every process through PYTHONPATH. A rank other than 0 that writes a checkpoint or a figure
-# fails the run. With HANG_AFTER_CHECKPOINT set (one node's environment), that node's rank marks the file
-# it names and waits, once the checkpoint of iteration 2 is written: the node is then killed there.
+# Added to the rank-0 guard (conftest): with HANG_AFTER_CHECKPOINT set (one node's environment), that
+# node's rank marks the file it names and waits, once the checkpoint of iteration 2 is written: the node is
+# then killed there.
 SITECUSTOMIZE = """
 import os
-if os.environ.get("RANK", "0") != "0":
-    import matplotlib.figure, torch
-
-    def _refuse(*args, **kwargs):
-        raise PermissionError("rank " + os.environ["RANK"] + " wrote a file only rank 0 may write")
-
-    torch.save = _refuse
-    matplotlib.figure.Figure.savefig = _refuse
 if os.environ.get("HANG_AFTER_CHECKPOINT") and "RANK" in os.environ:
     import pathlib, time
     import unimatch.engine.trainer as trainer
@@ -77,13 +69,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def cluster(tmp_path):
+def cluster(tmp_path, rank_zero_guard):
     """``start(name, port, *overrides, **env)``: one node, a torchrun agent running its one rank as `unimatch train
     --nnodes 2 --rdzv-endpoint 127.0.0.1:PORT` starts it on each node (the same command line), global rank
     0 opening the MLflow run; every node still running at the end of the test is killed, whatever happened."""
-    guard = tmp_path / "guard"
-    guard.mkdir()
-    (guard / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
+    guard = rank_zero_guard(SITECUSTOMIZE)
     data = generate_embedded(tmp_path / "data", seed=3, n_train=24, n_val=4, size=(112, 84))
     started: list[subprocess.Popen] = []
 

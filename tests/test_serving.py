@@ -19,10 +19,7 @@ from mlflow.models import Model
 from PIL import Image
 
 from unimatch.apps.serving import local_server
-from unimatch.config import load_config
-from unimatch.data import generate_embedded
-from unimatch.jobs import train
-from unimatch.tracking import tracker_from_config, using_store
+from unimatch.tracking import using_store
 
 PROJECT = Path(__file__).resolve().parents[1]
 NAME = "serving-test"
@@ -30,31 +27,14 @@ NCLASS = 7
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def world(tmp_path_factory: pytest.TempPathFactory, tracked_training) -> dict:
     """One tracked training (2 iterations, crop 56) registered as NAME, two images (160x120 and 518x518) and
     the label PNGs `unimatch predict --model models:/NAME@best` wrote for them."""
     root = tmp_path_factory.mktemp("serving")
-    data = generate_embedded(root / "data", seed=3, n_train=16, n_val=2, size=(84, 70))
     store = f"sqlite:///{root / 'mlflow.db'}"
-    overrides = [
-        f"dataset.root={data}",
-        f"output_dir={root / 'run'}",
-        f"split.dir={root / 'splits'}",
-        f"tracking.uri={store}",
-        "tracking.experiment=serving",
-        f"tracking.registered_model={NAME}",
-        "dataset.crop_size=56",
-        "split.labeled=8",
-        "train.batch_size=2",
-        "train.num_workers=0",
-        "train.max_iters=2",
-        "pretrain.method=none",
-        "model.weights=null",
-        "eval.pseudo_label_images=0",
-    ]
-    cfg = load_config("configs/embedded.yaml", overrides)
-    with tracker_from_config(cfg) as tracker:
-        train(cfg, tracker, progress=False)
+    overrides, cfg, _ = tracked_training(
+        root, 3, f"output_dir={root / 'run'}", "tracking.experiment=serving", f"tracking.registered_model={NAME}"
+    )
     images = root / "images"
     images.mkdir()
     rng = np.random.default_rng(0)
