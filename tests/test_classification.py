@@ -17,9 +17,11 @@ from PIL import Image
 from unimatch.config import load_config
 from unimatch.data import DataError
 from unimatch.data.classification import per_class_split, read_fraction_list, read_split, read_subset, write_split
+from unimatch.engine.inference import PseudoLabelCounts
 from unimatch.methods.alignment import DistributionAlignment, align_distribution
 from unimatch.methods.base import PseudoLabels, pixel_loss
 from unimatch.models.classifier import build_classifier
+from unimatch.tasks import ClassificationTask
 
 
 def _cifar_batch(path, images: np.ndarray, labels: list[int]) -> None:
@@ -304,3 +306,23 @@ def test_embedded_classification_data_is_deterministic_cifar_format(tmp_path, mo
     (tmp_path / "other" / "x.txt").write_text("mine")
     with pytest.raises(DataError, match="other: exists and is not the embedded classification data"):
         embedded.generate_embedded_classification(tmp_path / "other")
+
+
+def test_pseudo_label_quality_of_a_task_without_background_has_no_object_shares() -> None:
+    """Six images (1 x 1 labels), 3 classes, threshold 0.9. Targets 0, 1, 1, 2, 255, 0; the teacher says
+    (0 @0.95), (1 @0.92), (2 @0.97), (2 @0.5), (0 @0.99), (1 @0.99). Without a background class every class
+    is scored: class 0 has 2 images, 1 confident and right (50 %); class 1: 2, 1 (50 %); class 2: 1, 0."""
+    target = torch.tensor([0, 1, 1, 2, 255, 0]).view(6, 1, 1)
+    winners = [(0, 0.95), (1, 0.92), (2, 0.97), (2, 0.5), (0, 0.99), (1, 0.99)]
+    probabilities = torch.zeros(6, 3, 1, 1)
+    for index, (label, confidence) in enumerate(winners):
+        probabilities[index, :, 0, 0] = (1 - confidence) / 2
+        probabilities[index, label, 0, 0] = confidence
+    counts = PseudoLabelCounts(3, background=ClassificationTask.background_class)
+    counts.update(probabilities, target, threshold=0.9)
+    quality = counts.result(["disk", "square", "ring"])
+    assert quality.precision == pytest.approx(50.0) and quality.mask_ratio == pytest.approx(80.0)
+    assert quality.class_recall == pytest.approx({"disk": 50.0, "square": 50.0, "ring": 0.0})
+    metrics = quality.metrics()
+    assert not any(key.startswith(("pseudo/object", "pseudo/foreground")) for key in metrics), metrics
+    assert metrics["pseudo/precision"] == pytest.approx(50.0)

@@ -44,6 +44,7 @@ class SegmentationTask:
     input_images = 1  # images per sample; the model's input has 3 x this many channels
     headline = "miou"
     eval_batch_size = 1  # images per evaluation batch: whole images of any size, one at a time
+    background_class: int | None = 0  # what the pseudo-label metrics' object/foreground shares leave out
 
     splits = SplitFormat(pairs=False)
 
@@ -166,6 +167,7 @@ class ClassificationTask:
     input_images = 1
     headline = "top1"
     eval_batch_size = 64  # images of one size
+    background_class = None  # every class is an object: no object/foreground pseudo-label shares
 
     def build_network(self, model: ModelSettings, nclass: int, input_size: int) -> nn.Module:
         """A wide ResNet (``model.network``) or the encoder with a pooled linear head, channel dropout on the

@@ -206,7 +206,9 @@ class PseudoLabelCounts:
 
     TOTALS = 9
 
-    def __init__(self, nclass: int, device: torch.device | str = "cpu", background: int = 0) -> None:
+    def __init__(self, nclass: int, device: torch.device | str = "cpu", background: int | None = 0) -> None:
+        """``background``: the class the object shares leave out; None (classification): no such class, and
+        the object and foreground shares are undefined (NaN)."""
         self.counts = torch.zeros(self.TOTALS + 2 * nclass, dtype=torch.int64, device=device)
         self.nclass, self.background = nclass, background
 
@@ -217,8 +219,11 @@ class PseudoLabelCounts:
         confident = valid & (confidence >= threshold)
         correct = valid & (label == target)
         right = confident & correct
-        foreground = valid & (target != self.background)
-        confident_object = confident & (label != self.background)
+        if self.background is None:
+            foreground = confident_object = torch.zeros_like(valid)
+        else:
+            foreground = valid & (target != self.background)
+            confident_object = confident & (label != self.background)
         totals = torch.stack(
             [
                 valid.sum(),
@@ -270,13 +275,14 @@ def pseudo_label_quality(
     autocast_dtype: torch.dtype | None = None,
     distributed: bool = False,
     class_names: list[str] | None = None,
+    background: int | None = 0,
 ) -> PseudoLabelQuality:
     """Score the teacher's confident (>= ``threshold``) pseudo labels against ground truth on ``batches`` of
     (image, mask, name): whole images at their original size, as "original" evaluation predicts them."""
     device = torch.device(device)
     was_training = teacher.training
     teacher.eval()
-    counts = PseudoLabelCounts(nclass, device)
+    counts = PseudoLabelCounts(nclass, device, background)
     for image, mask, _ in batches:
         image, mask = image.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):

@@ -409,6 +409,7 @@ class Trainer:
             self.amp_dtype,
             self.dist.enabled,
             self.class_names,
+            self.task.background_class,
         )
 
     def _end_epoch(self, epoch: int, window_metrics: dict[str, float], started: float) -> str:
@@ -446,10 +447,10 @@ class Trainer:
         }
         pseudo = ""
         if quality:
-            pseudo = (
-                f" | pseudo precision {quality.precision:.1f} objects {quality.object_precision:.1f}"
-                f" fg {quality.foreground_recall:.1f}"
-            )
+            shares = [("precision", quality.precision)]
+            if self.task.background_class is not None:  # object shares exist only beside a background class
+                shares += [("objects", quality.object_precision), ("fg", quality.foreground_recall)]
+            pseudo = " | pseudo " + " ".join(f"{name} {value:.1f}" for name, value in shares)
         best = f"{self.best[f'{headline}_ema']:.1f}{' *' if improved else ''}"
         return (
             f"epoch {epoch}/{self.cfg.train.epochs} | loss {losses['loss']:.3f} "
