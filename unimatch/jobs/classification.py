@@ -25,7 +25,7 @@ from ..config import ExperimentConfig, follow_method_name, load_config, validate
 from ..data.classification import ClassificationEval, read_split, read_subset
 from ..engine.classification import classification_splits
 from ..engine.evaluate import checkpoint_model
-from ..engine.inference import PseudoLabelCounts
+from ..engine.inference import pseudo_label_quality
 from ..engine.setup import resolve_device
 from ..errors import ConfigError
 from ..methods import METHODS
@@ -126,10 +126,12 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
     unlabeled images of ``cfg``'s split (confident share and precision at ``method.threshold``)."""
     device = resolve_device(cfg.train.device)
     model = checkpoint_model(cfg, checkpoint, "ema").to(device).eval()
-    data, size = cfg.dataset, cfg.dataset.crop_size
+    data, size, task = cfg.dataset, cfg.dataset.crop_size, task_for(cfg.dataset.name)
     test = read_subset(data.name, data.root, "test")
     hits = {1: 0, 5: 0}
-    for images, masks, _ in DataLoader(ClassificationEval(test, range(len(test)), size), batch_size=64):
+    for images, masks, _ in DataLoader(
+        ClassificationEval(test, range(len(test)), size), batch_size=task.eval_batch_size
+    ):
         logits = model(images.to(device)).flatten(1)
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu()
         labels = masks[:, 0, 0]
@@ -139,11 +141,8 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
     unlabeled = read_split(Path(cfg.split.dir or Path(cfg.output_dir) / "splits") / "unlabeled.txt", train)
     # a method without pseudo labels (labeled-only) is scored at the default threshold, as the trainer does
     threshold = getattr(cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
-    counts = PseudoLabelCounts(data.nclass)
-    for images, masks, _ in DataLoader(ClassificationEval(train, unlabeled, size), batch_size=64):
-        probabilities = model(images.to(device)).float().softmax(dim=1).cpu()
-        counts.update(probabilities, masks[:, :1, :1], threshold)
-    quality = counts.result()
+    batches = DataLoader(ClassificationEval(train, unlabeled, size), batch_size=task.eval_batch_size)
+    quality = pseudo_label_quality(model, batches, threshold, data.nclass, device, background=task.background_class)
     return {
         "top1": 100.0 * hits[1] / len(test),
         "top5": 100.0 * hits[5] / len(test),
