@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from zenml import pipeline
 
 from steps.classification import classification_report, classification_splits, evaluate_classifier, train_classifier
-from steps.tracking import tracker_step_options
 from unimatch.jobs import classification as jobs
 
 from .cli import run_main
+from .common import train_options
 
 
 @pipeline(name="classification")
@@ -41,7 +41,7 @@ def classification(
     seeds = list(seeds if seeds is not None else (jobs.QUICK_SEEDS if quick else jobs.DEFAULT_SEEDS))
     name = base["tracking"]["experiment"]
     tags = {"table": "classification"}
-    trainer = train_classifier.with_options(**tracker_step_options(name, tags))
+    trainer = train_classifier.with_options(**train_options(name, tags, gpu_count))
     evaluations = []
     for seed in seeds:
         splits = classification_splits(jobs.run_config(base, methods[0], seed), id=f"splits_seed{seed}")

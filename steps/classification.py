@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 from zenml import step
@@ -10,7 +11,7 @@ from zenml import step
 from unimatch.config import ExperimentConfig
 from unimatch.jobs import classification
 
-from .tracking import store_uri
+from .tracking import store_uri, with_run_tags
 
 
 @step(enable_cache=False)
@@ -25,7 +26,7 @@ def train_classifier(
     splits: dict[str, str], config: ExperimentConfig, row: str, tags: dict[str, str]
 ) -> Annotated[dict[str, Any], "trained"]:
     """Train ``config`` (table row ``row``, seed resolved) on ``splits`` as one MLflow run of the pipeline's store."""
-    tags = {**tags, "splits": splits["labeled"]}
+    tags = with_run_tags({**tags, "splits": splits["labeled"]})
     return classification.train_classifier(config, row, tags, tracking_uri=store_uri())
 
 
@@ -42,5 +43,5 @@ def classification_report(
     """The report in the layout of Tables 15-17 (markdown, CSV, figure) under ``out_dir``."""
     results = [classification.ClassificationResult(**evaluation) for evaluation in evaluations]
     files = classification.write_report(results, out_dir, title, top5)
-    print(open(files["markdown"], encoding="utf-8").read())
+    print(Path(files["markdown"]).read_text(encoding="utf-8"))
     return files

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from ..utils.atomic import write_text_atomic
 from ..utils.registry import Registry
 from .errors import DataError
 from .layouts import IMAGE_SUFFIXES
@@ -244,11 +245,8 @@ def per_class_split(labels: np.ndarray, labeled: float, seed: int) -> tuple[np.n
 
 
 def write_split(path: Path, subset: ClassificationSubset, indices: Sequence[int]) -> None:
-    """``ID LABEL`` lines; an identical file is left untouched."""
-    text = "".join(f"{subset.names[i]} {subset.labels[i]}\n" for i in indices)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.is_file() or path.read_text() != text:
-        path.write_text(text)
+    """``ID LABEL`` lines, written atomically; an identical file is left untouched."""
+    write_text_atomic(path, "".join(f"{subset.names[i]} {subset.labels[i]}\n" for i in indices))
 
 
 def read_split(path: str | Path, subset: ClassificationSubset) -> np.ndarray:

@@ -12,13 +12,21 @@ from __future__ import annotations
 import colorsys
 import json
 import pickle
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .embedded import CLASSES as WORLD_CLASSES
-from .embedded import SHAPES, appearance, class_hue, coverage, load_sources, place_outline, textured_background
+from .embedded import (
+    SHAPES,
+    appearance,
+    class_hue,
+    coverage,
+    load_sources,
+    place_outline,
+    textured_background,
+    write_into_place,
+)
 from .errors import DataError
 
 CLASSES = WORLD_CLASSES[1:]  # the six object shapes; label = world label - 1
@@ -70,23 +78,20 @@ def generate_embedded_classification(root: str | Path, seed: int = 0, force: boo
     meta = {"generator": __name__, "version": VERSION, "seed": seed, "size": SIZE, "classes": list(CLASSES)}
     if (root / "meta.json").is_file() and json.loads((root / "meta.json").read_text()) == meta and not force:
         return root
-    if root.exists() and any(root.iterdir()):
-        if not force:
-            raise DataError(f"{root}: exists and is not the embedded classification data; remove it or use --force")
-        shutil.rmtree(root)
-    staging = root.with_name(root.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)  # an interrupted earlier attempt
-    staging.mkdir(parents=True)
+    if root.exists() and any(root.iterdir()) and not force:
+        raise DataError(f"{root}: exists and is not the embedded classification data; remove it or use --force")
+    write_into_place(root, lambda folder: _write_dataset(folder, seed, meta))
+    return root
+
+
+def _write_dataset(folder: Path, seed: int, meta: dict) -> None:
+    """The CIFAR-format files of the dataset with ``seed`` into ``folder``; ``meta.json`` last (a complete copy)."""
     sources = load_sources()
     train, train_labels = _subset(sources, seed, 0, TRAIN_PER_CLASS)
     for number, part in enumerate(np.array_split(np.arange(len(train)), BATCHES), 1):
-        _write_batch(staging / f"data_batch_{number}", train[part], [train_labels[i] for i in part], f"batch {number}")
+        _write_batch(folder / f"data_batch_{number}", train[part], [train_labels[i] for i in part], f"batch {number}")
     test, test_labels = _subset(sources, seed, 1, TEST_PER_CLASS)
-    _write_batch(staging / "test_batch", test, test_labels, "test batch")
-    with (staging / "batches.meta").open("wb") as handle:
+    _write_batch(folder / "test_batch", test, test_labels, "test batch")
+    with (folder / "batches.meta").open("wb") as handle:
         pickle.dump({b"label_names": [name.encode() for name in CLASSES]}, handle, protocol=2)
-    (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if root.exists():
-        root.rmdir()
-    staging.rename(root)
-    return root
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")

@@ -24,15 +24,12 @@ from ..data.classification import (
     read_subset,
     write_split,
 )
-from ..data.classification_embedded import generate_embedded_classification
 from ..errors import ConfigError
 from ..methods import Method
 from ..methods.base import Pools
 from ..tasks import ClassificationTask
-from .data import TrainingData, step_streams, total_iterations
+from .data import TrainingData, ensure_dataset_root, step_streams, total_iterations
 from .distributed import Distributed
-
-EMBEDDED_ROOT = "data/embedded-cls"  # where the generated default lives (generated there on first use)
 
 
 @dataclass
@@ -46,19 +43,11 @@ class ClassificationSplits:
     unlabeled_file: Path
 
 
-def ensure_embedded(cfg: ExperimentConfig) -> None:
-    """Generate the embedded classification data when it is missing at its default root."""
-    if cfg.dataset.name == "embedded-cls" and not Path(cfg.dataset.root).exists():
-        if Path(cfg.dataset.root) != Path(EMBEDDED_ROOT):
-            raise DataError(f"dataset.root: {cfg.dataset.root} does not exist (the default is {EMBEDDED_ROOT})")
-        generate_embedded_classification(cfg.dataset.root)
-
-
 def classification_splits(cfg: ExperimentConfig) -> ClassificationSplits:
     """Labeled and unlabeled split files of ``cfg``: given ones (``dataset.labeled_split``: an ``ID LABEL``
     split or, for class folders, a label-fraction list; ``dataset.unlabeled_split`` optional: default the
     rest), else ``split.labeled`` per class drawn with ``split.seed`` into ``split.dir``."""
-    ensure_embedded(cfg)
+    ensure_dataset_root(cfg)
     data = cfg.dataset
     train = read_subset(data.name, data.root, "train")
     out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")

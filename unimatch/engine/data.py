@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from ..config import ExperimentConfig
 from ..data import DataError, Sample, check_disjoint, create_split, generate_embedded, list_dataset, list_image_folder
+from ..data.classification_embedded import generate_embedded_classification
 from ..data.embedded import generate_on_first_use
 from ..data.embedded_change import generate_embedded_change
 from ..data.layouts import SplitFormat
@@ -31,6 +32,7 @@ LABELED_STREAM, UNLABELED_STREAM = 0, 1  # part of each stream's seed
 GENERATED = {
     "embedded": ("data/embedded", generate_embedded, "unimatch make-data --root {root}"),
     "embedded-cd": ("data/embedded-cd", generate_embedded_change, "unimatch make-data --change-root {root}"),
+    "embedded-cls": ("data/embedded-cls", generate_embedded_classification, "copy data/embedded-cls to {root}"),
 }
 
 

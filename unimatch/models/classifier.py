@@ -20,7 +20,7 @@ from torch import nn
 
 from ..utils.registry import Registry
 from .encoders import encoder_entry
-from .segmentor import EncoderDecoder, FeatureDrop, complementary_masks, random_channel_masks
+from .segmentor import EncoderDecoder, FeatureDrop
 
 BN_MOMENTUM = 0.001  # USB's bn_momentum (PyTorch's convention: weight of the new batch)
 LEAKY_SLOPE = 0.1
@@ -95,28 +95,20 @@ class Classifier(EncoderDecoder):
         nn.init.zeros_(self.head.bias)
         self.undropped_fraction = undropped_fraction
         self.size_divisor = size_divisor
-        self.frozen_encoder = False
 
     def decoder_modules(self) -> list[nn.Module]:
         return [self.head]
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.frozen_encoder:
-            with torch.no_grad():
-                return self.encoder(x)
-        return self.encoder(x)
+        return self._encode(x)
 
     def decode(self, maps: Sequence[torch.Tensor], size: Sequence[int] = (), drop: FeatureDrop = None) -> torch.Tensor:
         """Logits (B, nclass, 1, 1) of the pooled last map; ``drop``: channel dropout on the pooled feature,
         ``complementary`` treating the batch's halves as the two views of each image. ``size`` is unused (the
         segmentor's signature)."""
         pooled = maps[-1].mean(dim=(2, 3))
-        if drop == "complementary":
-            pooled = pooled * complementary_masks(*pooled.shape, self.undropped_fraction, pooled.device)
-        elif drop == "random":
-            pooled = pooled * random_channel_masks(*pooled.shape, pooled.device)
-        elif drop is not None:
-            raise ValueError(f"unknown feature dropout '{drop}'")
+        if drop is not None:
+            pooled = pooled * self.drop_masks(drop, *pooled.shape, pooled.device)
         return self.head(pooled)[:, :, None, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,27 @@ class EncoderDecoder(nn.Module):
     def encoder_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
+    def checkpoint_activations(self) -> None:
+        """``model.activation_checkpointing``: the encoder blocks' activations recomputed in backward; a
+        backbone without blocks (a CNN, a wide ResNet) is a ValueError."""
+        checkpoint = getattr(self.encoder, "checkpoint_activations", None)
+        if checkpoint is None:
+            raise ValueError(f"{type(self.encoder).__name__} has no blocks to checkpoint")
+        checkpoint()
+
+    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.frozen_encoder:
+            with torch.no_grad():
+                return self.encoder(x)
+        return self.encoder(x)
+
+    def drop_masks(self, drop: FeatureDrop, batch: int, channels: int, device: torch.device) -> torch.Tensor:
+        if drop == "complementary":
+            return complementary_masks(batch, channels, self.undropped_fraction, device)
+        if drop == "random":
+            return random_channel_masks(batch, channels, device)
+        raise ValueError(f"unknown feature dropout '{drop}'")
+
     def decoder_modules(self) -> list[nn.Module]:
         raise NotImplementedError
 
@@ -116,10 +137,6 @@ class Segmentor(EncoderDecoder):
         if frozen_encoder:
             self.freeze_encoder()
 
-    def checkpoint_activations(self) -> None:
-        """``model.activation_checkpointing``: the encoder blocks' activations recomputed in backward."""
-        self.encoder.checkpoint_activations()
-
     def decoder_modules(self) -> list[nn.Module]:
         """The decoder and a method's neck: what trains at the decoder learning rate."""
         return [self.head] if self.neck is None else [self.neck, self.head]
@@ -141,19 +158,6 @@ class Segmentor(EncoderDecoder):
             maps = self._encode(torch.cat(x.chunk(2, dim=1)))
             return [(level[: x.shape[0]] - level[x.shape[0] :]).abs() for level in maps]
         return self._encode(x)
-
-    def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if self.frozen_encoder:
-            with torch.no_grad():
-                return self.encoder(x)
-        return self.encoder(x)
-
-    def drop_masks(self, drop: FeatureDrop, batch: int, channels: int, device: torch.device) -> torch.Tensor:
-        if drop == "complementary":
-            return complementary_masks(batch, channels, self.undropped_fraction, device)
-        if drop == "random":
-            return random_channel_masks(batch, channels, device)
-        raise ValueError(f"unknown feature dropout '{drop}'")
 
     def decode(self, maps: Sequence[torch.Tensor], size: tuple[int, int], drop: FeatureDrop = None) -> torch.Tensor:
         """Decoder logits at ``size`` (the input's height and width); ``drop`` applies channel dropout at
