@@ -111,6 +111,21 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return atomic_write(path, lambda file: fig.savefig(file, format=path.suffix.lstrip(".") or "png", dpi=120))
 
 
+def plot_seed_means(table: pd.DataFrame, path: str | Path, title: str, xlabel: str) -> Path:
+    """A bar per row of ``table`` at its ``mean`` column, a dot per ``seed *`` column (Tables 15-17's layout)."""
+    fig = Figure(figsize=(6, 3.5))
+    axis = fig.subplots()
+    means = table["mean"]
+    seed_columns = [c for c in table.columns if c.startswith("seed")]
+    axis.barh(means.index, means.values, color="tab:blue")
+    for row, name in enumerate(means.index):
+        axis.scatter(table.loc[name, seed_columns].values, [row] * len(seed_columns), color="black", s=12)
+    axis.set_xlabel(f"{xlabel} — bars: mean, dots: seeds")
+    axis.set_title(title)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def plot_sweep_curves(values: pd.DataFrame, path: str | Path, ylabel: str) -> Path | None:
     """Figs. 5-6 as the paper draws them: one panel per swept key (a row of ``values``, the table of means
     whose columns are the swept values), the value on the x axis and the score on the y axis, each point

@@ -21,7 +21,6 @@ one, the TorchScript-based one 1e-6.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import math
@@ -40,6 +39,7 @@ from torch import nn
 from ..engine.inference import size_divisor
 from ..errors import ConfigError, UnimatchError
 from ..models.encoders import dinov2
+from ..models.weights import sha256_file
 from ..tasks import task_for
 from ..utils.atomic import atomic_write, write_text_atomic
 from ..utils.registry import Registry
@@ -257,11 +257,6 @@ def check_checkpoint_task(source: str | Path, dataset: str) -> None:
             f"--model {path}: a {theirs} checkpoint (dataset.name={trained}), but the config's dataset.name="
             f"{dataset} is {ours}; pass the config the checkpoint was trained with (-c)"
         )
-
-
-def sha256_file(path: str | Path) -> str:
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)

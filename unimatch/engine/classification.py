@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..methods import Method
 from ..methods.base import Pools
 from ..tasks import ClassificationTask
-from .data import TrainingData, ensure_dataset_root, step_streams, total_iterations
+from .data import TrainingData, ensure_dataset_root, split_folder, step_streams, total_iterations
 from .distributed import Distributed
 
 
@@ -50,7 +50,7 @@ def classification_splits(cfg: ExperimentConfig) -> ClassificationSplits:
     ensure_dataset_root(cfg)
     data = cfg.dataset
     train = read_subset(data.name, data.root, "train")
-    out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
+    out = split_folder(cfg)
     if data.labeled_split:
         path = Path(data.labeled_split)
         listed = path.read_text().split()[1:2] if path.is_file() else []

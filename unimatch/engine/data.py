@@ -71,6 +71,11 @@ def _val(cfg: ExperimentConfig, out: Path) -> tuple[Path, list[Sample]]:
     return out / "val.txt", val
 
 
+def split_folder(cfg: ExperimentConfig) -> Path:
+    """Where the run's split files are written: ``split.dir``, else ``<output_dir>/splits``."""
+    return Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
+
+
 def ensure_dataset_root(cfg: ExperimentConfig) -> None:
     """Generate a project-made dataset missing at its default root; a missing root elsewhere is an error
     (raised before a command opens a tracked run or writes anything)."""
@@ -89,7 +94,7 @@ def prepare_splits(cfg: ExperimentConfig) -> SplitFiles:
     first if their root is missing and the default one (any other missing root is an error).
     """
     ensure_dataset_root(cfg)
-    out = Path(cfg.split.dir or Path(cfg.output_dir) / "splits")
+    out = split_folder(cfg)
     labeled, unlabeled, train = _labeled_unlabeled(cfg, out)
     val, val_samples = _val(cfg, out)
     check_disjoint(train, val_samples, roles=("training", "val"))

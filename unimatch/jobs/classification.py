@@ -24,10 +24,12 @@ from torch.utils.data import DataLoader
 from ..config import ExperimentConfig, follow_method_name, load_config, validate
 from ..data.classification import ClassificationEval, read_split, read_subset
 from ..engine.classification import classification_splits
+from ..engine.data import split_folder
 from ..engine.evaluate import checkpoint_model
 from ..engine.inference import pseudo_label_quality
 from ..engine.setup import resolve_device
 from ..errors import ConfigError
+from ..figures import plot_seed_means
 from ..methods import METHODS
 from ..settings import PseudoLabelSettings
 from ..tasks import task_for
@@ -138,7 +140,7 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
         for k in hits:
             hits[k] += int((ranked[:, :k] == labels[:, None]).any(dim=1).sum())
     train = read_subset(data.name, data.root, "train")
-    unlabeled = read_split(Path(cfg.split.dir or Path(cfg.output_dir) / "splits") / "unlabeled.txt", train)
+    unlabeled = read_split(split_folder(cfg) / "unlabeled.txt", train)
     # a method without pseudo labels (labeled-only) is scored at the default threshold, as the trainer does
     threshold = getattr(cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
     batches = DataLoader(ClassificationEval(train, unlabeled, size), batch_size=task.eval_batch_size)
@@ -214,25 +216,25 @@ def report_tables(results: list[ClassificationResult], top5: bool = False) -> di
     return tables
 
 
-def write_report(
-    results: list[ClassificationResult], out_dir: str | Path, title: str, top5: bool = False
-) -> dict[str, str]:
-    """``<out_dir>/classification.{md,csv,png}``, ``results.csv`` (one row per run) and ``metrics.json``;
-    ``top5``: a top-5 table too (Table 18: ImageNet's 1000 classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tables = report_tables(results, top5)
+def report_markdown(tables: dict[str, pd.DataFrame], title: str) -> str:
+    """The :func:`report_tables` as markdown under ``title``."""
     parts = [f"# {title}\n"]
     for name, table in tables.items():
         caption = {"top1": "Top-1 accuracy (%)", "top5": "Top-5 accuracy (%)", "pseudo_labels": ""}[name]
         caption = caption or "Pseudo labels of the best EMA model on the unlabeled images (mean over seeds)"
         parts.append(f"## {caption}\n\n{table.to_markdown()}\n")
-    markdown = "\n".join(parts)
+    return "\n".join(parts)
+
+
+def write_report(
+    results: list[ClassificationResult], out_dir: str | Path, title: str, top5: bool = False
+) -> dict[str, str]:
+    """``<out_dir>/classification.{md,csv,png}``, ``results.csv`` (one row per run) and ``metrics.json``;
+    ``top5``: a top-5 table too (Table 18: ImageNet's 1000 classes)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = report_tables(results, top5)
+    markdown = report_markdown(tables, title)
     write_text_atomic(out / "classification.md", markdown)
     write_text_atomic(out / "classification.csv", tables["top1"].to_csv())
     write_text_atomic(out / "results.csv", pd.DataFrame([asdict(r) for r in results]).to_csv(index=False))
@@ -241,17 +243,7 @@ def write_report(
         for name in tables["top1"].index
     }
     write_text_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    figure, axis = plt.subplots(figsize=(6, 3.5))
-    means = tables["top1"]["mean"]
-    seed_columns = [c for c in tables["top1"].columns if c.startswith("seed")]
-    axis.barh(means.index, means.values, color="tab:blue")
-    for row, name in enumerate(means.index):
-        axis.scatter(tables["top1"].loc[name, seed_columns].values, [row] * len(seed_columns), color="black", s=12)
-    axis.set_xlabel("top-1 accuracy (%) — bars: mean, dots: seeds")
-    axis.set_title(title)
-    figure.tight_layout()
-    figure.savefig(out / "classification.png", dpi=120)
-    plt.close(figure)
+    plot_seed_means(tables["top1"], out / "classification.png", title, "top-1 accuracy (%)")
     return {
         "markdown": str(out / "classification.md"),
         "csv": str(out / "classification.csv"),
@@ -281,5 +273,6 @@ def run_benchmark(
             trained = train_classifier(cfg, method, {"table": "classification"}, progress)
             results.append(evaluate_trained(cfg, trained))
     experiment = base["tracking"]["experiment"]
-    files = write_report(results, out_dir or f"outputs/{experiment}", report_title(base), reports_top5(base))
-    return files, Path(files["markdown"]).read_text()
+    title, top5 = report_title(base), reports_top5(base)
+    files = write_report(results, out_dir or f"outputs/{experiment}", title, top5)
+    return files, report_markdown(report_tables(results, top5), title)

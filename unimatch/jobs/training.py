@@ -76,7 +76,7 @@ def run_training(
     # static: node 0 holds rank 0 and opens the run here, as on one node; the other nodes only train.
     node_rank = cfg.train.node_rank
     if cfg.train.nnodes > 1 and not node_rank == 0 and not launched_by_torchrun():
-        weights = encoder_weights(cfg, Tracker(), encoder)
+        weights = encoder_weights(cfg, Tracker(), encoder, progress)
         result = launch_torchrun(cfg, run_id, tracking_uri, progress, weights, tags if node_rank is None else None)
         if result is None:  # this node's ranks were not rank 0
             return None
