@@ -19,6 +19,7 @@ from pathlib import Path
 from zenml import pipeline
 
 from steps import export_predictions
+from steps.image import PROJECT_IMAGE
 from unimatch.config import validate
 from unimatch.jobs import Table, Variant, resolve_base, split_column
 from unimatch.methods import METHODS
@@ -35,7 +36,7 @@ def change_methods() -> list[str]:
     return [name for name, cls in METHODS.items() if "change_detection" in cls.tasks and not cls.staged]
 
 
-@pipeline(name="change_detection")
+@pipeline(name="change_detection", settings={"docker": PROJECT_IMAGE})
 def change_detection(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

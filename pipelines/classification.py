@@ -18,13 +18,14 @@ from collections.abc import Sequence
 from zenml import pipeline
 
 from steps.classification import classification_report, classification_splits, evaluate_classifier, train_classifier
+from steps.image import PROJECT_IMAGE
 from unimatch.jobs import classification as jobs
 
 from .cli import run_main
 from .common import train_options
 
 
-@pipeline(name="classification")
+@pipeline(name="classification", settings={"docker": PROJECT_IMAGE})
 def classification(
     config: str = jobs.DEFAULT_CONFIG,
     overrides: list[str] | None = None,

@@ -10,6 +10,11 @@ trains with the same budget as ``make run``.
     python -m pipelines.dvc_stages st_teacher | st_pseudo_teacher | st_stability | st_select | st_train STUDENT
                                    | st_pseudo_round1 | st_evaluate STUDENT      (STUDENT: st, stpp_round1, stpp)
     python -m pipelines.dvc_stages change_detection     (Table 14, params.yaml section change_detection)
+    python -m pipelines.dvc_stages classification       (Tables 15-17's layout, params.yaml section classification)
+
+Every output lives in git (``cache: false``), so a fresh clone's ``dvc status`` is clean: a finished training
+keeps ``best.pth`` (and its snapshots), not the resume state ``latest*.pth``, which DVC never uses (it re-runs
+a stage from scratch) and which would triple what git holds.
 
 The ST / ST++ stages mirror ``pipelines/self_training.py``; their teacher is a labeled-only training of its
 own (tagged ``stage=teacher``, keeping 3 snapshots), so the Table 5 row of labeled-only stays ``train@labeled_only``.
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +50,7 @@ from unimatch.jobs import (
     split_column,
     variant_config,
 )
+from unimatch.jobs.classification import run_benchmark as run_classification_benchmark
 from unimatch.utils.atomic import write_text_atomic
 
 PARAMS_FILE = Path("params.yaml")
@@ -121,6 +128,18 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(metrics, indent=2) + "\n")
 
 
+def _drop_resume_state(run_dir: str | Path) -> None:
+    """A finished training's ``latest.pth`` / ``latest.prev.pth``: not a stage output (see the module doc)."""
+    for path in (Path(run_dir) / "checkpoints").glob("latest*.pth"):
+        path.unlink()
+
+
+def _clear(run_dir: Path) -> None:
+    """A stage's working directory that is not one of its DVC outputs (DVC clears those itself): cleared
+    before the stage runs, so no stale checkpoint of an earlier run is resumed."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _read(model: type[RecordT], path: Path) -> RecordT:
     return model.model_validate_json(path.read_text(encoding="utf-8"))
 
@@ -154,6 +173,7 @@ def _encoder(stage: Stage) -> PretrainedEncoder | None:
 def train(stage: Stage, method: str) -> None:
     config = validate(stage.config(method, stage.run_dir(method)))
     model = jobs.train_variant(_read(SplitSet, stage.splits_file), config, method, stage.tags, encoder=_encoder(stage))
+    _drop_resume_state(model.run_dir)
     _write(stage.model_file(method), model)
     _write_metrics(stage.outputs / "train" / f"{method}.json", model.metrics)
 
@@ -191,6 +211,7 @@ def st_teacher(stage: Stage) -> None:
     model = jobs.train_variant(
         _read(SplitSet, stage.splits_file), stage.teacher_config, "teacher", {**stage.tags, "stage": "teacher"}
     )
+    _drop_resume_state(model.run_dir)
     _write(stage.record("teacher"), model)
 
 
@@ -244,6 +265,7 @@ def st_train(stage: Stage, student: str) -> None:
         {**stage.tags, **tags},
         keyed_dir=False,
     )
+    _drop_resume_state(model.run_dir)
     _write(stage.record(student), model)
     _write_metrics(stage.outputs / "train" / f"{student}.json", model.metrics)
 
@@ -285,10 +307,12 @@ ST_STUDENT_STAGES = {"st_train": st_train, "st_evaluate": st_evaluate}
 
 def change_detection(params: dict[str, Any]) -> None:
     """Table 14 (``pipelines/change_detection.py`` without ZenML): splits, each method's training and
-    evaluation, the report, overlays of the last method on the evaluation pairs, and ``metrics.json``."""
+    evaluation, the report, overlays of the last method on the evaluation pairs, and ``metrics.json``. Its
+    checkpoints (runs/<experiment>, registered in MLflow) feed no other stage and are not DVC outputs."""
     settings = params["change_detection"]
     base = resolve_base(settings["config"], [], False, settings["experiment"], "table14")
     experiment, methods = base["tracking"]["experiment"], list(settings["methods"])
+    _clear(Path("runs") / experiment)
     table = Table("table14", "change", methods, split_column(base))
     tags, outputs = run_tags(base, table), Path("outputs") / experiment
     splits = jobs.create_splits(validate(base))
@@ -320,6 +344,17 @@ def change_detection(params: dict[str, Any]) -> None:
     _write_metrics(outputs / "metrics.json", metrics)
 
 
+def classification(params: dict[str, Any]) -> None:
+    """The classification benchmark (``unimatch classification``) into outputs/<experiment>; its checkpoints
+    (runs/<experiment>, registered in MLflow) feed no other stage and are not DVC outputs."""
+    settings = params["classification"]
+    experiment = settings["experiment"]
+    _clear(Path("runs") / experiment)
+    overrides = [f"tracking.experiment={experiment}", f"output_dir=runs/{experiment}"]
+    _, markdown = run_classification_benchmark(settings["config"], overrides, out_dir=f"outputs/{experiment}")
+    print(markdown)
+
+
 # Table 14's numbers of each method, as dvc metrics show them: the student's best epoch (IoU_c, and the OA / F1 of
 # that epoch) and the EMA's.
 CHANGE_METRICS = (
@@ -343,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             "evaluate",
             "report",
             "change_detection",
+            "classification",
             *ST_STAGES,
             *ST_STUDENT_STAGES,
         ),
@@ -354,8 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     if not PARAMS_FILE.is_file():
         raise ConfigError(f"{PARAMS_FILE}: not found in {Path.cwd()}; run the stages from the project root (dvc repro)")
     params = yaml.safe_load(PARAMS_FILE.read_text(encoding="utf-8"))
-    if args.stage in ("foundation", "change_detection"):  # their own params.yaml sections
-        {"foundation": foundation, "change_detection": change_detection}[args.stage](params)
+    own_sections = {"foundation": foundation, "change_detection": change_detection, "classification": classification}
+    if args.stage in own_sections:  # their own params.yaml sections
+        own_sections[args.stage](params)
         return
     stage = Stage(params)
     if args.stage in ST_STAGES:

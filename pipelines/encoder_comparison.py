@@ -18,6 +18,7 @@ from typing import Any
 
 from zenml import pipeline
 
+from steps.image import PROJECT_IMAGE
 from unimatch.config import ENCODER_DEFAULTS, apply_overrides, read_layers
 from unimatch.errors import ConfigError
 from unimatch.jobs import Table, Variant, resolve_base, split_column
@@ -61,7 +62,7 @@ def encoder_variants(
     return variants
 
 
-@pipeline(name="encoder_comparison")
+@pipeline(name="encoder_comparison", settings={"docker": PROJECT_IMAGE})
 def encoder_comparison(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

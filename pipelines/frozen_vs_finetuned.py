@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from zenml import pipeline
 
+from steps.image import PROJECT_IMAGE
 from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 from .cli import run_main
@@ -19,7 +20,7 @@ VARIANTS = (
 )
 
 
-@pipeline(name="frozen_vs_finetuned")
+@pipeline(name="frozen_vs_finetuned", settings={"docker": PROJECT_IMAGE})
 def frozen_vs_finetuned(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

@@ -17,6 +17,7 @@ import sys
 from zenml import pipeline
 
 from steps import probe_foundation_encoder, train_foundation_encoder
+from steps.image import PROJECT_IMAGE
 from unimatch.apps.foundation import load_foundation_config
 from unimatch.errors import run_guarded
 
@@ -25,7 +26,7 @@ from .cli import run_pipeline
 DEFAULT_FOUNDATION_CONFIG = "configs/foundation/embedded-tiny.yaml"
 
 
-@pipeline(name="pretrain_foundation")
+@pipeline(name="pretrain_foundation", settings={"docker": PROJECT_IMAGE})
 def pretrain_foundation(config: str = DEFAULT_FOUNDATION_CONFIG, overrides: list[str] | None = None) -> None:
     """foundation corpus → pre-trained encoder weights (+ SHA256SUMS, summary JSON, figure) → probe."""
     settings = load_foundation_config(config, overrides)

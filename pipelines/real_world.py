@@ -18,6 +18,7 @@ from typing import Any
 from zenml import pipeline
 
 from steps import make_unlabeled_pool
+from steps.image import PROJECT_IMAGE
 from unimatch.config import load_config
 from unimatch.data import generate_embedded, list_dataset
 from unimatch.jobs import Table, Variant, resolve_base
@@ -47,7 +48,7 @@ def variants(pool: list[str]) -> list[Variant]:
     ]
 
 
-@pipeline(name="real_world")
+@pipeline(name="real_world", settings={"docker": PROJECT_IMAGE})
 def real_world(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

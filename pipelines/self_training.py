@@ -30,6 +30,7 @@ from steps import (
     train_student,
     unlabeled_images,
 )
+from steps.image import PROJECT_IMAGE
 from steps.tracking import store_uri, tracker_step_options
 from unimatch.config import validate
 from unimatch.jobs import Table, Variant, resolve_base, run_tags, split_column, variant_config
@@ -41,7 +42,7 @@ ROWS = ["labeled_only", "st", "st++"]
 SNAPSHOTS = 3  # ST++'s K: the teacher at T/3, 2T/3 and T iterations
 
 
-@pipeline(name="self_training")
+@pipeline(name="self_training", settings={"docker": PROJECT_IMAGE})
 def self_training(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from zenml import pipeline
 
 from steps import export_predictions
+from steps.image import PROJECT_IMAGE
 from unimatch.config import validate
 from unimatch.jobs import Table, Variant, resolve_base, split_column
 from unimatch.methods import single_training_methods
@@ -25,7 +26,7 @@ DEFAULT_METHODS = ("labeled_only", "fixmatch", "unimatch_v2")
 FOLDER_LAYOUTS = ("embedded", "folder")
 
 
-@pipeline(name="semi_supervised_benchmark")
+@pipeline(name="semi_supervised_benchmark", settings={"docker": PROJECT_IMAGE})
 def semi_supervised_benchmark(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from zenml import pipeline
 
+from steps.image import PROJECT_IMAGE
 from unimatch.jobs import Table, Variant, resolve_base, split_column
 
 from .cli import run_main
@@ -20,7 +21,7 @@ from .common import DEFAULT_CONFIG, table_dag
 STREAMS = ("complementary", "single", "image_only", "random")
 
 
-@pipeline(name="stream_ablation")
+@pipeline(name="stream_ablation", settings={"docker": PROJECT_IMAGE})
 def stream_ablation(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

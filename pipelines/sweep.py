@@ -15,6 +15,7 @@ import sys
 
 from zenml import pipeline
 
+from steps.image import PROJECT_IMAGE
 from unimatch.jobs import Table, Variant, resolve_base
 from unimatch.tracking import format_number
 
@@ -37,7 +38,7 @@ def grid_variants(grid: dict[str, list[float]]) -> list[Variant]:
     return variants
 
 
-@pipeline(name="sweep")
+@pipeline(name="sweep", settings={"docker": PROJECT_IMAGE})
 def sweep(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
-from pathlib import Path
 from typing import Annotated
 
 from zenml import get_step_context, log_metadata, step
-from zenml.config import DockerSettings
 
 from unimatch import jobs
 from unimatch.config import ExperimentConfig
@@ -20,25 +17,7 @@ from .tracking import store_uri, with_run_tags
 MATERIALIZER = f"{TrainedModelMaterializer.__module__}.{TrainedModelMaterializer.__qualname__}"
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def project_requirements(extras: tuple[str, ...] = ("cluster",)) -> list[str]:
-    """The project's dependencies as pyproject.toml declares them, with those of ``extras``."""
-    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return [*project["dependencies"], *(need for extra in extras for need in project["optional-dependencies"][extra])]
-
-
-# Where a containerised orchestrator (the cluster stack, configs/zenml/stacks/) runs the training: an image with
-# the project's requirements (and its cluster extra: the stack's S3 and Kubernetes clients), the project
-# installed from the copied sources. Its GPUs (one per step on a cluster, train.gpus or --gpus when more)
-# are the pipelines' ResourceSettings (pipelines.common.train_options).
-TRAINING_IMAGE = DockerSettings(
-    requirements=project_requirements(), local_project_install_command="pip install --no-deps -e ."
-)
-
-
-@step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER, settings={"docker": TRAINING_IMAGE})
+@step(cache_policy=LIBRARY_CACHE_POLICY, output_materializers=MATERIALIZER)
 def train_model(
     splits: SplitSet,
     config: ExperimentConfig,

@@ -1,5 +1,5 @@
 """The cluster stack (configs/zenml/stacks/kubernetes.yaml) registered in a temporary ZenML store, no cluster
-needed; the training step's GPU and Docker settings on it; a scheduled run configuration kept for ZenML on that
+needed; the training step's GPU on it and every pipeline's Docker image; a scheduled run configuration kept for ZenML on that
 stack (the Kubernetes orchestrator schedules), dropped for the crontab line on the local one."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 STACK_FILE = PROJECT / "configs" / "zenml" / "stacks" / "kubernetes.yaml"
 # Run in a process of its own: ZenML's global configuration is a per-process singleton.
 REGISTER = """
-import json, sys
+import importlib, json, pkgutil, sys
 from pathlib import Path
+import pipelines
 from zenml.client import Client
 from pipelines.cli import _without_schedule
 from pipelines.stacks import read_stack, register_stack
@@ -36,10 +37,13 @@ register_stack(client, stack, activate=True)
 register_stack(client, stack, activate=True)  # again: updated in place
 active = client.active_stack
 step = train_model.with_options(**train_options("e", {}, 0)).configuration.settings
+modules = [importlib.import_module(f"pipelines.{m.name}") for m in pkgutil.iter_modules(pipelines.__path__)]
+found = {name: obj for module in modules for name, obj in vars(module).items() if type(obj).__name__ == "Pipeline"}
 print(json.dumps({
     "local_resources": local_resources,
     "gpus": step["resources"].gpu_count,
-    "docker_requirements": step["docker"].requirements,
+    "step_docker": "docker" in step,
+    "pipeline_images": {name: p.configuration.settings["docker"].requirements for name, p in found.items()},
     "stack": active.name,
     "flavors": {str(kind.value): component.flavor for kind, component in active.components.items()},
     "context": active.orchestrator.config.kubernetes_context,
@@ -75,10 +79,13 @@ def test_cluster_stack_registers_in_a_temporary_store(tmp_path):
     # The scheduled sweep: dropped (crontab line) on the local orchestrator, kept as a ZenML schedule here.
     assert found["schedulable"] and found["cluster_kept_schedule"] and not found["local_kept_schedule"]
     assert "crontab line" in done.stdout
-    # The training step on the cluster: one GPU, the project's requirements in its image; none on the local one.
+    # The training step on the cluster: one GPU, none on the local one. Every pipeline's steps (splits, evaluation
+    # and reports import the library too) run in the image with the project's requirements.
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert found["gpus"] == 1 and not found["local_resources"]
-    assert found["docker_requirements"] == [*project["dependencies"], *project["optional-dependencies"]["cluster"]]
+    requirements = [*project["dependencies"], *project["optional-dependencies"]["cluster"]]
+    assert len(found["pipeline_images"]) >= 10 and not found["step_docker"]  # the pipeline's image, not its own
+    assert all(images == requirements for images in found["pipeline_images"].values()), found["pipeline_images"]
 
 
 def test_a_stack_override_of_an_unknown_component_names_it():
