@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: the device line they print and wall-clock timing that waits for the GPU."""
+"""What the benchmark scripts share: the device line they print, wall-clock timing that waits for the GPU, and
+resident memory of a process tree."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import time
 from collections.abc import Callable
 
+import psutil
 import torch
 
 GIB = 1024**3
@@ -40,3 +42,15 @@ def verdict(value: float | None, limit: float | None, higher_is_better: bool = F
         return ""
     met = value >= limit if higher_is_better else value <= limit
     return "ok" if met else "MISSED"
+
+
+def rss(process: psutil.Process) -> tuple[int, int, int]:
+    """(main RSS, summed RSS of the live descendant processes, number of them) in bytes."""
+    children, count = 0, 0
+    for child in process.children(recursive=True):
+        try:
+            children += child.memory_info().rss
+            count += 1
+        except psutil.Error:  # a worker that exited between listing and reading
+            pass
+    return process.memory_info().rss, children, count

@@ -19,24 +19,13 @@ import time
 from collections.abc import Mapping
 
 import psutil
+from common import rss
 
 from unimatch.config import load_config
 from unimatch.jobs import train
 from unimatch.tracking import Tracker
 
 MIB = 2**20
-
-
-def rss(process: psutil.Process) -> tuple[int, int, int]:
-    """(main RSS, summed RSS of the live child processes, number of children) in bytes."""
-    children, count = 0, 0
-    for child in process.children(recursive=True):
-        try:
-            children += child.memory_info().rss
-            count += 1
-        except psutil.Error:  # a worker that exited between listing and reading
-            pass
-    return process.memory_info().rss, children, count
 
 
 class EpochRss(Tracker):
@@ -70,7 +59,10 @@ def main() -> None:
     if args.epochs < 3:
         parser.error("--epochs must be at least 3: growth is measured from epoch 2 to the last")
     with tempfile.TemporaryDirectory(prefix="memory-rss-") as out:
-        cfg = load_config("configs/embedded.yaml", [f"output_dir={out}", f"train.epochs={args.epochs}", "train.resume=false", *args.overrides])
+        cfg = load_config(
+            "configs/embedded.yaml",
+            [f"output_dir={out}", f"train.epochs={args.epochs}", "train.resume=false", *args.overrides],
+        )
         print(f"{cfg.method.name}, {cfg.model.encoder} encoder, crop {cfg.dataset.crop_size}, batch {cfg.train.batch_size}, "
               f"{cfg.train.num_workers} loader workers, {cfg.train.epochs} epochs\n")  # fmt: skip
         print("epoch |  RSS (MiB) |      main | workers (n) | time (s)")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 import torch
+from common import rss
 
 from unimatch.apps import serving
 from unimatch.apps.serving import ServingSettings, local_server
@@ -53,14 +54,8 @@ def register_embedded_model(folder: Path) -> tuple[str, str]:
 
 def server_rss(process: psutil.Process) -> int:
     """Resident bytes of the server and all its descendants (uvicorn's workers)."""
-    members = [process, *process.children(recursive=True)]
-    total = 0
-    for member in members:
-        try:
-            total += member.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
-    return total
+    main, children, _ = rss(process)
+    return main + children
 
 
 def post(url: str, body: bytes, timeout: float) -> bool:
