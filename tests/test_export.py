@@ -159,6 +159,25 @@ def test_bad_export_requests_are_one_line(trained: dict, tmp_path: Path) -> None
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_every_command_loading_a_checkpoint_refuses_another_tasks(tmp_path: Path) -> None:
+    """The task check sits where evaluate, predict and export load a checkpoint: a change detector's checkpoint
+    with the segmentation config is refused by name; one of the config's own task is loaded."""
+    from unimatch.engine.evaluate import load_model_source
+    from unimatch.errors import ConfigError
+
+    cfg = load_config("configs/embedded.yaml", ["model.weights=null"])
+    change = tmp_path / "change.pth"
+    torch.save({"model": {}, "config": {"dataset": {"name": "embedded-cd", "nclass": 2}}}, change)
+    with pytest.raises(ConfigError, match=f"{change}: a change_detection checkpoint .* is segmentation"):
+        load_model_source(cfg, change)
+    model = build_model(cfg.model, cfg.dataset.nclass, cfg.dataset.crop_size, cfg.method, quiet=True)
+    own = tmp_path / "own.pth"
+    torch.save({"ema": model.state_dict(), "config": {"dataset": {"name": "embedded"}}, "run_id": "abc"}, own)
+    loaded, run_id = load_model_source(cfg, own)
+    saved, restored = model.state_dict(), loaded.state_dict()
+    assert run_id == "abc" and all(torch.equal(saved[key], restored[key]) for key in saved)
+
+
 def test_an_export_that_fails_verification_leaves_the_earlier_file(
     embedded_model: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,7 +40,6 @@ from ..engine.inference import size_divisor
 from ..errors import ConfigError, UnimatchError
 from ..models.encoders import dinov2
 from ..models.weights import sha256_file
-from ..tasks import task_for
 from ..utils.atomic import atomic_write, write_text_atomic
 from ..utils.registry import Registry
 
@@ -235,28 +234,6 @@ def example_sizes(model: nn.Module, crop_size: int) -> list[tuple[int, int]]:
     divisor = size_divisor(model)
     side = max(divisor, crop_size // divisor * divisor)
     return [(side, side + 2 * divisor), (side + divisor, side)]
-
-
-def check_checkpoint_task(source: str | Path, dataset: str) -> None:
-    """Refuse a training checkpoint whose config trained another task than ``dataset``'s (a change detector
-    exported with a segmentation config would take the wrong inputs). Files without a config (released
-    weights) and MLflow URIs pass: loading them checks the class count."""
-    path = Path(source)
-    if not path.is_file():
-        return
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unreadable: the loader says why, with the file's name
-        return
-    trained = (state.get("config") or {}).get("dataset", {}).get("name") if isinstance(state, dict) else None
-    if trained is None:
-        return
-    theirs, ours = task_for(trained).name, task_for(dataset).name
-    if theirs != ours:
-        raise ConfigError(
-            f"--model {path}: a {theirs} checkpoint (dataset.name={trained}), but the config's dataset.name="
-            f"{dataset} is {ours}; pass the config the checkpoint was trained with (-c)"
-        )
 
 
 @dataclass(frozen=True)

@@ -109,14 +109,19 @@ def resume_state(
     return None
 
 
-def checkpoint_run_id(path: Path) -> str | None:
-    """The MLflow run id a checkpoint records (None: none, or unreadable). Memory-mapped, so a large
-    checkpoint is not read for it."""
+def checkpoint_header(path: Path) -> dict[str, Any]:
+    """A checkpoint's entries, memory-mapped so that a large checkpoint is not read for its small ones (its
+    run id, its config); empty when unreadable or not a dict: whoever loads it for real says why."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # unusable: whoever loads it for real says why
-        return None
-    return state.get("run_id") if isinstance(state, dict) else None
+    except Exception:
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def checkpoint_run_id(path: Path) -> str | None:
+    """The MLflow run id a checkpoint records (None: none, or unreadable)."""
+    return checkpoint_header(path).get("run_id")
 
 
 def recorded_run_id(latest: Path) -> str | None:

@@ -12,12 +12,13 @@ from mlflow.exceptions import MlflowException
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import ExperimentConfig
+from ..errors import ConfigError
 from ..figures import plot_confusion_matrix
 from ..models import CheckpointError, Segmentor, load_segmentor_weights
 from ..tasks import task_for
 from ..tracking import Tracker, redact, resolve_tracking_uri, using_store
 from ..utils.atomic import check_output_dir
-from .checkpoint import checkpoint_run_id
+from .checkpoint import checkpoint_header
 from .data import prepare_splits
 from .inference import EvalResult, evaluate
 from .setup import autocast_dtype, build_model, optimize_for_device, resolve_device
@@ -82,11 +83,29 @@ def mlflow_model(cfg: ExperimentConfig, uri: str) -> tuple[Segmentor, str | None
     return model, run_id
 
 
+def check_checkpoint_task(path: str | Path, header: dict[str, Any], dataset: str) -> None:
+    """Refuse a training checkpoint whose config trained another task than ``dataset``'s (a change detector
+    loaded with a segmentation config would take the wrong inputs). Files without a config (released weights)
+    pass: loading them checks the class count."""
+    trained = (header.get("config") or {}).get("dataset", {}).get("name")
+    if trained is None:
+        return
+    theirs, ours = task_for(trained).name, task_for(dataset).name
+    if theirs != ours:
+        raise ConfigError(
+            f"{path}: a {theirs} checkpoint (dataset.name={trained}), but the config's dataset.name={dataset} is "
+            f"{ours}; pass the config the checkpoint was trained with (-c)"
+        )
+
+
 def load_model_source(cfg: ExperimentConfig, source: str | Path, weights: str = "ema") -> tuple[Segmentor, str | None]:
-    """The segmentor of a checkpoint file or an MLflow model URI, and the MLflow run that trained it."""
+    """The segmentor of a checkpoint file (of ``cfg``'s task) or an MLflow model URI, and the MLflow run that
+    trained it."""
     if str(source).startswith(MODEL_URI_SCHEMES):
         return mlflow_model(cfg, str(source))
-    return checkpoint_model(cfg, source, weights), checkpoint_run_id(Path(source))
+    header = checkpoint_header(Path(source))
+    check_checkpoint_task(source, header, cfg.dataset.name)
+    return checkpoint_model(cfg, source, weights), header.get("run_id")
 
 
 def prepare_evaluation(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..apps.export import Exported, check_checkpoint_task, check_export_output, export_model
+from ..apps.export import Exported, check_export_output, export_model
 from ..apps.foundation import FoundationConfig, train_foundation
 from ..apps.mae import pretrained_encoder
 from ..apps.predict import predict_folder
@@ -135,7 +135,6 @@ def export(
     verified against PyTorch, its SHA-256 beside it and logged to the training's MLflow run (``exports/``)
     when the config's store holds that run; the exported file and that run's id (None: not logged)."""
     check_export_output(output, format_name)  # before minutes of loading and tracing
-    check_checkpoint_task(source, cfg.dataset.name)
     model, run_id = load_model_source(cfg, source, weights)
     task = task_for(cfg.dataset.name)
     metadata = {
