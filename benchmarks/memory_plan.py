@@ -38,15 +38,10 @@ def main() -> None:
     cfg = load_config(args.config, overrides)
     plan = plan_memory(cfg)
     print(plan.table())
-    chosen = plan.recommend(args.gpu_memory)
-    batch = plan.per_process_batch
+    print(f"\n{plan.advice(args.gpu_memory)}")
+    chosen, batch = plan.recommend(args.gpu_memory), plan.per_process_batch
     if chosen is None:
-        print(f"\nnothing fits {args.gpu_memory:g} GiB at {batch} images per optimizer step")
         return
-    print(
-        f"\nplan for {args.gpu_memory:g} GiB, {batch} images per optimizer step: {chosen.overrides()} "
-        f"(estimated peak {chosen.peak_gib:.2f} GiB)"
-    )
     with tempfile.TemporaryDirectory(prefix="unimatch-bench-") as scratch:
         measured, device = measure_training(
             cfg, Path(scratch), chosen.batch_size, chosen.accumulate, chosen.checkpointing, args.warmup, args.steps

@@ -38,10 +38,8 @@ def classification(
     """classification_splits -> (train_classifier -> evaluate_classifier) per method and seed -> report."""
     extra = [f"tracking.experiment={experiment}"] if experiment else []
     base = jobs.benchmark_base(config, [*(overrides or []), *extra], quick)
-    methods = list(methods or jobs.DEFAULT_METHODS)
-    seeds = list(seeds if seeds is not None else (jobs.QUICK_SEEDS if quick else jobs.DEFAULT_SEEDS))
-    name = base["tracking"]["experiment"]
-    tags = {"table": "classification"}
+    methods, seeds = jobs.benchmark_grid(methods, seeds, quick)
+    name, tags = base["tracking"]["experiment"], dict(jobs.TABLE_TAGS)
     trainer = train_classifier.with_options(**train_options(name, tags, gpu_count))
     evaluations = []
     for seed in seeds:

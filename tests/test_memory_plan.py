@@ -43,6 +43,8 @@ def test_the_recommendation_follows_the_target_memory(plan):
     # Less than the smallest micro-batch of 2 needs in any setting: nothing fits.
     smallest = min(fit.peak_gib(2) for fit in plan.fits)
     assert plan.recommend(smallest * MARGIN) is None
+    assert plan.advice(smallest * MARGIN).startswith(f"nothing fits {smallest * MARGIN:g} GiB at {BATCH} images")
+    assert "train.batch_size=4 train.accumulate=2" in plan.advice(between)
 
 
 def test_cli_prints_the_measurements_and_the_overrides(capsys):

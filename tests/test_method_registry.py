@@ -13,7 +13,7 @@ from unimatch.errors import ConfigError
 from unimatch.jobs import train
 from unimatch.methods import METHODS, Method, method_class, method_labels, register_method, single_training_methods
 from unimatch.methods.base import Pools, StepLosses, joint_forward
-from unimatch.settings import PseudoLabelSettings
+from unimatch.settings import PseudoLabelSettings, scoring_threshold
 
 
 def test_unknown_method_names_the_registered_ones():
@@ -31,6 +31,14 @@ def test_each_method_section_holds_only_its_own_settings():
     assert labeled.to_dict()["method"] == {"name": "labeled_only", "schedule": "auto"}
     with pytest.raises(ConfigError, match=r"'method\.streams=single': method\.streams: Extra inputs are not permitted"):
         load_config("configs/embedded.yaml", ["method.name=fixmatch", "method.streams=single"])
+
+
+def test_pseudo_labels_are_scored_at_the_methods_threshold_or_the_default_one():
+    """labeled-only has no threshold: its teacher is scored at the default 0.95, comparable with the others'."""
+    labeled_only = load_config("configs/embedded.yaml", ["method.name=labeled_only"])
+    assert not hasattr(labeled_only.method, "threshold") and scoring_threshold(labeled_only.method) == 0.95
+    fixmatch = load_config("configs/embedded.yaml", ["method.name=fixmatch", "method.threshold=0.8"])
+    assert scoring_threshold(fixmatch.method) == 0.8
 
 
 def test_a_yaml_layer_naming_another_method_drops_the_settings_it_does_not_have(tmp_path):

@@ -90,15 +90,7 @@ def cmd_plan_memory(args: argparse.Namespace) -> None:
     cfg = _load(args)
     plan = plan_memory(cfg)
     print(plan.table())
-    recommended = plan.recommend(args.gpu_memory)
-    batch = f"{plan.per_process_batch} images per process and optimizer step"
-    if recommended is None:
-        print(f"nothing fits {args.gpu_memory:g} GiB at {batch}: use more GPUs (train.gpus, train.nnodes)")
-        return
-    print(
-        f"for {args.gpu_memory:g} GiB at {batch}: {recommended.overrides()} "
-        f"(estimated peak {recommended.peak_gib:.2f} GiB)"
-    )
+    print(plan.advice(args.gpu_memory))
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

@@ -100,6 +100,12 @@ class PseudoLabelSettings(MethodSettings):
     ema_decay: float = Field(0.996, ge=0.0, lt=1.0)
 
 
+def scoring_threshold(method: MethodSettings) -> float:
+    """The confidence threshold a run's pseudo labels are scored at: the method's own, or the default one for a
+    method that learns from none (labeled-only), so that its teacher's quality compares with the others'."""
+    return getattr(method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
+
+
 class TrainConfig(Section):
     epochs: int = Field(8, ge=1)
     max_iters: int | None = Field(None, ge=1)  # cap on total iterations (quick runs, tests)

@@ -103,6 +103,17 @@ class MemoryPlan:
         ]
         return min(candidates, key=lambda r: (r.checkpointing, r.accumulate), default=None)
 
+    def advice(self, target_gib: float) -> str:
+        """The recommendation for ``target_gib`` as the line `unimatch plan-memory` prints."""
+        batch = f"{self.per_process_batch} images per process and optimizer step"
+        recommended = self.recommend(target_gib)
+        if recommended is None:
+            return f"nothing fits {target_gib:g} GiB at {batch}: use more GPUs (train.gpus, train.nnodes)"
+        return (
+            f"for {target_gib:g} GiB at {batch}: {recommended.overrides()} "
+            f"(estimated peak {recommended.peak_gib:.2f} GiB)"
+        )
+
     def table(self) -> str:
         source = "CUDA allocator" if self.device.startswith("cuda") else "live tensors"
         lines = [

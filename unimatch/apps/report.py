@@ -311,7 +311,8 @@ def build_table(
     # Rows (methods, settings) without a single finished run are left out and named in the footnote: a row of
     # blanks reads as "ran and scored nothing".
     candidates = _axis(spec.row_order, expected_rows, kept["row"])
-    rows = [row for row in candidates if row in set(kept["row"])]
+    ran = set(kept["row"])
+    rows = [row for row in candidates if row in ran]
     cols = _axis(spec.col_order, expected_cols, kept["col"])
     table = pd.DataFrame("", index=rows, columns=cols, dtype=object)
     values = pd.DataFrame(float("nan"), index=rows, columns=cols)

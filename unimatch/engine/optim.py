@@ -4,6 +4,7 @@ FixMatch's cosine) schedule."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -28,11 +29,16 @@ def poly_lr(base_lr: float, iteration: int, total: int, power: float) -> float:
     return base_lr * (1.0 - iteration / total) ** power
 
 
+def _apply_lr(optimizer: torch.optim.Optimizer, rate: Callable[[float], float]) -> float:
+    """Every group's lr from its base lr; returns the encoder-group (first) lr."""
+    for group in optimizer.param_groups:
+        group["lr"] = rate(group["base_lr"])
+    return optimizer.param_groups[0]["lr"]
+
+
 def set_poly_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, power: float) -> float:
     """Apply lr * (1 - iter/total)^power to every group; returns the encoder-group (first) lr."""
-    for group in optimizer.param_groups:
-        group["lr"] = poly_lr(group["base_lr"], iteration, total, power)
-    return optimizer.param_groups[0]["lr"]
+    return _apply_lr(optimizer, lambda base: poly_lr(base, iteration, total, power))
 
 
 def cosine_lr(base_lr: float, iteration: int, total: int) -> float:
@@ -44,6 +50,4 @@ def set_lr(optimizer: torch.optim.Optimizer, iteration: int, total: int, cfg: Tr
     """The ``train.lr_schedule`` learning rate of every group at ``iteration``; returns the first group's."""
     if cfg.lr_schedule == "poly":
         return set_poly_lr(optimizer, iteration, total, cfg.poly_power)
-    for group in optimizer.param_groups:
-        group["lr"] = cosine_lr(group["base_lr"], iteration, total)
-    return optimizer.param_groups[0]["lr"]
+    return _apply_lr(optimizer, lambda base: cosine_lr(base, iteration, total))

@@ -21,7 +21,7 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError
 from ..methods import LabeledBatch, StepLosses, UnlabeledBatch, build_method
 from ..methods.base import Progress
-from ..settings import PseudoLabelSettings
+from ..settings import scoring_threshold
 from ..tasks import task_for
 from ..tracking import Tracker
 from ..utils.atomic import check_output_dir
@@ -398,8 +398,7 @@ class Trainer:
             num_workers=min(self.cfg.train.num_workers, 2),
             pin_memory=self.device.type == "cuda",
         )
-        # A method without pseudo labels (labeled-only) is scored at the default confidence threshold.
-        threshold = getattr(self.cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
+        threshold = scoring_threshold(self.cfg.method)
         return pseudo_label_quality(
             self.teacher,
             loader,

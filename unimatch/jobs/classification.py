@@ -31,7 +31,7 @@ from ..engine.setup import resolve_device
 from ..errors import ConfigError
 from ..figures import plot_seed_means
 from ..methods import METHODS
-from ..settings import PseudoLabelSettings
+from ..settings import scoring_threshold
 from ..tasks import task_for
 from ..utils.atomic import write_text_atomic
 from .training import run_training
@@ -52,6 +52,7 @@ DEFAULT_SEEDS = (0, 1)
 # --quick: one seed, a few iterations per method (the pipeline end to end in about a minute on 2 cores)
 QUICK_OVERRIDES = ("train.max_iters=8", "train.epochs=1", "eval.pseudo_label_images=100")
 QUICK_SEEDS = (0,)
+TABLE_TAGS = {"table": "classification"}  # on every run of the benchmark
 TOP5_CLASSES = 100
 
 
@@ -141,8 +142,7 @@ def evaluate_classifier(cfg: ExperimentConfig, checkpoint: str | Path) -> dict[s
             hits[k] += int((ranked[:, :k] == labels[:, None]).any(dim=1).sum())
     train = read_subset(data.name, data.root, "train")
     unlabeled = read_split(split_folder(cfg) / "unlabeled.txt", train)
-    # a method without pseudo labels (labeled-only) is scored at the default threshold, as the trainer does
-    threshold = getattr(cfg.method, "threshold", PseudoLabelSettings.model_fields["threshold"].default)
+    threshold = scoring_threshold(cfg.method)
     batches = DataLoader(ClassificationEval(train, unlabeled, size), batch_size=task.eval_batch_size)
     quality = pseudo_label_quality(model, batches, threshold, data.nclass, device, background=task.background_class)
     return {
@@ -251,6 +251,12 @@ def write_report(
     }
 
 
+def benchmark_grid(methods: list[str] | None, seeds: list[int] | None, quick: bool) -> tuple[list[str], list[int]]:
+    """The methods and seeds a benchmark runs: the given ones, else the table's (one seed when quick)."""
+    default_seeds = QUICK_SEEDS if quick else DEFAULT_SEEDS
+    return list(methods or DEFAULT_METHODS), list(seeds if seeds is not None else default_seeds)
+
+
 def run_benchmark(
     config: str = DEFAULT_CONFIG,
     overrides: list[str] | None = None,
@@ -263,14 +269,13 @@ def run_benchmark(
     """Splits -> each method per seed -> evaluation -> report, in this process (the DVC stage, `unimatch
     classification`); returns the report files and the markdown."""
     base = benchmark_base(config, list(overrides or []), quick)
-    methods = list(methods or DEFAULT_METHODS)
-    seeds = list(seeds if seeds is not None else (QUICK_SEEDS if quick else DEFAULT_SEEDS))
+    methods, seeds = benchmark_grid(methods, seeds, quick)
     results = []
     for seed in seeds:
         make_splits(run_config(base, methods[0], seed))
         for method in methods:
             cfg = run_config(base, method, seed)
-            trained = train_classifier(cfg, method, {"table": "classification"}, progress)
+            trained = train_classifier(cfg, method, dict(TABLE_TAGS), progress)
             results.append(evaluate_trained(cfg, trained))
     experiment = base["tracking"]["experiment"]
     title, top5 = report_title(base), reports_top5(base)
