@@ -277,6 +277,24 @@ def test_stage_outputs_live_in_git() -> None:
     assert subprocess.run(["git", "check-ignore", "-q", f"{checkpoints}/latest.pth"], cwd=PROJECT).returncode == 0
 
 
+WEIGHTS_LIMIT = 10 * 2**20  # the largest weights file git may hold
+
+
+def test_every_weights_file_in_git_is_a_small_output_of_dvc_lock() -> None:
+    """Weights ship in git only as what a DVC stage wrote (a file of dvc.lock, `cache: false`), each small."""
+    held = subprocess.run(["git", "ls-files", "*.pth", "*.pt"], cwd=PROJECT, capture_output=True, text=True, check=True)
+    weights = held.stdout.split()
+    locked = {
+        out["path"]
+        for stage in yaml.safe_load((PROJECT / "dvc.lock").read_text(encoding="utf-8"))["stages"].values()
+        for out in stage.get("outs", [])
+    }
+    assert len(weights) >= 10 and "weights/foundation/embedded-tiny.pth" in weights
+    for path in weights:
+        assert path in locked, f"{path}: in git but no output of dvc.lock"
+        assert (PROJECT / path).stat().st_size < WEIGHTS_LIMIT, path
+
+
 def _inherited(config: Path) -> list[Path]:
     """``config`` and every YAML file it inherits from (what the stage reading it reads)."""
     parents = yaml.safe_load(config.read_text(encoding="utf-8")).get("inherit", [])
